@@ -1,0 +1,129 @@
+//! The contract between a golem task module (the guest, compiled to `wasm32-wasip1`) and the
+//! sandbox that runs it (the host).
+//!
+//! Both sides use the constants here, so a name cannot drift between them. The contract:
+//!
+//! * The module exports [`VERSION_EXPORT`], a function `() -> i32` returning [`ABI_VERSION`];
+//!   the host refuses modules built for another version.
+//! * Every task is an export named [`TASK_EXPORT_PREFIX`]` + task name`, of type `() -> ()`.
+//!   When it is called, the guest pulls its inputs from the host with the imports of
+//!   [`HOST_MODULE`]: [`INPUT_LEN`]`(slot) -> i32` and [`INPUT_READ`]`(slot, ptr)`, for the slots
+//!   [`SLOT_CONTEXT`] and [`SLOT_INPUT`]. It hands back its postcard-encoded result with
+//!   [`OUTPUT`]`(ptr, len)` exactly once, or reports a panic with [`PANIC`]`(ptr, len)` before it
+//!   traps.
+//! * Besides these, a module may import only the deterministic subset of
+//!   `wasi_snapshot_preview1` listed in [`WASI_IMPORTS`]; anything else is refused before it runs.
+//!
+//! [`ABI_DESCRIPTION`] spells all of this out as one string; a test pins its hash to
+//! [`ABI_VERSION`], so changing the contract without bumping the version fails the build's tests.
+#![no_std]
+
+/// Version of the contract described in this crate. Bump it with any change to the names,
+/// signatures or meaning below.
+pub const ABI_VERSION: u32 = 1;
+
+/// Name of the export that returns [`ABI_VERSION`].
+pub const VERSION_EXPORT: &str = "golem_abi_version";
+
+/// Prefix of the export name of every task: the export of task `render` is `golem_task_render`.
+pub const TASK_EXPORT_PREFIX: &str = "golem_task_";
+
+/// Import module of the golem host functions.
+pub const HOST_MODULE: &str = "golem";
+
+/// `input_len(slot: i32) -> i32`: the byte length of the input in `slot`.
+pub const INPUT_LEN: &str = "input_len";
+
+/// `input_read(slot: i32, ptr: i32)`: copies the input in `slot` to guest memory at `ptr`.
+pub const INPUT_READ: &str = "input_read";
+
+/// `output(ptr: i32, len: i32)`: hands the encoded result of the task to the host.
+pub const OUTPUT: &str = "output";
+
+/// `panic(ptr: i32, len: i32)`: reports a panic message (UTF-8) before the guest traps.
+pub const PANIC: &str = "panic";
+
+/// Input slot of the shared context (empty when the task takes none).
+pub const SLOT_CONTEXT: i32 = 0;
+
+/// Input slot of the subtask's own input.
+pub const SLOT_INPUT: i32 = 1;
+
+/// Import module of the WASI functions the sandbox provides.
+pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// The WASI preview 1 functions a module may import. The sandbox implements them
+/// deterministically: no files, no sockets, empty arguments and environment, a virtual clock,
+/// seeded randomness, and stdout/stderr captured as logs.
+pub const WASI_IMPORTS: &[&str] = &[
+    "args_get",
+    "args_sizes_get",
+    "clock_res_get",
+    "clock_time_get",
+    "environ_get",
+    "environ_sizes_get",
+    "fd_close",
+    "fd_fdstat_get",
+    "fd_prestat_dir_name",
+    "fd_prestat_get",
+    "fd_read",
+    "fd_seek",
+    "fd_write",
+    "proc_exit",
+    "random_get",
+    "sched_yield",
+];
+
+/// The whole contract as text. A test pins its hash for the current [`ABI_VERSION`].
+pub const ABI_DESCRIPTION: &str = "\
+export golem_abi_version: () -> i32 = ABI_VERSION
+export golem_task_<name>: () -> ()
+import golem.input_len: (slot i32) -> i32
+import golem.input_read: (slot i32, ptr i32) -> ()
+import golem.output: (ptr i32, len i32) -> ()   ; once per call, postcard bytes of the return value
+import golem.panic: (ptr i32, len i32) -> ()    ; utf-8 message, then the guest traps
+slot 0 = context (postcard, empty when none), slot 1 = input (postcard)
+wasi_snapshot_preview1: args_get args_sizes_get clock_res_get clock_time_get environ_get \
+environ_sizes_get fd_close fd_fdstat_get fd_prestat_dir_name fd_prestat_get fd_read fd_seek \
+fd_write proc_exit random_get sched_yield
+";
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    /// Fails when the contract text changes without a version bump: update the pinned hash
+    /// *and* [`ABI_VERSION`] together.
+    #[test]
+    fn abi_description_is_pinned_to_its_version() {
+        // FNV-1a, so this crate stays free of dependencies.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in ABI_DESCRIPTION.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        let pinned: &[(u32, u64)] = &[(1, PINNED_V1)];
+        let expected = pinned
+            .iter()
+            .find(|(version, _)| *version == ABI_VERSION)
+            .map(|(_, hash)| *hash);
+        assert_eq!(
+            Some(hash),
+            expected,
+            "the ABI description changed: bump ABI_VERSION and pin the new hash {hash:#x}"
+        );
+    }
+
+    const PINNED_V1: u64 = 0x67d4_47c3_722a_3c98;
+
+    #[test]
+    fn wasi_list_matches_description() {
+        for name in WASI_IMPORTS {
+            assert!(
+                ABI_DESCRIPTION.contains(name),
+                "{name} missing from ABI_DESCRIPTION"
+            );
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Engine settings and per-call limits.
+
+use std::time::Duration;
+
+use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::SandboxError;
+
+/// How a [`Sandbox`](super::Sandbox) engine is built. The defaults are what golem's providers
+/// run with; the benches measure what each switch costs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SandboxConfig {
+    /// Meter fuel: every call gets [`Limits::fuel`] and reports what it used (the billing unit).
+    /// Costs a counter update on every basic block of the guest.
+    pub fuel_metering: bool,
+    /// Enforce [`Limits::deadline`] with epoch interruption: a check at every loop back edge and
+    /// function entry, and one thread that ticks every [`epoch_tick`](Self::epoch_tick).
+    pub epoch_deadline: bool,
+    /// Period of the epoch thread: the granularity of wall-time deadlines.
+    pub epoch_tick: Duration,
+    /// Canonicalize every NaN the guest produces, so float results are bit-identical across
+    /// architectures. Costly on float kernels; without it, compare results only between equal
+    /// engine fingerprints.
+    pub nan_canonicalization: bool,
+    /// How many instances may be alive at once (the pooling allocator's slot count).
+    pub max_instances: u32,
+    /// The largest memory limit a call may ask for; sizes the pooling allocator's slots.
+    pub max_memory_bytes: usize,
+    /// The largest module the sandbox accepts.
+    pub max_module_bytes: usize,
+    /// Size of the wasm call stack; deeper recursion ends in [`SubtaskError::StackOverflow`].
+    ///
+    /// [`SubtaskError::StackOverflow`]: super::SubtaskError::StackOverflow
+    pub max_wasm_stack: usize,
+    /// Bytes of each memory slot kept resident between instances, so reusing a slot does not
+    /// fault its first pages in again.
+    pub keep_resident_bytes: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            fuel_metering: true,
+            epoch_deadline: true,
+            epoch_tick: Duration::from_millis(1),
+            nan_canonicalization: false,
+            max_instances: 64,
+            max_memory_bytes: 1 << 30,
+            max_module_bytes: 32 << 20,
+            max_wasm_stack: 512 << 10,
+            keep_resident_bytes: 1 << 20,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// A configuration sized for `instances` concurrent calls, otherwise the defaults.
+    pub fn with_instances(instances: u32) -> Self {
+        Self {
+            max_instances: instances.max(1),
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn wasmtime_config(&self) -> Result<Config, SandboxError> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(self.max_instances)
+            .total_memories(self.max_instances)
+            .total_tables(self.max_instances)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(TABLE_ELEMENTS)
+            .max_memory_size(self.max_memory_bytes)
+            .linear_memory_keep_resident(self.keep_resident_bytes)
+            .table_keep_resident(TABLE_ELEMENTS * std::mem::size_of::<usize>())
+            .decommit_batch_size(self.max_instances as usize);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(OptLevel::Speed)
+            .consume_fuel(self.fuel_metering)
+            .epoch_interruption(self.epoch_deadline)
+            .cranelift_nan_canonicalization(self.nan_canonicalization)
+            // Threads stay off: wasmtime is built without its `threads` feature.
+            .max_wasm_stack(self.max_wasm_stack)
+            .wasm_relaxed_simd(true)
+            .relaxed_simd_deterministic(true)
+            .wasm_backtrace_max_frames(None)
+            .parallel_compilation(true);
+        if self.max_wasm_stack == 0 {
+            return Err(SandboxError::Config(
+                "max_wasm_stack must be above zero".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Elements a module's table may hold (function pointers for indirect calls).
+pub(crate) const TABLE_ELEMENTS: usize = 20_000;
+
+/// Limits on one call of a task. Every way past a limit ends the call with its own
+/// [`SubtaskError`](super::SubtaskError).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Fuel for the call (roughly one unit per wasm instruction) when the engine meters fuel.
+    pub fuel: u64,
+    /// Largest linear memory the guest may grow to.
+    pub memory_bytes: usize,
+    /// Wall-time budget of the call, when the engine enforces deadlines.
+    pub deadline: Duration,
+    /// Largest encoded output the guest may return.
+    pub output_bytes: usize,
+    /// Bytes of stdout and of stderr kept; the rest is dropped and counted.
+    pub log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 50_000_000_000,
+            memory_bytes: 256 << 20,
+            deadline: Duration::from_secs(60),
+            output_bytes: 64 << 20,
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Limits {
+    /// Sets [`fuel`](Self::fuel).
+    #[must_use]
+    pub fn fuel(mut self, fuel: u64) -> Self {
+        self.fuel = fuel;
+        self
+    }
+
+    /// Sets [`memory_bytes`](Self::memory_bytes).
+    #[must_use]
+    pub fn memory_bytes(mut self, bytes: usize) -> Self {
+        self.memory_bytes = bytes;
+        self
+    }
+
+    /// Sets [`deadline`](Self::deadline).
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets [`output_bytes`](Self::output_bytes).
+    #[must_use]
+    pub fn output_bytes(mut self, bytes: usize) -> Self {
+        self.output_bytes = bytes;
+        self
+    }
+
+    /// Sets [`log_bytes`](Self::log_bytes).
+    #[must_use]
+    pub fn log_bytes(mut self, bytes: usize) -> Self {
+        self.log_bytes = bytes;
+        self
+    }
+}

@@ -1,0 +1,475 @@
+//! What the guest can reach: the golem host functions and a deterministic subset of WASI.
+//!
+//! Nothing here touches the host's clock, files, sockets or entropy: the clock is virtual
+//! (it advances a fixed step per reading), randomness is a blake3 stream keyed by the call's
+//! seed, stdout/stderr are captured in capped buffers, and every file-system call answers
+//! `EBADF`. So a module given the same input produces the same bytes on every provider.
+
+use golem_abi as abi;
+use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
+
+use super::config::TABLE_ELEMENTS;
+use super::{Call, Execution, Limits, SubtaskError};
+
+/// WASI errno values used here.
+mod errno {
+    pub(super) const SUCCESS: i32 = 0;
+    pub(super) const BADF: i32 = 8;
+    pub(super) const FAULT: i32 = 21;
+    pub(super) const INVAL: i32 = 28;
+    pub(super) const SPIPE: i32 = 70;
+}
+
+/// Start of the virtual clock: 2025-01-01T00:00:00Z, in nanoseconds since the Unix epoch.
+const CLOCK_START_NS: u64 = 1_735_689_600_000_000_000;
+/// How far the virtual clock advances per reading.
+const CLOCK_STEP_NS: u64 = 1_000;
+/// Longest panic message kept.
+const PANIC_MESSAGE_BYTES: usize = 4096;
+
+/// Per-call state of a guest instance.
+pub(crate) struct GuestState {
+    context: Vec<u8>,
+    input: Vec<u8>,
+    output: Option<Vec<u8>>,
+    output_limit: usize,
+    panic: Option<String>,
+    random: blake3::OutputReader,
+    clock_ns: u64,
+    stdout: LogBuffer,
+    stderr: LogBuffer,
+    pub(crate) limiter: Limiter,
+    pub(crate) memory: Option<Memory>,
+}
+
+impl GuestState {
+    pub(crate) fn new(call: Call<'_>, limits: &Limits) -> Self {
+        Self {
+            context: call.context.to_vec(),
+            input: call.input.to_vec(),
+            output: None,
+            output_limit: limits.output_bytes,
+            panic: None,
+            random: blake3::Hasher::new_keyed(&call.seed).finalize_xof(),
+            clock_ns: CLOCK_START_NS,
+            stdout: LogBuffer::new(limits.log_bytes),
+            stderr: LogBuffer::new(limits.log_bytes),
+            limiter: Limiter::new(limits.memory_bytes),
+            memory: None,
+        }
+    }
+
+    /// The result of a call that returned normally.
+    pub(crate) fn finish(self, fuel_used: Option<u64>) -> Result<Execution, SubtaskError> {
+        let output = self.output.ok_or_else(|| {
+            SubtaskError::Abi("the task returned without handing back an output".into())
+        })?;
+        Ok(Execution {
+            output,
+            fuel_used,
+            log_bytes_dropped: self.stdout.dropped + self.stderr.dropped,
+            stdout: self.stdout.bytes,
+            stderr: self.stderr.bytes,
+        })
+    }
+
+    pub(crate) fn panic_message(&self) -> Option<String> {
+        self.panic.clone()
+    }
+
+    pub(crate) fn stderr_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.bytes).into_owned()
+    }
+}
+
+/// A capped log buffer; what does not fit is counted, not kept.
+struct LogBuffer {
+    bytes: Vec<u8>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl LogBuffer {
+    fn new(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        let room = self.cap.saturating_sub(self.bytes.len());
+        let kept = data.len().min(room);
+        self.bytes.extend_from_slice(&data[..kept]);
+        self.dropped += (data.len() - kept) as u64;
+    }
+}
+
+/// Enforces the memory limit of a call and remembers whether it had to refuse a growth, so a
+/// trap that follows (Rust aborts when an allocation fails) is reported as "memory limit
+/// reached" rather than as a bare trap.
+pub(crate) struct Limiter {
+    memory_limit: usize,
+    memory_denied: bool,
+    table_denied: bool,
+}
+
+impl Limiter {
+    fn new(memory_limit: usize) -> Self {
+        Self {
+            memory_limit,
+            memory_denied: false,
+            table_denied: false,
+        }
+    }
+
+    pub(crate) fn memory_denied(&self) -> bool {
+        self.memory_denied
+    }
+
+    pub(crate) fn table_denied(&self) -> bool {
+        self.table_denied
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_limit;
+        self.memory_denied |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= TABLE_ELEMENTS;
+        self.table_denied |= !allowed;
+        Ok(allowed)
+    }
+}
+
+/// A trap raised by a host function; carried through wasmtime's error and turned back into a
+/// [`SubtaskError`].
+#[derive(Debug)]
+pub(crate) enum HostTrap {
+    OutputTooLarge { size: usize, limit: usize },
+    Abi(String),
+    Exit(i32),
+}
+
+impl std::fmt::Display for HostTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.to_subtask_error(), f)
+    }
+}
+
+impl std::error::Error for HostTrap {}
+
+impl HostTrap {
+    pub(crate) fn to_subtask_error(&self) -> SubtaskError {
+        match self {
+            Self::OutputTooLarge { size, limit } => SubtaskError::OutputTooLarge {
+                size: *size,
+                limit: *limit,
+            },
+            Self::Abi(message) => SubtaskError::Abi(message.clone()),
+            Self::Exit(code) => SubtaskError::Exit { code: *code },
+        }
+    }
+}
+
+fn abi_trap(message: impl Into<String>) -> wasmtime::Error {
+    wasmtime::Error::new(HostTrap::Abi(message.into()))
+}
+
+/// The guest's linear memory and the call state, borrowed together.
+fn memory_and_state<'a>(
+    caller: &'a mut Caller<'_, GuestState>,
+) -> wasmtime::Result<(&'a mut [u8], &'a mut GuestState)> {
+    let memory = match caller.data().memory {
+        Some(memory) => memory,
+        None => caller
+            .get_export("memory")
+            .and_then(|export| export.into_memory())
+            .ok_or_else(|| abi_trap("the module exports no memory"))?,
+    };
+    Ok(memory.data_and_store_mut(caller))
+}
+
+fn range(memory: &[u8], ptr: i32, len: usize) -> Option<std::ops::Range<usize>> {
+    let start = u32::try_from(ptr).ok()? as usize;
+    let end = start.checked_add(len)?;
+    (end <= memory.len()).then_some(start..end)
+}
+
+fn read_u32(memory: &[u8], ptr: i32) -> Option<u32> {
+    let bytes = memory.get(range(memory, ptr, 4)?)?;
+    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+}
+
+fn write_bytes(memory: &mut [u8], ptr: i32, bytes: &[u8]) -> i32 {
+    match range(memory, ptr, bytes.len()) {
+        Some(range) => {
+            memory[range].copy_from_slice(bytes);
+            errno::SUCCESS
+        }
+        None => errno::FAULT,
+    }
+}
+
+/// Registers every function a module may import. The allow-list check in
+/// [`prepare`](super::module::prepare) uses exactly this set.
+pub(crate) fn define(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    define_golem(linker)?;
+    define_wasi(linker)
+}
+
+fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    let host = abi::HOST_MODULE;
+    linker.func_wrap(
+        host,
+        abi::INPUT_LEN,
+        |caller: Caller<'_, GuestState>, slot: i32| -> wasmtime::Result<i32> {
+            let len = slot_bytes(caller.data(), slot)?.len();
+            i32::try_from(len).map_err(|_| abi_trap("input larger than 2 GiB"))
+        },
+    )?;
+    linker.func_wrap(
+        host,
+        abi::INPUT_READ,
+        |mut caller: Caller<'_, GuestState>, slot: i32, ptr: i32| -> wasmtime::Result<()> {
+            let (memory, state) = memory_and_state(&mut caller)?;
+            let bytes = slot_bytes(state, slot)?;
+            let range = range(memory, ptr, bytes.len())
+                .ok_or_else(|| abi_trap("input_read: destination out of bounds"))?;
+            memory[range].copy_from_slice(bytes);
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        host,
+        abi::OUTPUT,
+        |mut caller: Caller<'_, GuestState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            let (memory, state) = memory_and_state(&mut caller)?;
+            let len = u32::try_from(len).map_err(|_| abi_trap("output: negative length"))?;
+            let len = len as usize;
+            if len > state.output_limit {
+                return Err(wasmtime::Error::new(HostTrap::OutputTooLarge {
+                    size: len,
+                    limit: state.output_limit,
+                }));
+            }
+            if state.output.is_some() {
+                return Err(abi_trap("output was handed back twice"));
+            }
+            let range =
+                range(memory, ptr, len).ok_or_else(|| abi_trap("output: source out of bounds"))?;
+            state.output = Some(memory[range].to_vec());
+            Ok(())
+        },
+    )?;
+    linker.func_wrap(
+        host,
+        abi::PANIC,
+        |mut caller: Caller<'_, GuestState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            let (memory, state) = memory_and_state(&mut caller)?;
+            let len = (u32::try_from(len).unwrap_or(0) as usize).min(PANIC_MESSAGE_BYTES);
+            let message = range(memory, ptr, len)
+                .map(|range| String::from_utf8_lossy(&memory[range]).into_owned())
+                .unwrap_or_else(|| "<panic message out of bounds>".into());
+            state.panic = Some(message);
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+fn slot_bytes(state: &GuestState, slot: i32) -> wasmtime::Result<&[u8]> {
+    match slot {
+        abi::SLOT_CONTEXT => Ok(&state.context),
+        abi::SLOT_INPUT => Ok(&state.input),
+        other => Err(abi_trap(format!("no input slot {other}"))),
+    }
+}
+
+fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    let wasi = abi::WASI_MODULE;
+    // No arguments and no environment: write zero counts and nothing else.
+    for name in ["args_sizes_get", "environ_sizes_get"] {
+        linker.func_wrap(
+            wasi,
+            name,
+            |mut caller: Caller<'_, GuestState>, count: i32, size: i32| -> wasmtime::Result<i32> {
+                let (memory, _) = memory_and_state(&mut caller)?;
+                let status = write_bytes(memory, count, &0u32.to_le_bytes());
+                Ok(if status == errno::SUCCESS {
+                    write_bytes(memory, size, &0u32.to_le_bytes())
+                } else {
+                    status
+                })
+            },
+        )?;
+    }
+    for name in ["args_get", "environ_get"] {
+        linker.func_wrap(wasi, name, |_: i32, _: i32| -> i32 { errno::SUCCESS })?;
+    }
+    linker.func_wrap(
+        wasi,
+        "clock_res_get",
+        |mut caller: Caller<'_, GuestState>, _clock: i32, out: i32| -> wasmtime::Result<i32> {
+            let (memory, _) = memory_and_state(&mut caller)?;
+            Ok(write_bytes(memory, out, &CLOCK_STEP_NS.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "clock_time_get",
+        |mut caller: Caller<'_, GuestState>,
+         _clock: i32,
+         _precision: i64,
+         out: i32|
+         -> wasmtime::Result<i32> {
+            let (memory, state) = memory_and_state(&mut caller)?;
+            state.clock_ns += CLOCK_STEP_NS;
+            Ok(write_bytes(memory, out, &state.clock_ns.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "fd_write",
+        |mut caller: Caller<'_, GuestState>,
+         fd: i32,
+         iovs: i32,
+         iovs_len: i32,
+         written: i32|
+         -> wasmtime::Result<i32> {
+            let (memory, state) = memory_and_state(&mut caller)?;
+            let log = match fd {
+                1 => &mut state.stdout,
+                2 => &mut state.stderr,
+                _ => return Ok(errno::BADF),
+            };
+            let mut total: u32 = 0;
+            for index in 0..iovs_len.max(0) {
+                let entry = iovs.wrapping_add(index.wrapping_mul(8));
+                let (Some(ptr), Some(len)) = (read_u32(memory, entry), read_u32(memory, entry + 4))
+                else {
+                    return Ok(errno::FAULT);
+                };
+                let Some(range) = range(memory, ptr as i32, len as usize) else {
+                    return Ok(errno::FAULT);
+                };
+                log.write(&memory[range]);
+                total = total.saturating_add(len);
+            }
+            Ok(write_bytes(memory, written, &total.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "fd_read",
+        |mut caller: Caller<'_, GuestState>,
+         fd: i32,
+         _iovs: i32,
+         _iovs_len: i32,
+         read: i32|
+         -> wasmtime::Result<i32> {
+            if fd != 0 {
+                return Ok(errno::BADF);
+            }
+            // Standard input is always at its end.
+            let (memory, _) = memory_and_state(&mut caller)?;
+            Ok(write_bytes(memory, read, &0u32.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(wasi, "fd_close", |_: i32| -> i32 { errno::BADF })?;
+    linker.func_wrap(
+        wasi,
+        "fd_seek",
+        |fd: i32, _offset: i64, _whence: i32, _new: i32| -> i32 {
+            if (0..=2).contains(&fd) {
+                errno::SPIPE
+            } else {
+                errno::BADF
+            }
+        },
+    )?;
+    linker.func_wrap(
+        wasi,
+        "fd_fdstat_get",
+        |mut caller: Caller<'_, GuestState>, fd: i32, out: i32| -> wasmtime::Result<i32> {
+            if !(0..=2).contains(&fd) {
+                return Ok(errno::BADF);
+            }
+            // fdstat: filetype u8 (2 = character device), pad, flags u16, pad, then two u64
+            // rights masks: only fd_read (bit 1) / fd_write (bit 6).
+            let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
+            let mut fdstat = [0u8; 24];
+            fdstat[0] = 2;
+            fdstat[8..16].copy_from_slice(&rights.to_le_bytes());
+            let (memory, _) = memory_and_state(&mut caller)?;
+            Ok(write_bytes(memory, out, &fdstat))
+        },
+    )?;
+    // No preopened directories: the guest has no file system.
+    linker.func_wrap(wasi, "fd_prestat_get", |_: i32, _: i32| -> i32 {
+        errno::BADF
+    })?;
+    linker.func_wrap(
+        wasi,
+        "fd_prestat_dir_name",
+        |_: i32, _: i32, _: i32| -> i32 { errno::BADF },
+    )?;
+    linker.func_wrap(wasi, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(HostTrap::Exit(code)))
+    })?;
+    linker.func_wrap(
+        wasi,
+        "random_get",
+        |mut caller: Caller<'_, GuestState>, buf: i32, len: i32| -> wasmtime::Result<i32> {
+            let (memory, state) = memory_and_state(&mut caller)?;
+            let Ok(len) = u32::try_from(len) else {
+                return Ok(errno::INVAL);
+            };
+            let Some(range) = range(memory, buf, len as usize) else {
+                return Ok(errno::FAULT);
+            };
+            state.random.fill(&mut memory[range]);
+            Ok(errno::SUCCESS)
+        },
+    )?;
+    linker.func_wrap(wasi, "sched_yield", || -> i32 { errno::SUCCESS })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_buffer_keeps_the_cap_and_counts_the_rest() {
+        let mut log = LogBuffer::new(4);
+        log.write(b"abc");
+        log.write(b"def");
+        assert_eq!(log.bytes, b"abcd");
+        assert_eq!(log.dropped, 2);
+    }
+
+    #[test]
+    fn ranges_reject_overflow_and_negative_pointers() {
+        let memory = [0u8; 16];
+        assert_eq!(range(&memory, 4, 8), Some(4..12));
+        assert_eq!(range(&memory, 12, 8), None);
+        assert_eq!(range(&memory, -1, 1), None);
+        assert_eq!(range(&memory, 0, usize::MAX), None);
+    }
+}

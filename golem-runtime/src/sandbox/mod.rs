@@ -1,0 +1,296 @@
+//! The sandbox: runs one subtask of a task module in a fresh wasmtime instance, under limits.
+//!
+//! * [`Sandbox`] owns a wasmtime [`Engine`] configured for determinism (no threads,
+//!   deterministic relaxed SIMD, optional NaN canonicalization) with the pooling allocator, the
+//!   host functions of [`golem_abi`] and a cache of compiled modules keyed by
+//!   ([`ModuleHash`], [`EngineFingerprint`]).
+//! * [`Sandbox::prepare`] compiles a module once, refuses it before it runs if it imports
+//!   anything outside the allow-list or speaks another ABI version, and returns a
+//!   [`PreparedModule`] (an `InstancePre`, so instantiation is a few microseconds).
+//! * [`Sandbox::run`] executes one call in a fresh instance under [`Limits`] (fuel, memory,
+//!   wall-time deadline, output size) and returns an [`Execution`] or a typed
+//!   [`SubtaskError`]; a guest failure never panics the host.
+
+mod config;
+mod error;
+mod host;
+mod module;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Engine, Linker, Store, Trap};
+
+pub use self::config::{Limits, SandboxConfig};
+pub use self::error::{ModuleError, SandboxError, SubtaskError};
+pub use self::module::{ModuleHash, PreparedModule, TaskExport};
+
+use self::host::{GuestState, HostTrap};
+
+/// Identifies an engine configuration: modules compiled by engines with equal fingerprints are
+/// interchangeable, and the same module and input give the same output bytes on them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EngineFingerprint(pub [u8; 32]);
+
+impl std::fmt::Debug for EngineFingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EngineFingerprint({})",
+            blake3::Hash::from_bytes(self.0).to_hex()
+        )
+    }
+}
+
+/// The inputs of one call of a task.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The postcard-encoded shared context; empty when the task takes none.
+    pub context: &'a [u8],
+    /// The postcard-encoded input of this subtask.
+    pub input: &'a [u8],
+    /// Seed of the guest's randomness; derive it from (job, subtask) so reruns agree.
+    pub seed: [u8; 32],
+}
+
+/// What a successful call produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    /// The postcard-encoded return value of the task.
+    pub output: Vec<u8>,
+    /// Fuel the call consumed, when the engine meters fuel.
+    pub fuel_used: Option<u64>,
+    /// What the guest wrote to stdout, capped at [`Limits::log_bytes`].
+    pub stdout: Vec<u8>,
+    /// What the guest wrote to stderr, capped at [`Limits::log_bytes`].
+    pub stderr: Vec<u8>,
+    /// Log bytes past the cap that were dropped.
+    pub log_bytes_dropped: u64,
+}
+
+/// A wasmtime engine with golem's host functions, limits and module cache.
+///
+/// Cheap to share: clone the `Arc` it usually lives in. Calls on different threads run in
+/// parallel; each gets its own `Store`.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    config: SandboxConfig,
+    fingerprint: EngineFingerprint,
+    modules: Mutex<HashMap<(ModuleHash, EngineFingerprint), Arc<PreparedModule>>>,
+    ticker: Option<EpochTicker>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds an engine for `config`.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = Engine::new(&config.wasmtime_config()?)
+            .map_err(|error| SandboxError::Engine(error.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        host::define(&mut linker).map_err(|error| SandboxError::Engine(error.to_string()))?;
+        let fingerprint = fingerprint(&engine);
+        let ticker = config
+            .epoch_deadline
+            .then(|| EpochTicker::start(engine.clone(), config.epoch_tick));
+        Ok(Self {
+            engine,
+            linker,
+            config,
+            fingerprint,
+            modules: Mutex::new(HashMap::new()),
+            ticker,
+        })
+    }
+
+    /// The configuration this sandbox was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The fingerprint of this engine: compiled code and outputs are comparable between
+    /// sandboxes with equal fingerprints.
+    pub fn fingerprint(&self) -> EngineFingerprint {
+        self.fingerprint
+    }
+
+    /// Compiles `bytes` (whose blake3 hash is `hash`), checks its imports and ABI version, and
+    /// caches the result; later calls with the same hash return the cached module.
+    pub fn prepare(
+        &self,
+        hash: ModuleHash,
+        bytes: &[u8],
+    ) -> Result<Arc<PreparedModule>, ModuleError> {
+        let key = (hash, self.fingerprint);
+        if let Some(module) = self.lock_modules().get(&key) {
+            return Ok(Arc::clone(module));
+        }
+        // Compile outside the lock: compiling takes milliseconds to seconds, and a duplicate
+        // compile of the same module on a race is harmless.
+        let module = Arc::new(module::prepare(self, hash, bytes)?);
+        Ok(Arc::clone(self.lock_modules().entry(key).or_insert(module)))
+    }
+
+    fn lock_modules(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(ModuleHash, EngineFingerprint), Arc<PreparedModule>>>
+    {
+        // The map stays consistent even if a holder panicked: every insert is a single call.
+        self.modules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `task` of `module` once, in a fresh instance, under `limits`.
+    pub fn run(
+        &self,
+        module: &PreparedModule,
+        task: &TaskExport,
+        call: Call<'_>,
+        limits: &Limits,
+    ) -> Result<Execution, SubtaskError> {
+        if limits.memory_bytes > self.config.max_memory_bytes {
+            return Err(SubtaskError::Internal(format!(
+                "the memory limit of {} bytes is above this sandbox's maximum of {} bytes",
+                limits.memory_bytes, self.config.max_memory_bytes
+            )));
+        }
+        let state = GuestState::new(call, limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        if self.config.fuel_metering {
+            store
+                .set_fuel(limits.fuel)
+                .map_err(|error| SubtaskError::Internal(error.to_string()))?;
+        }
+        if let Some(ticker) = &self.ticker {
+            store.set_epoch_deadline(ticker.ticks_for(limits.deadline));
+        }
+
+        let outcome = module.call(&mut store, task);
+        let fuel_used = self
+            .config
+            .fuel_metering
+            .then(|| limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)));
+        let state = store.into_data();
+        match outcome {
+            Ok(()) => state.finish(fuel_used),
+            Err(error) => Err(classify(&error, state, limits)),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<GuestState> {
+        &self.linker
+    }
+}
+
+/// Turns a wasmtime error from a guest call into the typed error a user sees.
+fn classify(error: &wasmtime::Error, state: GuestState, limits: &Limits) -> SubtaskError {
+    if let Some(host) = error.downcast_ref::<HostTrap>() {
+        return host.to_subtask_error();
+    }
+    if let Some(message) = state.panic_message() {
+        return SubtaskError::Panic { message };
+    }
+    if state.limiter.memory_denied() {
+        return SubtaskError::MemoryLimit {
+            limit: limits.memory_bytes,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => SubtaskError::OutOfFuel { limit: limits.fuel },
+        Some(Trap::Interrupt) => SubtaskError::Deadline {
+            limit: limits.deadline,
+        },
+        Some(Trap::StackOverflow) => SubtaskError::StackOverflow,
+        Some(trap) => SubtaskError::Trap {
+            message: trap.to_string(),
+            stderr: state.stderr_lossy(),
+        },
+        None if state.limiter.table_denied() => SubtaskError::TableLimit,
+        None => SubtaskError::Internal(format!("{error:#}")),
+    }
+}
+
+/// Hashes the engine's compatibility hash (wasmtime version, target, settings) into a stable
+/// 32-byte fingerprint.
+fn fingerprint(engine: &Engine) -> EngineFingerprint {
+    use std::hash::Hash;
+
+    struct Blake3Hasher(blake3::Hasher);
+    impl std::hash::Hasher for Blake3Hasher {
+        fn finish(&self) -> u64 {
+            unreachable!("only the full digest is read")
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+
+    let mut hasher = Blake3Hasher(blake3::Hasher::new());
+    hasher.0.update(b"golem engine fingerprint");
+    hasher.0.update(&golem_abi::ABI_VERSION.to_le_bytes());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    EngineFingerprint(*hasher.0.finalize().as_bytes())
+}
+
+/// Advances the engine's epoch at a fixed tick so epoch deadlines measure wall time.
+struct EpochTicker {
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("golem-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .ok()
+        };
+        if thread.is_none() {
+            tracing::warn!("cannot start the epoch thread: wall-time deadlines are not enforced");
+        }
+        Self { tick, stop, thread }
+    }
+
+    fn ticks_for(&self, deadline: Duration) -> u64 {
+        let ticks = deadline.as_nanos().div_ceil(self.tick.as_nanos().max(1));
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! Accepting a module: hash, size, compile, import allow-list, ABI version; then calling it.
+
+use std::fmt;
+
+use golem_abi as abi;
+use wasmtime::{ExternType, InstancePre, Module, ModuleExport, Store, TypedFunc};
+
+use super::host::GuestState;
+use super::{ModuleError, Sandbox};
+
+/// The blake3 hash of a module's bytes: its identity everywhere in golem.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleHash(pub [u8; 32]);
+
+impl ModuleHash {
+    /// Hashes `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The hash as lowercase hex.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+}
+
+impl fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModuleHash({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A module compiled for one engine, checked and ready to instantiate.
+pub struct PreparedModule {
+    hash: ModuleHash,
+    module: Module,
+    pre: InstancePre<GuestState>,
+    memory: ModuleExport,
+    initialize: Option<ModuleExport>,
+}
+
+impl fmt::Debug for PreparedModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedModule")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A task's export in a [`PreparedModule`], looked up once by name.
+#[derive(Clone)]
+pub struct TaskExport {
+    name: String,
+    export: ModuleExport,
+}
+
+impl fmt::Debug for TaskExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskExport")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl TaskExport {
+    /// The task's name (without the export prefix).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl PreparedModule {
+    /// The module's hash.
+    pub fn hash(&self) -> ModuleHash {
+        self.hash
+    }
+
+    /// Looks up the export of the task called `name`.
+    pub fn task(&self, name: &str) -> Result<TaskExport, ModuleError> {
+        let missing = || ModuleError::MissingTask { task: name.into() };
+        let export_name = format!("{}{name}", abi::TASK_EXPORT_PREFIX);
+        let export = self
+            .module
+            .get_export_index(&export_name)
+            .ok_or_else(missing)?;
+        match self.module.get_export(&export_name) {
+            Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {
+                Ok(TaskExport {
+                    name: name.into(),
+                    export,
+                })
+            }
+            _ => Err(missing()),
+        }
+    }
+
+    /// Instantiates the module in `store` and calls `task`.
+    pub(crate) fn call(
+        &self,
+        store: &mut Store<GuestState>,
+        task: &TaskExport,
+    ) -> wasmtime::Result<()> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        store.data_mut().memory = instance
+            .get_module_export(&mut *store, &self.memory)
+            .and_then(|export| export.into_memory());
+        if let Some(initialize) = &self.initialize {
+            typed_func(&instance, store, initialize)?.call(&mut *store, ())?;
+        }
+        typed_func(&instance, store, &task.export)?.call(&mut *store, ())
+    }
+}
+
+fn typed_func(
+    instance: &wasmtime::Instance,
+    store: &mut Store<GuestState>,
+    export: &ModuleExport,
+) -> wasmtime::Result<TypedFunc<(), ()>> {
+    instance
+        .get_module_export(&mut *store, export)
+        .and_then(|export| export.into_func())
+        .ok_or_else(|| wasmtime::format_err!("export is not a function"))?
+        .typed::<(), ()>(&*store)
+}
+
+/// Checks and compiles a module. See [`Sandbox::prepare`].
+pub(crate) fn prepare(
+    sandbox: &Sandbox,
+    hash: ModuleHash,
+    bytes: &[u8],
+) -> Result<PreparedModule, ModuleError> {
+    if bytes.is_empty() {
+        return Err(ModuleError::NotBuilt);
+    }
+    let limit = sandbox.config().max_module_bytes;
+    if bytes.len() > limit {
+        return Err(ModuleError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let actual = ModuleHash::of(bytes);
+    if actual != hash {
+        return Err(ModuleError::HashMismatch {
+            expected: hash.to_hex(),
+            actual: actual.to_hex(),
+        });
+    }
+    let module = Module::new(sandbox.engine(), bytes)
+        .map_err(|error| ModuleError::Invalid(format!("{error:#}")))?;
+    check_imports(&module)?;
+
+    let pre = sandbox
+        .linker()
+        .instantiate_pre(&module)
+        .map_err(|_| first_mistyped_import(&module))?;
+    let memory = module
+        .get_export_index("memory")
+        .ok_or(ModuleError::NotAGolemModule)?;
+    let initialize = module.get_export_index("_initialize");
+    let prepared = PreparedModule {
+        hash,
+        module,
+        pre,
+        memory,
+        initialize,
+    };
+    check_abi_version(sandbox, &prepared)?;
+    Ok(prepared)
+}
+
+/// Refuses any import outside the golem host functions and the WASI allow-list, by name, before
+/// the module runs.
+fn check_imports(module: &Module) -> Result<(), ModuleError> {
+    for import in module.imports() {
+        let allowed = match import.module() {
+            abi::HOST_MODULE => {
+                [abi::INPUT_LEN, abi::INPUT_READ, abi::OUTPUT, abi::PANIC].contains(&import.name())
+            }
+            abi::WASI_MODULE => abi::WASI_IMPORTS.contains(&import.name()),
+            _ => false,
+        };
+        let is_function = matches!(import.ty(), ExternType::Func(_));
+        if !allowed || !is_function {
+            return Err(ModuleError::ForbiddenImport {
+                module: import.module().into(),
+                name: import.name().into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Names the import whose type does not match what the host defines (every name was already
+/// checked against the allow-list).
+fn first_mistyped_import(module: &Module) -> ModuleError {
+    let import = module.imports().next();
+    ModuleError::ImportType {
+        module: import
+            .as_ref()
+            .map(|i| i.module().into())
+            .unwrap_or_default(),
+        name: import.as_ref().map(|i| i.name().into()).unwrap_or_default(),
+    }
+}
+
+fn check_abi_version(sandbox: &Sandbox, module: &PreparedModule) -> Result<(), ModuleError> {
+    let version_export = module
+        .module
+        .get_export_index(abi::VERSION_EXPORT)
+        .ok_or(ModuleError::NotAGolemModule)?;
+    let mut store = Store::new(
+        sandbox.engine(),
+        GuestState::new(
+            super::Call {
+                context: &[],
+                input: &[],
+                seed: [0; 32],
+            },
+            &super::Limits::default().memory_bytes(sandbox.config().max_memory_bytes),
+        ),
+    );
+    store.limiter(|state| &mut state.limiter);
+    if sandbox.config().fuel_metering {
+        store
+            .set_fuel(1_000_000)
+            .map_err(|error| ModuleError::Instantiate(error.to_string()))?;
+    }
+    store.set_epoch_deadline(u64::MAX / 2);
+    let instance = module
+        .pre
+        .instantiate(&mut store)
+        .map_err(|error| ModuleError::Instantiate(format!("{error:#}")))?;
+    let version = instance
+        .get_module_export(&mut store, &version_export)
+        .and_then(|export| export.into_func())
+        .and_then(|func| func.typed::<(), i32>(&store).ok())
+        .ok_or(ModuleError::NotAGolemModule)?
+        .call(&mut store, ())
+        .map_err(|error| ModuleError::Instantiate(format!("{error:#}")))?;
+    if u32::try_from(version).ok() != Some(abi::ABI_VERSION) {
+        return Err(ModuleError::AbiVersion {
+            found: i64::from(version),
+            expected: abi::ABI_VERSION,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Sandbox tests on hand-written modules. Each hostile module ends in its own typed error, and
+//! the same engine then runs a correct task.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A minimal golem module: `echo` copies its input to its output; `body` is spliced in as
+/// more functions.
+fn module(extra_imports: &str, body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+            (import "golem" "input_len" (func $input_len (param i32) (result i32)))
+            (import "golem" "input_read" (func $input_read (param i32 i32)))
+            (import "golem" "output" (func $output (param i32 i32)))
+            {extra_imports}
+            (memory (export "memory") 1)
+            (func (export "golem_abi_version") (result i32) (i32.const {version}))
+            (func (export "golem_task_echo")
+                (call $input_read (i32.const 1) (i32.const 16))
+                (call $output (i32.const 16) (call $input_len (i32.const 1))))
+            {body})"#,
+        version = golem_abi::ABI_VERSION,
+    );
+    wat::parse_str(text).expect("valid test module")
+}
+
+fn sandbox(config: SandboxConfig) -> Sandbox {
+    Sandbox::new(config).expect("engine")
+}
+
+fn prepare(sandbox: &Sandbox, bytes: &[u8]) -> Result<Arc<PreparedModule>, ModuleError> {
+    sandbox.prepare(ModuleHash::of(bytes), bytes)
+}
+
+fn call(input: &[u8]) -> Call<'_> {
+    Call {
+        context: &[],
+        input,
+        seed: [7; 32],
+    }
+}
+
+fn run(
+    sandbox: &Sandbox,
+    bytes: &[u8],
+    task: &str,
+    limits: &Limits,
+) -> Result<Execution, SubtaskError> {
+    let module = prepare(sandbox, bytes)?;
+    let task = module.task(task)?;
+    sandbox.run(&module, &task, call(b"hello"), limits)
+}
+
+/// After a hostile call, the same engine still runs a correct one.
+fn assert_still_serves(sandbox: &Sandbox) {
+    let bytes = module("", "");
+    let execution = run(sandbox, &bytes, "echo", &Limits::default()).expect("echo runs");
+    assert_eq!(execution.output, b"hello");
+}
+
+#[test]
+fn echo_returns_its_input_and_reports_fuel() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let execution = run(&sandbox, &module("", ""), "echo", &Limits::default()).expect("runs");
+    assert_eq!(execution.output, b"hello");
+    assert!(execution.fuel_used.is_some_and(|fuel| fuel > 0));
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module("", r#"(func (export "golem_task_spin") (loop $l (br $l)))"#);
+    let limits = Limits::default().fuel(1_000_000);
+    let error = run(&sandbox, &bytes, "spin", &limits).unwrap_err();
+    assert_eq!(error, SubtaskError::OutOfFuel { limit: 1_000_000 });
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_without_fuel() {
+    let mut config = SandboxConfig::with_instances(4);
+    config.fuel_metering = false;
+    let sandbox = sandbox(config);
+    let bytes = module("", r#"(func (export "golem_task_spin") (loop $l (br $l)))"#);
+    let limits = Limits::default().deadline(Duration::from_millis(50));
+    let started = Instant::now();
+    let error = run(&sandbox, &bytes, "spin", &limits).unwrap_err();
+    assert_eq!(
+        error,
+        SubtaskError::Deadline {
+            limit: Duration::from_millis(50)
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the deadline stopped the loop"
+    );
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn memory_bomb_reaches_the_memory_limit() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    // Grows by a page until refused, then traps as a Rust allocator would.
+    let bytes = module(
+        "",
+        r#"(func (export "golem_task_bomb")
+            (loop $grow
+                (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1))))
+            unreachable)"#,
+    );
+    let limits = Limits::default().memory_bytes(4 << 20);
+    let error = run(&sandbox, &bytes, "bomb", &limits).unwrap_err();
+    assert_eq!(error, SubtaskError::MemoryLimit { limit: 4 << 20 });
+    assert!(error.to_string().contains("memory limit reached"));
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        "",
+        r#"(func $down (export "golem_task_recurse") (call $down))"#,
+    );
+    let error = run(&sandbox, &bytes, "recurse", &Limits::default()).unwrap_err();
+    assert_eq!(error, SubtaskError::StackOverflow);
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn forbidden_import_is_refused_before_running() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        r#"(import "wasi_snapshot_preview1" "sock_open" (func (param i32) (result i32)))"#,
+        "",
+    );
+    let error = prepare(&sandbox, &bytes).unwrap_err();
+    assert_eq!(
+        error,
+        ModuleError::ForbiddenImport {
+            module: "wasi_snapshot_preview1".into(),
+            name: "sock_open".into()
+        }
+    );
+    let bytes = module(r#"(import "env" "system" (func (param i32)))"#, "");
+    assert!(matches!(
+        prepare(&sandbox, &bytes),
+        Err(ModuleError::ForbiddenImport { .. })
+    ));
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn mistyped_import_is_refused() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        r#"(import "wasi_snapshot_preview1" "sched_yield" (func (param i64)))"#,
+        "",
+    );
+    assert!(matches!(
+        prepare(&sandbox, &bytes),
+        Err(ModuleError::ImportType { .. })
+    ));
+}
+
+#[test]
+fn panic_message_comes_back() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        r#"(import "golem" "panic" (func $panic (param i32 i32)))"#,
+        r#"(data (i32.const 100) "boom at lib.rs:1:1")
+           (func (export "golem_task_boom") (call $panic (i32.const 100) (i32.const 18)) unreachable)"#,
+    );
+    let error = run(&sandbox, &bytes, "boom", &Limits::default()).unwrap_err();
+    assert_eq!(
+        error,
+        SubtaskError::Panic {
+            message: "boom at lib.rs:1:1".into()
+        }
+    );
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn oversized_output_is_refused() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        "",
+        r#"(func (export "golem_task_flood") (call $output (i32.const 0) (i32.const 65536)))"#,
+    );
+    let limits = Limits::default().output_bytes(1024);
+    let error = run(&sandbox, &bytes, "flood", &limits).unwrap_err();
+    assert_eq!(
+        error,
+        SubtaskError::OutputTooLarge {
+            size: 65536,
+            limit: 1024
+        }
+    );
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn returning_without_output_breaks_the_abi() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module("", r#"(func (export "golem_task_silent"))"#);
+    let error = run(&sandbox, &bytes, "silent", &Limits::default()).unwrap_err();
+    assert!(matches!(error, SubtaskError::Abi(_)), "{error:?}");
+}
+
+#[test]
+fn proc_exit_is_a_typed_error() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        r#"(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))"#,
+        r#"(func (export "golem_task_quit") (call $exit (i32.const 3)))"#,
+    );
+    let error = run(&sandbox, &bytes, "quit", &Limits::default()).unwrap_err();
+    assert_eq!(error, SubtaskError::Exit { code: 3 });
+}
+
+#[test]
+fn modules_are_checked_for_abi_version_and_shape() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let wrong_version = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+            (func (export "golem_abi_version") (result i32) (i32.const 999)))"#,
+    )
+    .expect("valid");
+    assert_eq!(
+        prepare(&sandbox, &wrong_version).unwrap_err(),
+        ModuleError::AbiVersion {
+            found: 999,
+            expected: golem_abi::ABI_VERSION
+        }
+    );
+    let not_golem = wat::parse_str(r#"(module (memory (export "memory") 1))"#).expect("valid");
+    assert_eq!(
+        prepare(&sandbox, &not_golem).unwrap_err(),
+        ModuleError::NotAGolemModule
+    );
+    assert_eq!(prepare(&sandbox, &[]).unwrap_err(), ModuleError::NotBuilt);
+    assert!(matches!(
+        prepare(&sandbox, b"not wasm"),
+        Err(ModuleError::Invalid(_))
+    ));
+    let echo = module("", "");
+    assert!(matches!(
+        sandbox.prepare(ModuleHash::of(b"other"), &echo),
+        Err(ModuleError::HashMismatch { .. })
+    ));
+    let prepared = prepare(&sandbox, &echo).expect("echo");
+    assert_eq!(
+        prepared.task("nope").unwrap_err(),
+        ModuleError::MissingTask {
+            task: "nope".into()
+        }
+    );
+}
+
+#[test]
+fn compiled_modules_are_cached_by_hash() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module("", "");
+    let first = prepare(&sandbox, &bytes).expect("compiles");
+    let second = prepare(&sandbox, &bytes).expect("cached");
+    assert!(Arc::ptr_eq(&first, &second));
+}
+
+#[test]
+fn randomness_and_clock_are_deterministic() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    // Output 16 random bytes followed by two clock readings.
+    let bytes = module(
+        r#"(import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+           (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))"#,
+        r#"(func (export "golem_task_entropy")
+            (drop (call $random (i32.const 200) (i32.const 16)))
+            (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 216)))
+            (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 224)))
+            (call $output (i32.const 200) (i32.const 32)))"#,
+    );
+    let module = prepare(&sandbox, &bytes).expect("compiles");
+    let task = module.task("entropy").expect("task");
+    let with_seed = |seed| {
+        let call = Call {
+            context: &[],
+            input: &[],
+            seed,
+        };
+        sandbox
+            .run(&module, &task, call, &Limits::default())
+            .expect("runs")
+            .output
+    };
+    let first = with_seed([1; 32]);
+    assert_eq!(first, with_seed([1; 32]), "same seed, same bytes");
+    assert_ne!(
+        first[..16],
+        with_seed([2; 32])[..16],
+        "another seed, other randomness"
+    );
+    let clock = |at: usize| u64::from_le_bytes(first[at..at + 8].try_into().expect("8 bytes"));
+    assert!(clock(24) > clock(16), "the virtual clock advances");
+}
+
+#[test]
+fn stdout_is_captured() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let bytes = module(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 300) "hi\n")
+           (func (export "golem_task_say")
+            (i32.store (i32.const 400) (i32.const 300))
+            (i32.store (i32.const 404) (i32.const 3))
+            (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))
+            (call $output (i32.const 0) (i32.const 0)))"#,
+    );
+    let execution = run(&sandbox, &bytes, "say", &Limits::default()).expect("runs");
+    assert_eq!(execution.stdout, b"hi\n");
+    assert!(execution.stderr.is_empty());
+}
+
+#[test]
+fn memory_limit_above_the_pool_is_refused() {
+    let sandbox = sandbox(SandboxConfig::with_instances(2));
+    let limits = Limits::default().memory_bytes(usize::MAX);
+    let error = run(&sandbox, &module("", ""), "echo", &limits).unwrap_err();
+    assert!(matches!(error, SubtaskError::Internal(_)), "{error:?}");
+}

@@ -1,0 +1,54 @@
+//! The one error type of the SDK, with a variant per failure domain.
+
+pub use golem_runtime::sandbox::{ModuleError, SandboxError, SubtaskError};
+
+/// Why a golem operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The local providers could not be started.
+    #[error("cannot start the golem providers: {0}")]
+    Setup(#[from] SandboxError),
+    /// A task's module was refused before it ran.
+    #[error("task `{task}` cannot run: {source}")]
+    Module {
+        /// The task's name.
+        task: &'static str,
+        /// Why the module was refused.
+        source: ModuleError,
+    },
+    /// A subtask failed in the sandbox (a panic, a limit, a trap). Failures that a task returns
+    /// as `Err` values are not errors here: they come back as data.
+    #[error("task `{task}` failed on item {index}: {source}")]
+    Subtask {
+        /// The task's name.
+        task: &'static str,
+        /// Index of the item in the input.
+        index: usize,
+        /// What went wrong.
+        source: SubtaskError,
+    },
+    /// A value could not be encoded for the sandbox.
+    #[error("cannot encode the {what} of task `{task}`: {message}")]
+    Encode {
+        /// The task's name.
+        task: &'static str,
+        /// What was being encoded ("context", "item 3").
+        what: String,
+        /// The encoder's message.
+        message: String,
+    },
+    /// An output did not decode as the task's output type.
+    #[error("cannot decode the output of task `{task}` for item {index}: {message}")]
+    Decode {
+        /// The task's name.
+        task: &'static str,
+        /// Index of the item in the input.
+        index: usize,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

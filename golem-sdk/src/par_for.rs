@@ -1,0 +1,207 @@
+//! [`ParFor`]: one task over many items.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use golem_runtime::local::{JobSpec, SubtaskFailure};
+use golem_runtime::sandbox::Limits;
+
+use crate::{Error, Golem, Task};
+
+/// A `par_for` being set up; await it (or call [`run`](Self::run)) to run it.
+///
+/// Built by [`Golem::par_for`].
+#[must_use = "a par_for does nothing until it is awaited or run"]
+pub struct ParFor<'g, T: Task, C> {
+    golem: &'g Golem,
+    items: Vec<T::Input>,
+    context: C,
+    limits: Option<Limits>,
+    seed: Option<u64>,
+    _task: PhantomData<T>,
+}
+
+impl<T: Task, C> std::fmt::Debug for ParFor<'_, T, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParFor")
+            .field("task", &T::NAME)
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// No context given yet; awaitable only for tasks whose context is `()`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoContext;
+
+/// The context given with [`ParFor::with`].
+#[derive(Debug, Clone, Copy)]
+pub struct WithContext<'c, X>(&'c X);
+
+/// Supplies the shared context of task `T`.
+#[diagnostic::on_unimplemented(
+    message = "task `{T}` takes a shared context: call `.with(&context)` before running it",
+    label = "the context of this task is missing"
+)]
+pub trait ContextFor<T: Task> {
+    /// The context.
+    fn context(&self) -> &T::Context;
+}
+
+impl<T: Task<Context = ()>> ContextFor<T> for NoContext {
+    fn context(&self) -> &() {
+        &()
+    }
+}
+
+impl<T: Task> ContextFor<T> for WithContext<'_, T::Context> {
+    fn context(&self) -> &T::Context {
+        self.0
+    }
+}
+
+impl<'g, T: Task> ParFor<'g, T, NoContext> {
+    pub(crate) fn new(golem: &'g Golem, items: Vec<T::Input>, _task: T) -> Self {
+        Self {
+            golem,
+            items,
+            context: NoContext,
+            limits: None,
+            seed: None,
+            _task: PhantomData,
+        }
+    }
+
+    /// Gives the shared context. It is encoded once and sent to each provider once, however
+    /// many items there are.
+    pub fn with<'c>(self, context: &'c T::Context) -> ParFor<'g, T, WithContext<'c, T::Context>> {
+        ParFor {
+            golem: self.golem,
+            items: self.items,
+            context: WithContext(context),
+            limits: self.limits,
+            seed: self.seed,
+            _task: PhantomData,
+        }
+    }
+}
+
+impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
+    /// Overrides the limits of each subtask for this call.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Seeds the sandboxes' randomness. By default the seed derives from the module, the task
+    /// and the context, so the same job gives the same results every run; subtask `i` is always
+    /// seeded from (job seed, `i`), whichever provider runs it.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Runs to completion, blocking this thread. Do not call it from async code: await instead.
+    pub fn run(self) -> Result<Vec<T::Output>, Error> {
+        crate::blocking::block_on(self.into_future())
+    }
+
+    /// Encodes everything up front, so the future owns bytes only and is `Send` whatever the
+    /// user's types are.
+    fn start(self) -> Result<Pending<T>, Error> {
+        let task = T::NAME;
+        let module = T::module();
+        let providers = &self.golem.inner.providers;
+        let prepared = providers
+            .prepare(module.hash(), module.bytes())
+            .map_err(|source| Error::Module { task, source })?;
+        let export = prepared
+            .task(task)
+            .map_err(|source| Error::Module { task, source })?;
+        let context = encode(self.context.context(), task, || "context".into())?;
+        let inputs = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| encode(item, task, || format!("item {index}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seed = job_seed(module.hash().0, task, &context, self.seed);
+        let job = Arc::new(JobSpec {
+            module: prepared,
+            task: export,
+            context: context.into(),
+            seed,
+            limits: self.limits.unwrap_or_else(|| self.golem.limits().clone()),
+        });
+        Ok(Pending {
+            handle: providers.run(job, inputs),
+            _task: PhantomData,
+        })
+    }
+}
+
+struct Pending<T> {
+    handle: golem_runtime::local::JobHandle,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T: Task> Pending<T> {
+    async fn finish(self) -> Result<Vec<T::Output>, Error> {
+        let task = T::NAME;
+        let outputs = self
+            .handle
+            .await
+            .map_err(|SubtaskFailure { index, error }| Error::Subtask {
+                task,
+                index,
+                source: error,
+            })?;
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(index, bytes)| {
+                postcard::from_bytes(bytes).map_err(|error| Error::Decode {
+                    task,
+                    index,
+                    message: error.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl<'g, T: Task, C: ContextFor<T>> IntoFuture for ParFor<'g, T, C> {
+    type Output = Result<Vec<T::Output>, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'g>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let pending = self.start();
+        Box::pin(async move { pending?.finish().await })
+    }
+}
+
+fn encode<V: serde::Serialize>(
+    value: &V,
+    task: &'static str,
+    what: impl FnOnce() -> String,
+) -> Result<Vec<u8>, Error> {
+    postcard::to_allocvec(value).map_err(|error| Error::Encode {
+        task,
+        what: what(),
+        message: error.to_string(),
+    })
+}
+
+fn job_seed(module: [u8; 32], task: &str, context: &[u8], seed: Option<u64>) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("golem job seed v1");
+    hasher.update(&module);
+    hasher.update(&(task.len() as u64).to_le_bytes());
+    hasher.update(task.as_bytes());
+    hasher.update(blake3::hash(context).as_bytes());
+    if let Some(seed) = seed {
+        hasher.update(&seed.to_le_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}

@@ -1,0 +1,7 @@
+//! Support for the code `#[golem::task]` generates (`golem::__private`). Not a public API.
+
+#[cfg(target_arch = "wasm32")]
+pub mod guest;
+
+/// Compile-time check that `T` may cross the sandbox boundary; reported at the user's type.
+pub const fn assert_task_data<T: crate::TaskData>() {}
