@@ -131,6 +131,7 @@ impl Signature {
         let mut input = None;
         for (position, arg) in typed.iter().enumerate() {
             let ty = &*arg.ty;
+            let is_context_slot = position == 0 && typed.len() >= 2;
             if contains_impl_trait(ty) {
                 fail(
                     ty.span(),
@@ -144,15 +145,10 @@ impl Signature {
                     "a golem task cannot take `&mut`: nothing flows back through a reference \
                      from the sandbox; take the value and return the new one",
                 ),
-                Type::Reference(reference) if position == 0 && typed.len() == 2 => {
+                Type::Reference(reference) if is_context_slot => {
                     context = Some((*reference.elem).clone());
                 }
-                Type::Reference(_) => fail(
-                    ty.span(),
-                    "a golem task takes its input by value; only the first of two arguments may \
-                     be a reference, the shared context `&T`",
-                ),
-                _ if position == 0 && typed.len() == 2 => fail(
+                _ if is_context_slot => fail(
                     ty.span(),
                     "with two arguments, the first is the shared context and must be a \
                      reference `&T`",
@@ -161,6 +157,11 @@ impl Signature {
                     ty.span(),
                     "a golem task takes one input after the optional `&T` context; bundle \
                      several values into a tuple or a struct",
+                ),
+                Type::Reference(_) => fail(
+                    ty.span(),
+                    "a golem task takes its input by value; only the first of two arguments may \
+                     be a reference, the shared context `&T`",
                 ),
                 _ => input = Some(ty.clone()),
             }

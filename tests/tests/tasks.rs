@@ -1,0 +1,142 @@
+//! Behaviour of tasks through `Golem::local()`: contexts, order, errors as data, determinism,
+//! captured output, the blocking facade.
+
+use golem::{Error, Golem, SubtaskError, Until};
+use golem_fixture::{DivError, Environment, add, checked_div, double, observe, renamed};
+
+fn golem() -> Golem {
+    Golem::builder()
+        .providers(2)
+        .build_blocking()
+        .expect("local providers start")
+}
+
+#[test]
+fn outputs_come_back_in_input_order() {
+    let golem = golem();
+    let items: Vec<u64> = (0..5_000).collect();
+    let doubled = golem.par_for(items.clone(), double).run().expect("job");
+    assert_eq!(doubled, items.iter().map(|x| 2 * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn empty_input_gives_empty_output() {
+    let golem = golem();
+    assert_eq!(
+        golem.par_for(Vec::new(), double).run().expect("job"),
+        Vec::<u64>::new()
+    );
+}
+
+#[test]
+fn context_is_shared_by_every_item() {
+    let golem = golem();
+    let sums = golem
+        .par_for(vec![1, 2, 3], add)
+        .with(&100)
+        .run()
+        .expect("job");
+    assert_eq!(sums, [101, 102, 103]);
+}
+
+#[test]
+fn tasks_stay_callable_natively() {
+    assert_eq!(add(&1, 2), 3);
+    assert_eq!(double(21), 42);
+    assert_eq!(renamed::negate(5), -5);
+    assert_eq!(checked_div((1, 0)), Err(DivError::ByZero { dividend: 1 }));
+}
+
+#[test]
+fn errors_returned_by_a_task_come_back_as_data() {
+    let golem = golem();
+    let results = golem
+        .par_for(vec![(10, 2), (7, 0), (9, 3)], checked_div)
+        .run()
+        .expect("job");
+    assert_eq!(
+        results,
+        [Ok(5), Err(DivError::ByZero { dividend: 7 }), Ok(3)]
+    );
+}
+
+#[test]
+fn crate_override_names_the_sdk() {
+    let golem = golem();
+    assert_eq!(
+        golem.par_for([1, -2], renamed::negate).run().expect("job"),
+        [-1, 2]
+    );
+}
+
+#[test]
+fn environment_is_deterministic_and_closed() {
+    let golem = golem();
+    let inputs = vec![8u32; 6];
+    let first: Vec<Environment> = golem.par_for(inputs.clone(), observe).run().expect("job");
+    let second = golem.par_for(inputs, observe).run().expect("job");
+    assert_eq!(
+        first, second,
+        "same job, same environment, whichever provider ran it"
+    );
+    // Subtasks are seeded apart from each other.
+    assert_ne!(first[0].random, first[1].random);
+    let env = &first[0];
+    assert_eq!((env.args, env.vars), (0, 0));
+    assert!(
+        env.system_time_ns > 1_700_000_000_000_000_000,
+        "a plausible virtual clock"
+    );
+}
+
+#[test]
+fn failures_name_the_task_and_the_item() {
+    let golem = golem();
+    let error = golem
+        .par_for(
+            vec!["fine".to_string(), "bad item".to_string()],
+            golem_fixture::boom,
+        )
+        .run()
+        .unwrap_err();
+    match &error {
+        Error::Subtask {
+            task: "boom",
+            index: 0,
+            source: SubtaskError::Panic { message },
+        } => {
+            assert!(message.contains("fine"), "{message}");
+        }
+        other => panic!("unexpected error: {other:?}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .starts_with("task `boom` failed on item 0: the task panicked")
+    );
+}
+
+#[test]
+fn iterate_blocking_runs_rounds() {
+    let golem = golem();
+    let done = golem
+        .iterate_blocking(
+            vec![1u64, 2, 3],
+            |golem, _round, state| golem.par_for(state.clone(), double).run(),
+            Until::rounds(4),
+        )
+        .expect("rounds");
+    assert_eq!(done.state, [16, 32, 48]);
+    assert_eq!((done.rounds, done.converged), (4, false));
+}
+
+#[tokio::test]
+async fn async_api_runs_on_a_runtime() {
+    let golem = Golem::builder()
+        .providers(2)
+        .build()
+        .await
+        .expect("providers");
+    let doubled = golem.par_for(1..=3, double).await.expect("job");
+    assert_eq!(doubled, [2, 4, 6]);
+}

@@ -1,0 +1,6 @@
+#[golem::task]
+async fn fetch(x: u32) -> u32 {
+    x
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[golem::task]
+fn identity<T: Clone>(x: T) -> T {
+    x
+}
+
+fn main() {}

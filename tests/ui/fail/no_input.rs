@@ -1,0 +1,6 @@
+#[golem::task]
+fn constant() -> u32 {
+    4
+}
+
+fn main() {}

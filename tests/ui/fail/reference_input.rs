@@ -1,0 +1,6 @@
+#[golem::task]
+fn length(text: &str) -> usize {
+    text.len()
+}
+
+fn main() {}
