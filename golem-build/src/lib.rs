@@ -24,6 +24,11 @@
 //! then fails with a clear error). It is skipped on its own under `cargo clippy` and on docs.rs.
 //! The `wasm32-wasip1` target is added with `rustup` when it is missing.
 
+#![allow(
+    clippy::needless_doctest_main,
+    reason = "the example is a build script"
+)]
+
 use std::env;
 use std::ffi::OsString;
 use std::fs;
@@ -68,10 +73,13 @@ pub fn try_build_tasks() -> Result<(), String> {
         // Inside the guest build: the module is what is being built.
         return write_outputs(&out_dir, &[]);
     }
-    if let Some(reason) = skip_reason() {
-        println!(
-            "cargo:warning=golem: guest build skipped ({reason}); tasks of this build cannot run"
-        );
+    if let Some(skip) = skip_reason() {
+        if skip == Skip::Requested {
+            println!(
+                "cargo:warning=golem: guest build skipped ({SKIP_VAR} is set); tasks of this \
+                 build cannot run"
+            );
+        }
         return write_outputs(&out_dir, &[]);
     }
 
@@ -134,15 +142,21 @@ fn var(name: &str) -> Result<String, String> {
     env::var(name).map_err(|_| format!("{name} is not set; call golem_build from a build script"))
 }
 
-fn skip_reason() -> Option<&'static str> {
+/// Why the guest build is skipped.
+#[derive(Debug, PartialEq, Eq)]
+enum Skip {
+    /// The user set [`SKIP_VAR`].
+    Requested,
+    /// A tool that only checks or documents the crate (clippy, docs.rs).
+    CheckOnly,
+}
+
+fn skip_reason() -> Option<Skip> {
     if env::var_os(SKIP_VAR).is_some_and(|value| value != "0" && !value.is_empty()) {
-        return Some("GOLEM_SKIP_GUEST_BUILD is set");
+        return Some(Skip::Requested);
     }
-    if env::var_os("CLIPPY_ARGS").is_some() {
-        return Some("running under clippy");
-    }
-    if env::var_os("DOCS_RS").is_some() {
-        return Some("building docs on docs.rs");
+    if env::var_os("CLIPPY_ARGS").is_some() || env::var_os("DOCS_RS").is_some() {
+        return Some(Skip::CheckOnly);
     }
     None
 }

@@ -264,6 +264,8 @@ fn generate(args: &TaskArgs, func: &ItemFn, signature: &Signature) -> TokenStrea
 
         const _: () = {
             #(#other_attrs)*
+            // A context is decoded into an owned value, so `&Vec<T>` is what a task takes.
+            #[allow(clippy::ptr_arg)]
             fn #implementation(#inputs) -> #output #block
 
             #[allow(dead_code)]

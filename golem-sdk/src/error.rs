@@ -3,6 +3,8 @@
 pub use golem_runtime::sandbox::{ModuleError, SandboxError, SubtaskError};
 
 /// Why a golem operation failed.
+///
+/// The message of each variant includes its cause, so `{}` tells the whole story.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -10,23 +12,23 @@ pub enum Error {
     #[error("cannot start the golem providers: {0}")]
     Setup(#[from] SandboxError),
     /// A task's module was refused before it ran.
-    #[error("task `{task}` cannot run: {source}")]
+    #[error("task `{task}` cannot run: {error}")]
     Module {
         /// The task's name.
         task: &'static str,
         /// Why the module was refused.
-        source: ModuleError,
+        error: ModuleError,
     },
     /// A subtask failed in the sandbox (a panic, a limit, a trap). Failures that a task returns
     /// as `Err` values are not errors here: they come back as data.
-    #[error("task `{task}` failed on item {index}: {source}")]
+    #[error("task `{task}` failed on item {index}: {error}")]
     Subtask {
         /// The task's name.
         task: &'static str,
         /// Index of the item in the input.
         index: usize,
         /// What went wrong.
-        source: SubtaskError,
+        error: SubtaskError,
     },
     /// A value could not be encoded for the sandbox.
     #[error("cannot encode the {what} of task `{task}`: {message}")]

@@ -1,10 +1,13 @@
 //! Rounds whose results decide the next round: [`Golem::iterate`](crate::Golem::iterate).
 
+/// Decides from the previous and the next state whether a run has converged.
+type ConvergenceTest<S> = Box<dyn FnMut(&S, &S) -> bool + Send>;
+
 /// When [`Golem::iterate`](crate::Golem::iterate) stops.
 #[must_use = "an `Until` does nothing until passed to `iterate`"]
 pub struct Until<S> {
     max_rounds: u32,
-    converged: Option<Box<dyn FnMut(&S, &S) -> bool + Send>>,
+    converged: Option<ConvergenceTest<S>>,
 }
 
 impl<S> std::fmt::Debug for Until<S> {

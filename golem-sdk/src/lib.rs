@@ -66,6 +66,11 @@
 //! # Ok::<(), golem::Error>(())
 //! ```
 
+#![allow(
+    clippy::needless_doctest_main,
+    reason = "the example is a build script"
+)]
+
 mod task;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -116,10 +116,10 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
         let providers = &self.golem.inner.providers;
         let prepared = providers
             .prepare(module.hash(), module.bytes())
-            .map_err(|source| Error::Module { task, source })?;
+            .map_err(|error| Error::Module { task, error })?;
         let export = prepared
             .task(task)
-            .map_err(|source| Error::Module { task, source })?;
+            .map_err(|error| Error::Module { task, error })?;
         let context = encode(self.context.context(), task, || "context".into())?;
         let inputs = self
             .items
@@ -153,11 +153,7 @@ impl<T: Task> Pending<T> {
         let outputs = self
             .handle
             .await
-            .map_err(|SubtaskFailure { index, error }| Error::Subtask {
-                task,
-                index,
-                source: error,
-            })?;
+            .map_err(|SubtaskFailure { index, error }| Error::Subtask { task, index, error })?;
         outputs
             .iter()
             .enumerate()

@@ -15,7 +15,7 @@ fn golem() -> Golem {
 
 fn subtask_error(error: Error) -> SubtaskError {
     match error {
-        Error::Subtask { source, .. } => source,
+        Error::Subtask { error, .. } => error,
         other => panic!("expected a subtask error, got {other:?}"),
     }
 }

@@ -103,7 +103,7 @@ fn failures_name_the_task_and_the_item() {
         Error::Subtask {
             task: "boom",
             index: 0,
-            source: SubtaskError::Panic { message },
+            error: SubtaskError::Panic { message },
         } => {
             assert!(message.contains("fine"), "{message}");
         }
