@@ -1,0 +1,137 @@
+//! Workloads shared by the criterion benches (`benches/sandbox.rs`) and the comparison table
+//! (`benches/compare.rs`).
+//!
+//! * the render kernel: a Mandelbrot scene in tiles, run natively, with rayon, and in the
+//!   sandbox on one thread under each engine setting ([`engine_variants`]);
+//! * tiny tasks: `double(u64)`, to measure the fixed cost per subtask.
+
+use std::sync::Arc;
+
+use golem::Task;
+use golem_examples::mandelbrot::{Scene, Tile, render};
+use golem_runtime::local::subtask_seed;
+use golem_runtime::sandbox::{Call, Limits, PreparedModule, Sandbox, SandboxConfig, TaskExport};
+use rayon::prelude::*;
+
+/// The scene the render benches use: 512×384, up to 1,000 iterations per pixel.
+pub fn scene() -> Scene {
+    Scene {
+        width: 512,
+        height: 384,
+        max_iterations: 1_000,
+        ..Scene::default()
+    }
+}
+
+/// The scene's tiles, 64×64.
+pub fn tiles(scene: &Scene) -> Vec<Tile> {
+    scene.tiles(64)
+}
+
+/// Renders every tile natively on this thread.
+pub fn render_native(scene: &Scene, tiles: &[Tile]) -> Vec<Vec<u8>> {
+    tiles.iter().map(|tile| render(scene, *tile)).collect()
+}
+
+/// Renders every tile natively with rayon on all cores.
+pub fn render_rayon(scene: &Scene, tiles: &[Tile]) -> Vec<Vec<u8>> {
+    tiles.par_iter().map(|tile| render(scene, *tile)).collect()
+}
+
+/// Engine settings compared by the benches, by name.
+pub fn engine_variants() -> Vec<(&'static str, SandboxConfig)> {
+    let base = SandboxConfig::with_instances(4);
+    let with = |fuel: bool, epoch: bool, nan: bool| {
+        let mut config = base.clone();
+        config.fuel_metering = fuel;
+        config.epoch_deadline = epoch;
+        config.nan_canonicalization = nan;
+        config
+    };
+    vec![
+        ("no metering", with(false, false, false)),
+        ("epoch deadline", with(false, true, false)),
+        ("fuel", with(true, false, false)),
+        ("fuel + epoch (default)", with(true, true, false)),
+        (
+            "fuel + epoch + NaN canonicalization",
+            with(true, true, true),
+        ),
+    ]
+}
+
+/// One task of one module on a sandbox, called on this thread.
+pub struct SandboxRun {
+    sandbox: Sandbox,
+    module: Arc<PreparedModule>,
+    export: TaskExport,
+    context: Vec<u8>,
+    inputs: Vec<Vec<u8>>,
+    limits: Limits,
+}
+
+impl SandboxRun {
+    /// Prepares task `T` over `items` with `context` on a sandbox built from `config`.
+    pub fn new<T: Task>(
+        config: SandboxConfig,
+        _task: T,
+        context: &T::Context,
+        items: &[T::Input],
+    ) -> Self {
+        let sandbox = Sandbox::new(config).expect("engine");
+        let bytes = T::module();
+        let module = sandbox
+            .prepare(bytes.hash(), bytes.bytes())
+            .expect("the module compiles");
+        let export = module.task(T::NAME).expect("the task is exported");
+        Self {
+            sandbox,
+            module,
+            export,
+            context: postcard::to_allocvec(context).expect("encode context"),
+            inputs: items
+                .iter()
+                .map(|item| postcard::to_allocvec(item).expect("encode input"))
+                .collect(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Number of subtasks.
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Whether there are no subtasks.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// Runs subtask `index`, returning its encoded output.
+    pub fn run_one(&self, index: usize) -> Vec<u8> {
+        let call = Call {
+            context: &self.context,
+            input: &self.inputs[index],
+            seed: subtask_seed(&[0; 32], index as u64),
+        };
+        self.sandbox
+            .run(&self.module, &self.export, call, &self.limits)
+            .expect("the subtask runs")
+            .output
+    }
+
+    /// Runs every subtask in order on this thread and decodes the outputs.
+    pub fn decoded<O: serde::de::DeserializeOwned>(&self) -> Vec<O> {
+        self.run_all()
+            .iter()
+            .map(|bytes| postcard::from_bytes(bytes).expect("decode output"))
+            .collect()
+    }
+
+    /// Runs every subtask in order on this thread.
+    pub fn run_all(&self) -> Vec<Vec<u8>> {
+        (0..self.inputs.len())
+            .map(|index| self.run_one(index))
+            .collect()
+    }
+}
