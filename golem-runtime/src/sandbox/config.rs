@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use wasmtime::{Config, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
 use super::SandboxError;
 
@@ -73,6 +73,7 @@ impl SandboxConfig {
             .table_elements(TABLE_ELEMENTS)
             .max_memory_size(self.max_memory_bytes)
             .linear_memory_keep_resident(self.keep_resident_bytes)
+            .pagemap_scan(Enabled::Auto)
             .table_keep_resident(TABLE_ELEMENTS * std::mem::size_of::<usize>())
             .decommit_batch_size(self.max_instances as usize);
 
