@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 use crate::sandbox::{
-    Call, Limits, ModuleError, ModuleHash, PreparedModule, Sandbox, SandboxConfig, SandboxError,
-    SubtaskError, TaskExport,
+    Call, Execution, Limits, ModuleError, ModuleHash, PreparedModule, Sandbox, SandboxConfig,
+    SandboxError, SubtaskError, TaskExport,
 };
 
 /// One task of one module, with the context and limits shared by all its subtasks.
@@ -228,7 +228,10 @@ impl JobRun {
             sandbox.run(&job.module, &job.task, call, &job.limits)
         }))
         .unwrap_or_else(|_| Err(SubtaskError::Internal("the sandbox panicked".into())))
-        .map(|execution| execution.output)
+        .map(|execution| {
+            log_guest_output(job.task.name(), index, &execution);
+            execution.output
+        })
     }
 
     fn finish(&self) {
@@ -247,6 +250,26 @@ impl JobRun {
         if let Some(done) = lock(&self.done).take() {
             let _ = done.send(result);
         }
+    }
+}
+
+/// Hands what a guest printed to `tracing` (target `golem::guest`), never to this process's
+/// own streams.
+fn log_guest_output(task: &str, index: usize, execution: &Execution) {
+    for (stream, bytes) in [("stdout", &execution.stdout), ("stderr", &execution.stderr)] {
+        if !bytes.is_empty() {
+            let text = String::from_utf8_lossy(bytes);
+            tracing::info!(target: "golem::guest", task, index, stream, "{}", text.trim_end());
+        }
+    }
+    if execution.log_bytes_dropped > 0 {
+        tracing::warn!(
+            target: "golem::guest",
+            task,
+            index,
+            dropped = execution.log_bytes_dropped,
+            "guest output past the log limit was dropped"
+        );
     }
 }
 
