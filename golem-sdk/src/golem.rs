@@ -108,9 +108,11 @@ impl Golem {
     where
         F: FnMut(&Golem, u32, &S) -> Result<S, Error>,
     {
-        crate::blocking::block_on(crate::iterate::run(init, until, async |round, state| {
-            step(self, round, state)
-        }))
+        crate::blocking::block_on(self.iterate(
+            init,
+            async |golem, round, state| step(golem, round, state),
+            until,
+        ))
     }
 }
 

@@ -200,30 +200,39 @@ impl Sandbox {
 }
 
 /// Turns a wasmtime error from a guest call into the typed error a user sees.
+///
+/// Limits that stop the guest from outside (fuel, deadline, stack) are named by their trap. Any
+/// other trap is explained by what the guest did just before: a reported panic, or a memory
+/// growth the limiter refused (Rust aborts when an allocation fails).
 fn classify(error: &wasmtime::Error, state: GuestState, limits: &Limits) -> SubtaskError {
     if let Some(host) = error.downcast_ref::<HostTrap>() {
         return host.to_subtask_error();
     }
-    if let Some(message) = state.panic_message() {
-        return SubtaskError::Panic { message };
-    }
-    if state.limiter.memory_denied() {
-        return SubtaskError::MemoryLimit {
-            limit: limits.memory_bytes,
-        };
-    }
-    match error.downcast_ref::<Trap>() {
+    let trap = error.downcast_ref::<Trap>();
+    match trap {
         Some(Trap::OutOfFuel) => SubtaskError::OutOfFuel { limit: limits.fuel },
         Some(Trap::Interrupt) => SubtaskError::Deadline {
             limit: limits.deadline,
         },
         Some(Trap::StackOverflow) => SubtaskError::StackOverflow,
-        Some(trap) => SubtaskError::Trap {
-            message: trap.to_string(),
-            stderr: state.stderr_lossy(),
-        },
-        None if state.limiter.table_denied() => SubtaskError::TableLimit,
-        None => SubtaskError::Internal(format!("{error:#}")),
+        _ => {
+            if let Some(message) = state.panic_message() {
+                SubtaskError::Panic { message }
+            } else if state.limiter.memory_denied() {
+                SubtaskError::MemoryLimit {
+                    limit: limits.memory_bytes,
+                }
+            } else if let Some(trap) = trap {
+                SubtaskError::Trap {
+                    message: trap.to_string(),
+                    stderr: state.stderr_lossy(),
+                }
+            } else if state.limiter.table_denied() {
+                SubtaskError::TableLimit
+            } else {
+                SubtaskError::Internal(format!("{error:#}"))
+            }
+        }
     }
 }
 

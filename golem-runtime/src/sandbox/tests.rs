@@ -118,6 +118,21 @@ fn memory_bomb_reaches_the_memory_limit() {
 }
 
 #[test]
+fn a_refused_growth_does_not_hide_a_later_fuel_trap() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    // Asks for more memory than allowed, copes with the refusal, then spins.
+    let bytes = module(
+        "",
+        r#"(func (export "golem_task_cope")
+            (drop (memory.grow (i32.const 1000)))
+            (loop $l (br $l)))"#,
+    );
+    let limits = Limits::default().memory_bytes(1 << 20).fuel(1_000_000);
+    let error = run(&sandbox, &bytes, "cope", &limits).unwrap_err();
+    assert_eq!(error, SubtaskError::OutOfFuel { limit: 1_000_000 });
+}
+
+#[test]
 fn unbounded_recursion_overflows_the_stack() {
     let sandbox = sandbox(SandboxConfig::with_instances(4));
     let bytes = module(
