@@ -28,7 +28,12 @@ async fn main() -> anyhow::Result<()> {
         golem.providers()
     );
     let started = Instant::now();
-    let pixels = golem.par_for(tiles.clone(), render).with(&scene).await?;
+    let pixels = golem
+        .par_for(tiles.clone(), render)
+        .with(&scene)
+        .progress(|done, total| eprint!("\r{done}/{total} tiles"))
+        .await?;
+    eprintln!();
     let image = scene.assemble(&tiles, &pixels);
     println!("rendered in {:.2?}", started.elapsed());
 

@@ -23,7 +23,6 @@ use crate::sandbox::{
 };
 
 /// One task of one module, with the context and limits shared by all its subtasks.
-#[derive(Debug)]
 pub struct JobSpec {
     /// The compiled module.
     pub module: Arc<PreparedModule>,
@@ -35,6 +34,23 @@ pub struct JobSpec {
     pub seed: [u8; 32],
     /// Limits of every call.
     pub limits: Limits,
+    /// Called from the provider threads as subtasks settle, with (settled, total).
+    pub progress: Option<ProgressFn>,
+}
+
+/// A progress callback: (subtasks settled, total).
+pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("module", &self.module)
+            .field("task", &self.task)
+            .field("context_bytes", &self.context.len())
+            .field("limits", &self.limits)
+            .field("progress", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The seed of subtask `index` of a job seeded with `job_seed`: independent of how subtasks
@@ -210,6 +226,10 @@ impl JobRun {
                 }
             }
             let settled = self.settled.fetch_add(end - start, Ordering::AcqRel) + (end - start);
+            if let Some(progress) = &self.job.progress {
+                // A panicking callback must not stop the job from finishing.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| progress(settled, total)));
+            }
             if settled == total {
                 self.finish();
             }

@@ -70,6 +70,12 @@ where
         self
     }
 
+    /// Reports map progress, as [`ParFor::progress`] does.
+    pub fn progress(mut self, progress: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        self.map = self.map.progress(progress);
+        self
+    }
+
     /// Runs to completion, blocking this thread. Do not call it from async code: await instead.
     pub fn run(self) -> Result<A, Error> {
         Ok(self

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use golem_runtime::local::{JobSpec, SubtaskFailure};
+use golem_runtime::local::{JobSpec, ProgressFn, SubtaskFailure};
 use golem_runtime::sandbox::Limits;
 
 use crate::{Error, Golem, Task};
@@ -20,6 +20,7 @@ pub struct ParFor<'g, T: Task, C> {
     context: C,
     limits: Option<Limits>,
     seed: Option<u64>,
+    progress: Option<ProgressFn>,
     _task: PhantomData<T>,
 }
 
@@ -70,6 +71,7 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
             context: NoContext,
             limits: None,
             seed: None,
+            progress: None,
             _task: PhantomData,
         }
     }
@@ -83,6 +85,7 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
             context: WithContext(context),
             limits: self.limits,
             seed: self.seed,
+            progress: self.progress,
             _task: PhantomData,
         }
     }
@@ -100,6 +103,13 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
     /// seeded from (job seed, `i`), whichever provider runs it.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Calls `progress(settled, total)` as subtasks finish, from the providers' threads; calls
+    /// may arrive out of order, and the last one reports `total`.
+    pub fn progress(mut self, progress: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
         self
     }
 
@@ -134,6 +144,7 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
             context: context.into(),
             seed,
             limits: self.limits.unwrap_or_else(|| self.golem.limits().clone()),
+            progress: self.progress,
         });
         Ok(Pending {
             handle: providers.run(job, inputs),

@@ -1,6 +1,8 @@
 //! Behaviour of tasks through `Golem::local()`: contexts, order, errors as data, determinism,
 //! captured output, the blocking facade.
 
+use std::sync::{Arc, Mutex};
+
 use golem::{Error, Golem, SubtaskError, Until};
 use golem_fixture::{DivError, Environment, add, checked_div, double, observe, renamed};
 
@@ -17,6 +19,25 @@ fn outputs_come_back_in_input_order() {
     let items: Vec<u64> = (0..5_000).collect();
     let doubled = golem.par_for(items.clone(), double).run().expect("job");
     assert_eq!(doubled, items.iter().map(|x| 2 * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn progress_reaches_the_total() {
+    let golem = golem();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    golem
+        .par_for(0..1_000, double)
+        .progress(move |done, total| record.lock().unwrap().push((done, total)))
+        .run()
+        .expect("job");
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() > 1, "reported as chunks settle: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|&(done, total)| total == 1_000 && done <= total)
+    );
+    assert_eq!(seen.iter().map(|&(done, _)| done).max(), Some(1_000));
 }
 
 #[test]
