@@ -16,6 +16,16 @@
 //!
 //! [`ABI_DESCRIPTION`] spells all of this out as one string; a test pins its hash to
 //! [`ABI_VERSION`], so changing the contract without bumping the version fails the build's tests.
+//!
+//! ```
+//! use golem_abi::{TASK_EXPORT_PREFIX, WASI_IMPORTS};
+//!
+//! // The export of `#[golem::task] fn render(..)`:
+//! assert_eq!(format!("{TASK_EXPORT_PREFIX}render"), "golem_task_render");
+//! // Randomness is allowed (deterministically seeded); opening files is not.
+//! assert!(WASI_IMPORTS.contains(&"random_get"));
+//! assert!(!WASI_IMPORTS.contains(&"path_open"));
+//! ```
 #![no_std]
 
 /// Version of the contract described in this crate. Bump it with any change to the names,

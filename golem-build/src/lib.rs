@@ -297,38 +297,43 @@ fn workspace_root(manifest_dir: &Path) -> PathBuf {
 /// any source that went into the module changes, except files of the registry (those change
 /// only with `Cargo.lock`, which is watched too).
 fn rerun_if_sources_change(dep_info: &Path, manifest_dir: &Path) {
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest_dir.join("Cargo.toml").display()
-    );
+    for path in watched_files(dep_info, manifest_dir, cargo_home().as_deref()) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+}
+
+/// The files whose change must rebuild the module: the crate's manifest, the lock file, and
+/// every source in the dep-info file outside the registry (`registry_home`); the crate's `src`
+/// directory when there is no dep-info.
+fn watched_files(
+    dep_info: &Path,
+    manifest_dir: &Path,
+    registry_home: Option<&Path>,
+) -> Vec<PathBuf> {
+    let mut watched = vec![manifest_dir.join("Cargo.toml")];
     let lock = workspace_root(manifest_dir).join("Cargo.lock");
     if lock.is_file() {
-        println!("cargo:rerun-if-changed={}", lock.display());
+        watched.push(lock);
     }
     let Ok(contents) = fs::read_to_string(dep_info) else {
-        // Without dep-info, watch the crate's sources as a whole.
-        println!(
-            "cargo:rerun-if-changed={}",
-            manifest_dir.join("src").display()
-        );
-        return;
+        watched.push(manifest_dir.join("src"));
+        return watched;
     };
-    let registry = cargo_home();
     // The first line is `<artifact>: <dep> <dep> ...`, with spaces in paths escaped as `\ `.
-    let Some((_, deps)) = contents
+    if let Some((_, deps)) = contents
         .lines()
         .next()
         .and_then(|line| line.split_once(": "))
-    else {
-        return;
-    };
-    for dep in split_escaped(deps) {
-        let path = PathBuf::from(&dep);
-        let from_registry = registry.as_ref().is_some_and(|home| path.starts_with(home));
-        if !from_registry && path.is_absolute() {
-            println!("cargo:rerun-if-changed={}", path.display());
-        }
+    {
+        watched.extend(
+            split_escaped(deps)
+                .into_iter()
+                .map(PathBuf::from)
+                .filter(|path| path.is_absolute())
+                .filter(|path| !registry_home.is_some_and(|home| path.starts_with(home))),
+        );
     }
+    watched
 }
 
 fn split_escaped(deps: &str) -> Vec<String> {
@@ -372,6 +377,38 @@ mod tests {
             split_escaped(r"/a/b.rs /c\ d/e.rs  /f.rs"),
             vec!["/a/b.rs", "/c d/e.rs", "/f.rs"]
         );
+    }
+
+    #[test]
+    fn local_sources_are_watched_and_registry_sources_are_not() {
+        let root = env::temp_dir().join(format!("golem-build-watch-{}", std::process::id()));
+        let krate = root.join("my crate");
+        fs::create_dir_all(&krate).expect("create temp dirs");
+        let dep_info = root.join("guest.d");
+        let registry = root.join("cargo-home");
+        fs::write(
+            &dep_info,
+            format!(
+                "{out}: {src} {reg} relative.rs\n\n{src}:\n",
+                out = root.join("guest.wasm").display(),
+                src = krate
+                    .join("src/lib.rs")
+                    .display()
+                    .to_string()
+                    .replace(' ', "\\ "),
+                reg = registry.join("registry/src/serde/lib.rs").display(),
+            ),
+        )
+        .expect("write dep-info");
+        let watched = watched_files(&dep_info, &krate, Some(&registry));
+        assert_eq!(
+            watched,
+            vec![krate.join("Cargo.toml"), krate.join("src/lib.rs")]
+        );
+
+        let without = watched_files(&root.join("missing.d"), &krate, Some(&registry));
+        assert_eq!(without, vec![krate.join("Cargo.toml"), krate.join("src")]);
+        fs::remove_dir_all(&root).expect("clean up");
     }
 
     #[test]
