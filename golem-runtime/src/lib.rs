@@ -4,6 +4,7 @@
 //!   task modules ([`sandbox::Sandbox`]), with typed errors for every way a guest can fail.
 //! * [`local`]: in-process providers, worker threads that run the subtasks of a job in one
 //!   sandbox and gather the outputs in input order.
+//! * [`proto`]: the requestor–provider wire protocol without sockets (frames so far).
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
 //!
@@ -19,4 +20,5 @@
 //! ```
 
 pub mod local;
+pub mod proto;
 pub mod sandbox;
