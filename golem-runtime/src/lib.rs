@@ -4,6 +4,7 @@
 //!   task modules ([`sandbox::Sandbox`]), with typed errors for every way a guest can fail.
 //! * [`local`]: in-process providers, worker threads that run the subtasks of a job in one
 //!   sandbox and gather the outputs in input order.
+//! * [`identity`]: a node's ed25519 key pair, its node id and domain-separated signatures.
 //! * [`proto`]: the requestor–provider wire protocol without sockets (frames so far).
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
@@ -19,6 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod identity;
 pub mod local;
 pub mod proto;
 pub mod sandbox;
