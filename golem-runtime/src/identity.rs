@@ -146,6 +146,11 @@ impl NodeKey {
         NodeId(self.key.verifying_key().to_bytes())
     }
 
+    /// The secret, for deriving the node's TLS key. Stays inside this crate.
+    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// Signs `message` for `domain` (a fixed string naming what the signature is for).
     pub fn sign(&self, domain: &str, message: &[u8]) -> Signature {
         Signature(self.key.sign(&signed_bytes(domain, message)).to_bytes())

@@ -5,6 +5,8 @@
 //! * [`local`]: in-process providers, worker threads that run the subtasks of a job in one
 //!   sandbox and gather the outputs in input order.
 //! * [`identity`]: a node's ed25519 key pair, its node id and domain-separated signatures.
+//! * [`net`]: QUIC endpoints (quinn, rustls) authenticated by node keys, with the protocol
+//!   version in the ALPN.
 //! * [`proto`]: the requestor–provider wire protocol without sockets (frames so far).
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
@@ -22,5 +24,6 @@
 
 pub mod identity;
 pub mod local;
+pub mod net;
 pub mod proto;
 pub mod sandbox;
