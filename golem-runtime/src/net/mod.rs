@@ -4,6 +4,8 @@
 //!   the peer's certificate key, and a dialer checks it against the node id it expects.
 //! * [`Endpoint`]: binds a UDP socket, accepts and dials connections, and refuses peers that
 //!   present another key or speak another protocol version, each with its own [`NetError`].
+//! * [`FramedSend`] / [`FramedRecv`]: protocol frames on QUIC streams; a bad frame ends its
+//!   stream with a typed [`StreamError`], not the connection.
 //!
 //! ALPN carries the protocol version (`golem/1`). Every node also accepts the bare `golem`
 //! ALPN, so that a peer of another version completes the handshake and is then closed with
@@ -11,9 +13,11 @@
 //! TLS alert. A peer that is not a golem node fails the handshake.
 
 mod endpoint;
+mod framed;
 pub mod tls;
 
 pub use self::endpoint::{Connection, Endpoint, NetError};
+pub use self::framed::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
 
 /// Application close code: the peer speaks another protocol version.
 pub const VERSION_MISMATCH: u32 = 1;
