@@ -365,52 +365,51 @@ mod tests {
         server.close();
     }
 
-    #[tokio::test]
-    async fn a_peer_of_another_version_is_told_so() {
+    /// A client speaking `alpn` dials a golem node: what the client and the server each saw.
+    async fn dial_speaking(alpn: &[u8]) -> (NetError, NetError) {
         let (server_key, server) = node(1);
         let client_key = NodeKey::from_secret([2; 32]);
         let client =
-            Endpoint::bind_with_alpn(loopback(), &client_key, b"golem/2".to_vec()).expect("bind");
+            Endpoint::bind_with_alpn(loopback(), &client_key, alpn.to_vec()).expect("bind");
         let addr = server.local_addr().expect("addr");
         let server = Arc::new(server);
         let mut accepted = serve(Arc::clone(&server));
-        let error = client
+        let client_saw = client
             .connect(addr, server_key.node_id())
             .await
             .unwrap_err();
+        let server_saw = next(&mut accepted).await.unwrap_err();
+        server.close();
+        (client_saw, server_saw)
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_version_is_told_so() {
+        let (client_saw, server_saw) = dial_speaking(b"golem/2").await;
         assert_eq!(
-            error,
+            client_saw,
             NetError::VersionMismatch {
                 ours: "golem/2".into()
             }
         );
         assert_eq!(
-            next(&mut accepted).await,
-            Err(NetError::VersionMismatch {
+            server_saw,
+            NetError::VersionMismatch {
                 ours: "golem/1".into()
-            })
+            }
         );
-        server.close();
     }
 
     #[tokio::test]
     async fn a_peer_without_a_golem_alpn_is_refused() {
-        let (server_key, server) = node(1);
-        let client_key = NodeKey::from_secret([2; 32]);
-        let client =
-            Endpoint::bind_with_alpn(loopback(), &client_key, b"h3".to_vec()).expect("bind");
-        let addr = server.local_addr().expect("addr");
-        let server = Arc::new(server);
-        let mut accepted = serve(Arc::clone(&server));
-        let error = client
-            .connect(addr, server_key.node_id())
-            .await
-            .unwrap_err();
-        assert!(matches!(error, NetError::NotGolem { .. }), "{error:?}");
-        assert!(matches!(
-            next(&mut accepted).await,
-            Err(NetError::NotGolem { .. })
-        ));
-        server.close();
+        let (client_saw, server_saw) = dial_speaking(b"h3").await;
+        assert!(
+            matches!(client_saw, NetError::NotGolem { .. }),
+            "{client_saw:?}"
+        );
+        assert!(
+            matches!(server_saw, NetError::NotGolem { .. }),
+            "{server_saw:?}"
+        );
     }
 }
