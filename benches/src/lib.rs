@@ -65,7 +65,7 @@ pub struct SandboxRun {
     sandbox: Sandbox,
     module: Arc<PreparedModule>,
     export: TaskExport,
-    context: Vec<u8>,
+    context: Arc<[u8]>,
     inputs: Vec<Vec<u8>>,
     limits: Limits,
 }
@@ -88,7 +88,9 @@ impl SandboxRun {
             sandbox,
             module,
             export,
-            context: postcard::to_allocvec(context).expect("encode context"),
+            context: postcard::to_allocvec(context)
+                .expect("encode context")
+                .into(),
             inputs: items
                 .iter()
                 .map(|item| postcard::to_allocvec(item).expect("encode input"))
@@ -110,7 +112,7 @@ impl SandboxRun {
     /// Runs subtask `index`, returning its encoded output.
     pub fn run_one(&self, index: usize) -> Vec<u8> {
         let call = Call {
-            context: &self.context,
+            context: Arc::clone(&self.context),
             input: &self.inputs[index],
             seed: subtask_seed(&[0; 32], index as u64),
         };

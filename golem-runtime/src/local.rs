@@ -239,7 +239,7 @@ impl JobRun {
     fn run_one(&self, sandbox: &Sandbox, index: usize) -> Result<Vec<u8>, SubtaskError> {
         let job = &self.job;
         let call = Call {
-            context: &job.context,
+            context: Arc::clone(&job.context),
             input: &self.inputs[index],
             seed: subtask_seed(&job.seed, index as u64),
         };

@@ -5,6 +5,8 @@
 //! seed, stdout/stderr are captured in capped buffers, and every file-system call answers
 //! `EBADF`. So a module given the same input produces the same bytes on every provider.
 
+use std::sync::Arc;
+
 use golem_abi as abi;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 
@@ -29,7 +31,7 @@ const PANIC_MESSAGE_BYTES: usize = 4096;
 
 /// Per-call state of a guest instance.
 pub(crate) struct GuestState {
-    context: Vec<u8>,
+    context: Arc<[u8]>,
     input: Vec<u8>,
     output: Option<Vec<u8>>,
     output_limit: usize,
@@ -45,7 +47,7 @@ pub(crate) struct GuestState {
 impl GuestState {
     pub(crate) fn new(call: Call<'_>, limits: &Limits) -> Self {
         Self {
-            context: call.context.to_vec(),
+            context: call.context,
             input: call.input.to_vec(),
             output: None,
             output_limit: limits.output_bytes,

@@ -46,10 +46,11 @@ impl std::fmt::Debug for EngineFingerprint {
 }
 
 /// The inputs of one call of a task.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Call<'a> {
-    /// The postcard-encoded shared context; empty when the task takes none.
-    pub context: &'a [u8],
+    /// The postcard-encoded shared context; empty when the task takes none. Shared, not
+    /// copied: every subtask of a job reads the same bytes.
+    pub context: Arc<[u8]>,
     /// The postcard-encoded input of this subtask.
     pub input: &'a [u8],
     /// Seed of the guest's randomness; derive it from (job, subtask) so reruns agree.

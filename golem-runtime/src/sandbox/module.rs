@@ -219,7 +219,7 @@ fn check_abi_version(sandbox: &Sandbox, module: &PreparedModule) -> Result<(), M
         sandbox.engine(),
         GuestState::new(
             super::Call {
-                context: &[],
+                context: std::sync::Arc::from([]),
                 input: &[],
                 seed: [0; 32],
             },
