@@ -85,6 +85,7 @@ pub fn try_build_tasks() -> Result<(), String> {
 
     let manifest_dir = PathBuf::from(var("CARGO_MANIFEST_DIR")?);
     let package = var("CARGO_PKG_NAME")?;
+    let workspace = workspace_root(&manifest_dir);
     let target_dir = guest_target_dir(&out_dir);
     ensure_target_installed()?;
 
@@ -108,7 +109,7 @@ pub fn try_build_tasks() -> Result<(), String> {
     clean_environment(&mut command);
     command
         .env(GUARD_VAR, "1")
-        .env("CARGO_ENCODED_RUSTFLAGS", guest_rustflags(&manifest_dir))
+        .env("CARGO_ENCODED_RUSTFLAGS", guest_rustflags(&workspace))
         .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS", "false")
@@ -134,7 +135,11 @@ pub fn try_build_tasks() -> Result<(), String> {
     let module_path = artifacts.join(format!("{lib_name}.wasm"));
     let module = fs::read(&module_path)
         .map_err(|error| format!("cannot read {}: {error}", module_path.display()))?;
-    rerun_if_sources_change(&artifacts.join(format!("{lib_name}.d")), &manifest_dir);
+    rerun_if_sources_change(
+        &artifacts.join(format!("{lib_name}.d")),
+        &manifest_dir,
+        &workspace,
+    );
     write_outputs(&out_dir, &module)
 }
 
@@ -248,12 +253,11 @@ const UNROLL_FLAGS: &[&str] = &[
 
 /// Rust flags of the guest: loop unrolling (see [`UNROLL_FLAGS`]), and paths of this machine
 /// remapped so they do not end up in the module (panic locations carry file names).
-fn guest_rustflags(manifest_dir: &Path) -> String {
+fn guest_rustflags(workspace: &Path) -> String {
     let mut flags: Vec<String> = UNROLL_FLAGS
         .iter()
         .map(|flag| (*flag).to_string())
         .collect();
-    let workspace = workspace_root(manifest_dir);
     flags.push(format!(
         "--remap-path-prefix={}=/golem/src",
         workspace.display()
@@ -296,22 +300,24 @@ fn workspace_root(manifest_dir: &Path) -> PathBuf {
 /// Reads the dep-info file of the guest build and asks cargo to rerun this build script when
 /// any source that went into the module changes, except files of the registry (those change
 /// only with `Cargo.lock`, which is watched too).
-fn rerun_if_sources_change(dep_info: &Path, manifest_dir: &Path) {
-    for path in watched_files(dep_info, manifest_dir, cargo_home().as_deref()) {
+fn rerun_if_sources_change(dep_info: &Path, manifest_dir: &Path, workspace: &Path) {
+    for path in watched_files(dep_info, manifest_dir, workspace, cargo_home().as_deref()) {
         println!("cargo:rerun-if-changed={}", path.display());
     }
 }
 
-/// The files whose change must rebuild the module: the crate's manifest, the lock file, and
+/// The files whose change must rebuild the module: the crate's manifest, the workspace's lock
+/// file, and
 /// every source in the dep-info file outside the registry (`registry_home`); the crate's `src`
 /// directory when there is no dep-info.
 fn watched_files(
     dep_info: &Path,
     manifest_dir: &Path,
+    workspace: &Path,
     registry_home: Option<&Path>,
 ) -> Vec<PathBuf> {
     let mut watched = vec![manifest_dir.join("Cargo.toml")];
-    let lock = workspace_root(manifest_dir).join("Cargo.lock");
+    let lock = workspace.join("Cargo.lock");
     if lock.is_file() {
         watched.push(lock);
     }
@@ -400,13 +406,13 @@ mod tests {
             ),
         )
         .expect("write dep-info");
-        let watched = watched_files(&dep_info, &krate, Some(&registry));
+        let watched = watched_files(&dep_info, &krate, &krate, Some(&registry));
         assert_eq!(
             watched,
             vec![krate.join("Cargo.toml"), krate.join("src/lib.rs")]
         );
 
-        let without = watched_files(&root.join("missing.d"), &krate, Some(&registry));
+        let without = watched_files(&root.join("missing.d"), &krate, &krate, Some(&registry));
         assert_eq!(without, vec![krate.join("Cargo.toml"), krate.join("src")]);
         fs::remove_dir_all(&root).expect("clean up");
     }
