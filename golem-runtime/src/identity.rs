@@ -48,8 +48,25 @@ pub enum IdentityError {
 }
 
 /// A node's public identity: its ed25519 public key, shown as 64 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "[u8; 32]", into = "[u8; 32]")]
 pub struct NodeId([u8; 32]);
+
+impl TryFrom<[u8; 32]> for NodeId {
+    type Error = IdentityError;
+
+    fn try_from(bytes: [u8; 32]) -> Result<Self, IdentityError> {
+        Self::from_bytes(bytes)
+    }
+}
+
+impl From<NodeId> for [u8; 32] {
+    fn from(node: NodeId) -> Self {
+        node.0
+    }
+}
 
 impl NodeId {
     /// The node id for these public key bytes, if they are a valid ed25519 point.

@@ -104,7 +104,7 @@ pub(crate) const TABLE_ELEMENTS: usize = 20_000;
 
 /// Limits on one call of a task. Every way past a limit ends the call with its own
 /// [`SubtaskError`](super::SubtaskError).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Limits {
     /// Fuel for the call (roughly one unit per wasm instruction) when the engine meters fuel.

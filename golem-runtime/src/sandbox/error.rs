@@ -16,7 +16,7 @@ pub enum SandboxError {
 }
 
 /// A module was refused before any of its code ran.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ModuleError {
     /// The module is empty: the guest build was skipped for this binary.
@@ -96,7 +96,7 @@ pub enum ModuleError {
 }
 
 /// One call of a task failed. Guest failures are data: the host keeps serving.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum SubtaskError {
     /// The task panicked; the message is the guest's panic message with its location.

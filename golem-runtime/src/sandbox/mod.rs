@@ -32,7 +32,9 @@ use self::host::{GuestState, HostTrap};
 
 /// Identifies an engine configuration: modules compiled by engines with equal fingerprints are
 /// interchangeable, and the same module and input give the same output bytes on them.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct EngineFingerprint(pub [u8; 32]);
 
 impl std::fmt::Debug for EngineFingerprint {
