@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use golem::Task;
 use golem_examples::mandelbrot::{Scene, Tile, render};
-use golem_runtime::local::subtask_seed;
+use golem_runtime::node::subtask_seed;
 use golem_runtime::sandbox::{Call, Limits, PreparedModule, Sandbox, SandboxConfig, TaskExport};
 use rayon::prelude::*;
 

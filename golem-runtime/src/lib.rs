@@ -2,12 +2,14 @@
 //!
 //! * [`sandbox`]: a wasmtime engine configured for deterministic, limited execution of golem
 //!   task modules ([`sandbox::Sandbox`]), with typed errors for every way a guest can fail.
-//! * [`local`]: in-process providers, worker threads that run the subtasks of a job in one
-//!   sandbox and gather the outputs in input order.
 //! * [`identity`]: a node's ed25519 key pair, its node id and domain-separated signatures.
 //! * [`net`]: QUIC endpoints (quinn, rustls) authenticated by node keys, with the protocol
 //!   version in the ALPN.
-//! * [`proto`]: the requestor–provider wire protocol without sockets (frames so far).
+//! * [`proto`]: the requestor–provider wire protocol without sockets: frames, messages, and the
+//!   provider and requestor sessions (scheduling, retries, backups) as state machines.
+//! * [`node`]: the async drivers: a provider node serving batches from a QUIC endpoint, a
+//!   requestor that finds providers and runs jobs on them, content-addressed blobs.
+//! * [`market`]: matching a requestor's demand against providers' offers.
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
 //!
@@ -23,7 +25,8 @@
 //! ```
 
 pub mod identity;
-pub mod local;
+pub mod market;
 pub mod net;
+pub mod node;
 pub mod proto;
 pub mod sandbox;

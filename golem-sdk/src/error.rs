@@ -1,5 +1,8 @@
 //! The one error type of the SDK, with a variant per failure domain.
 
+use std::time::Duration;
+
+pub use golem_runtime::node::NodeError;
 pub use golem_runtime::sandbox::{ModuleError, SandboxError, SubtaskError};
 
 /// Why a golem operation failed.
@@ -11,6 +14,31 @@ pub enum Error {
     /// The local providers could not be started.
     #[error("cannot start the golem providers: {0}")]
     Setup(#[from] SandboxError),
+    /// A node (an in-process provider or the requestor) could not start.
+    #[error("cannot start a golem node: {0}")]
+    Node(#[from] NodeError),
+    /// The network runtime could not start.
+    #[error("network failure: {0}")]
+    Network(String),
+    /// An address given to [`GolemBuilder::join`](crate::GolemBuilder::join) is not valid.
+    #[error("{0}")]
+    Address(String),
+    /// Fewer providers than required were found in time.
+    #[error(
+        "found {found} of the {wanted} providers required within {waited:?}; check the \
+         addresses joined, the providers' offers (memory, fuel, price) and the network"
+    )]
+    NoProviders {
+        /// Providers required.
+        wanted: usize,
+        /// Providers found.
+        found: usize,
+        /// How long the builder waited.
+        waited: Duration,
+    },
+    /// A job stopped before it finished (the requestor was shut down).
+    #[error("the job was aborted: {0}")]
+    Aborted(String),
     /// A task's module was refused before it ran.
     #[error("task `{task}` cannot run: {error}")]
     Module {

@@ -1,9 +1,16 @@
 //! The [`Golem`] handle: where tasks run, with which limits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use golem_runtime::local::LocalProviders;
-use golem_runtime::sandbox::{Limits, SandboxConfig};
+use golem_runtime::identity::NodeKey;
+use golem_runtime::market::Demand;
+use golem_runtime::node::{
+    Bootstrap, ProviderInfo, ProviderNode, ProviderNodeConfig, Requestor, RequestorConfig,
+    TransferStats,
+};
+use golem_runtime::proto::requestor::SchedulerConfig;
+use golem_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
 
 use crate::iterate::{Iterated, Until};
 use crate::map_reduce::MapReduce;
@@ -12,7 +19,8 @@ use crate::{Error, Task};
 
 /// A handle to the providers that run tasks. Cheap to clone.
 ///
-/// Create one with [`Golem::local`] (providers in this process) or [`Golem::builder`].
+/// Create one with [`Golem::local`] (providers in this process, each a QUIC endpoint on
+/// 127.0.0.1) or [`Golem::builder`] (to [`join`](GolemBuilder::join) providers elsewhere).
 #[derive(Debug, Clone)]
 pub struct Golem {
     pub(crate) inner: Arc<Inner>,
@@ -20,12 +28,31 @@ pub struct Golem {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) providers: LocalProviders,
+    pub(crate) requestor: Requestor,
     pub(crate) limits: Limits,
+    local: Vec<ProviderNode>,
+    network: tokio::runtime::Handle,
+    /// Runs the network: QUIC endpoints, sessions, timers. Tasks run on the providers' own
+    /// threads.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.requestor.shutdown();
+        for provider in &self.local {
+            provider.shutdown();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, so a Golem may be dropped inside any async runtime.
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Golem {
-    /// In-process providers, one per available core, with default limits.
+    /// In-process providers, one per available core, each listening on its own QUIC endpoint on
+    /// 127.0.0.1, with default limits.
     pub async fn local() -> Result<Self, Error> {
         Self::builder().build().await
     }
@@ -40,9 +67,35 @@ impl Golem {
         GolemBuilder::default()
     }
 
-    /// Number of providers.
+    /// Number of providers jobs are scheduled on now.
     pub fn providers(&self) -> usize {
-        self.inner.providers.workers()
+        self.inner.requestor.providers().len()
+    }
+
+    /// The providers jobs are scheduled on now, with the offer bought from each.
+    pub fn provider_list(&self) -> Vec<ProviderInfo> {
+        self.inner.requestor.providers()
+    }
+
+    /// Waits until at least `count` providers are known or `timeout` passes; returns how many
+    /// there are.
+    pub async fn wait_for_providers(&self, count: usize, timeout: Duration) -> usize {
+        let wait = self.inner.requestor.wait_for_providers(count, timeout);
+        self.spawn(wait).await.unwrap_or(0)
+    }
+
+    /// Blob traffic to providers so far (modules, contexts, large inputs).
+    pub fn transfer_stats(&self) -> TransferStats {
+        self.inner.requestor.transfer_stats()
+    }
+
+    /// Runs `future` on the network runtime; the handle can be awaited from any executor.
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.network.spawn(future)
     }
 
     /// The limits every subtask runs under, unless a call overrides them.
@@ -123,16 +176,50 @@ pub struct GolemBuilder {
     providers: Option<usize>,
     limits: Limits,
     sandbox: Option<SandboxConfig>,
+    join: Vec<String>,
+    min_providers: Option<usize>,
+    wait: Option<Duration>,
+    max_price: Option<u64>,
+    scheduler: Option<SchedulerConfig>,
 }
 
 impl GolemBuilder {
-    /// Number of in-process providers (default: the available cores).
+    /// Number of in-process providers (default: the available cores, or none when the
+    /// builder [`join`](Self::join)s a network).
     pub fn providers(mut self, providers: usize) -> Self {
         self.providers = Some(providers);
         self
     }
 
-    /// Limits of every subtask (default: [`Limits::default`]).
+    /// Joins the network at `addr` (`HOST:PORT`, or `NODE_ID@HOST:PORT` to check the node's
+    /// identity): the node there and every provider it knows of are used, and providers that
+    /// join later are picked up as they appear.
+    pub fn join(mut self, addr: impl Into<String>) -> Self {
+        self.join.push(addr.into());
+        self
+    }
+
+    /// Providers to wait for before [`build`](Self::build) returns (default: every
+    /// in-process provider, plus one when joining a network).
+    pub fn min_providers(mut self, count: usize) -> Self {
+        self.min_providers = Some(count);
+        self
+    }
+
+    /// How long [`build`](Self::build) waits for providers (default: 10 s).
+    pub fn wait(mut self, timeout: Duration) -> Self {
+        self.wait = Some(timeout);
+        self
+    }
+
+    /// Highest price per billion units of fuel to pay; providers asking more are not used.
+    pub fn max_price(mut self, price_per_gfuel: u64) -> Self {
+        self.max_price = Some(price_per_gfuel);
+        self
+    }
+
+    /// Limits of every subtask (default: [`Limits::default`]). Providers whose flavors cannot
+    /// hold them are not used.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -145,27 +232,105 @@ impl GolemBuilder {
         self
     }
 
-    /// Starts the providers.
+    /// Scheduling settings: batch sizes, deadlines, retries, backup copies.
+    pub fn scheduler(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler = Some(config);
+        self
+    }
+
+    /// Starts the providers and the requestor, and waits for the providers to be connected.
     pub async fn build(self) -> Result<Golem, Error> {
-        self.build_blocking()
+        let targets = self
+            .join
+            .iter()
+            .map(|text| {
+                text.parse::<Bootstrap>()
+                    .map_err(|error| Error::Address(error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let local = self.providers.unwrap_or(if targets.is_empty() {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            0
+        });
+        let wanted = self
+            .min_providers
+            .unwrap_or(local + usize::from(!targets.is_empty()));
+        let timeout = self.wait.unwrap_or(Duration::from_secs(10));
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("golem-net")
+            .enable_all()
+            .build()
+            .map_err(|error| {
+                Error::Network(format!("cannot start the network runtime: {error}"))
+            })?;
+        let _entered = runtime.enter();
+        let key = || NodeKey::generate().map_err(|error| Error::Network(error.to_string()));
+
+        let mut providers = Vec::with_capacity(local);
+        if local > 0 {
+            // Two instance slots per provider leave room for the module check at compile time.
+            let slots = u32::try_from(local.saturating_mul(2) + 2).unwrap_or(u32::MAX);
+            let config = self
+                .sandbox
+                .unwrap_or_else(|| SandboxConfig::with_instances(slots));
+            let sandbox = Arc::new(Sandbox::new(config)?);
+            for _ in 0..local {
+                let config = ProviderNodeConfig::local(&sandbox, 1);
+                providers.push(ProviderNode::start(&key()?, Arc::clone(&sandbox), config)?);
+            }
+        }
+        let mut demand = Demand::for_limits(&self.limits);
+        demand.max_price_per_gfuel = self.max_price;
+        let bind = if targets.is_empty() {
+            ([127, 0, 0, 1], 0).into()
+        } else {
+            ([0, 0, 0, 0], 0).into()
+        };
+        let requestor = Requestor::start(
+            &key()?,
+            RequestorConfig {
+                bind,
+                demand,
+                scheduler: self.scheduler.unwrap_or_default(),
+                ..RequestorConfig::default()
+            },
+        )?;
+        for provider in &providers {
+            requestor.join(Bootstrap {
+                addr: provider.addr(),
+                node: Some(provider.node_id()),
+            });
+        }
+        for target in targets {
+            requestor.join(target);
+        }
+        let wait = runtime.spawn(requestor.wait_for_providers(wanted, timeout));
+        drop(_entered);
+        let golem = Golem {
+            inner: Arc::new(Inner {
+                requestor,
+                limits: self.limits,
+                local: providers,
+                network: runtime.handle().clone(),
+                runtime: Some(runtime),
+            }),
+        };
+        let found = wait.await.unwrap_or(0);
+        if found < wanted {
+            return Err(Error::NoProviders {
+                wanted,
+                found,
+                waited: timeout,
+            });
+        }
+        Ok(golem)
     }
 
     /// [`GolemBuilder::build`] for programs that are not async.
     pub fn build_blocking(self) -> Result<Golem, Error> {
-        let providers = self.providers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-        });
-        // Two instance slots per provider leave room for the module check at compile time.
-        let slots = u32::try_from(providers.saturating_mul(2) + 2).unwrap_or(u32::MAX);
-        let config = self
-            .sandbox
-            .unwrap_or_else(|| SandboxConfig::with_instances(slots));
-        let providers = LocalProviders::start(providers, config)?;
-        Ok(Golem {
-            inner: Arc::new(Inner {
-                providers,
-                limits: self.limits,
-            }),
-        })
+        crate::blocking::block_on(self.build())
     }
 }

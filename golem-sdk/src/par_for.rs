@@ -5,8 +5,10 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use golem_runtime::local::{JobSpec, ProgressFn, SubtaskFailure};
-use golem_runtime::sandbox::Limits;
+use golem_runtime::node::{JobRequest, ProgressFn, RemoteJob};
+use golem_runtime::proto::message::{BlobId, INLINE_INPUT_MAX, Input, JobSpec};
+use golem_runtime::proto::requestor::JobFailure;
+use golem_runtime::sandbox::{Limits, ModuleError};
 
 use crate::{Error, Golem, Task};
 
@@ -106,8 +108,8 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
         self
     }
 
-    /// Calls `progress(settled, total)` as subtasks finish, from the providers' threads; calls
-    /// may arrive out of order, and the last one reports `total`.
+    /// Calls `progress(settled, total)` as batches of subtasks finish, from golem's network
+    /// thread (keep it quick); `settled` grows with each call and the last one reports `total`.
     pub fn progress(mut self, progress: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
         self
@@ -123,53 +125,66 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
     fn start(self) -> Result<Pending<T>, Error> {
         let task = T::NAME;
         let module = T::module();
-        let providers = &self.golem.inner.providers;
-        let prepared = providers
-            .prepare(module.hash(), module.bytes())
-            .map_err(|error| Error::Module { task, error })?;
-        let export = prepared
-            .task(task)
-            .map_err(|error| Error::Module { task, error })?;
+        if module.bytes().is_empty() {
+            return Err(Error::Module {
+                task,
+                error: ModuleError::NotBuilt,
+            });
+        }
         let context = encode(self.context.context(), task, || "context".into())?;
-        let inputs = self
-            .items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| encode(item, task, || format!("item {index}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let seed = job_seed(module.hash().0, task, &context, self.seed);
-        let job = Arc::new(JobSpec {
-            module: prepared,
-            task: export,
-            context: context.into(),
+        let context_id = BlobId::of(&context);
+        let mut blobs: Vec<Arc<[u8]>> = vec![module.bytes().into(), context.into()];
+        let mut inputs = Vec::with_capacity(self.items.len());
+        for (index, item) in self.items.iter().enumerate() {
+            let bytes = encode(item, task, || format!("item {index}"))?;
+            // Large inputs travel as blobs, fetched by the providers that need them.
+            inputs.push(if bytes.len() > INLINE_INPUT_MAX {
+                let id = BlobId::of(&bytes);
+                blobs.push(bytes.into());
+                Input::Blob(id)
+            } else {
+                Input::Inline(bytes)
+            });
+        }
+        let seed = job_seed(module.hash().0, task, &context_id, self.seed);
+        let spec = JobSpec {
+            module: module.hash().into(),
+            task: task.to_owned(),
+            context: context_id,
             seed,
             limits: self.limits.unwrap_or_else(|| self.golem.limits().clone()),
+        };
+        let job = self.golem.inner.requestor.submit(JobRequest {
+            spec,
+            blobs,
+            inputs,
             progress: self.progress,
         });
         Ok(Pending {
-            handle: providers.run(job, inputs),
+            job,
             _task: PhantomData,
         })
     }
 }
 
 struct Pending<T> {
-    handle: golem_runtime::local::JobHandle,
+    job: RemoteJob,
     _task: PhantomData<fn() -> T>,
 }
 
 impl<T: Task> Pending<T> {
     async fn finish(self) -> Result<Vec<T::Output>, Error> {
         let task = T::NAME;
-        let outputs = self
-            .handle
-            .await
-            .map_err(|SubtaskFailure { index, error }| Error::Subtask { task, index, error })?;
+        let outputs = self.job.await.map_err(|failure| match failure {
+            JobFailure::Subtask { index, error } => Error::Subtask { task, index, error },
+            JobFailure::Module(error) => Error::Module { task, error },
+            JobFailure::Aborted(reason) => Error::Aborted(reason),
+        })?;
         outputs
             .iter()
             .enumerate()
-            .map(|(index, bytes)| {
-                postcard::from_bytes(bytes).map_err(|error| Error::Decode {
+            .map(|(index, output)| {
+                postcard::from_bytes(&output.bytes).map_err(|error| Error::Decode {
                     task,
                     index,
                     message: error.to_string(),
@@ -201,12 +216,12 @@ fn encode<V: serde::Serialize>(
     })
 }
 
-fn job_seed(module: [u8; 32], task: &str, context: &[u8], seed: Option<u64>) -> [u8; 32] {
+fn job_seed(module: [u8; 32], task: &str, context: &BlobId, seed: Option<u64>) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key("golem job seed v1");
     hasher.update(&module);
     hasher.update(&(task.len() as u64).to_le_bytes());
     hasher.update(task.as_bytes());
-    hasher.update(blake3::hash(context).as_bytes());
+    hasher.update(&context.0);
     if let Some(seed) = seed {
         hasher.update(&seed.to_le_bytes());
     }

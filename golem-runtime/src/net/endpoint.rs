@@ -126,11 +126,22 @@ impl Endpoint {
             .map_err(config_error)?;
         tls.alpn_protocols = alpn_list(&alpn);
         let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
-        let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|error| NetError::Bind {
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport());
+        let bind_error = |error: std::io::Error| NetError::Bind {
             addr,
             message: error.to_string(),
-        })?;
+        };
+        let socket = udp_socket(addr).map_err(bind_error)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| NetError::Config("no async runtime (tokio) is running".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(bind_error)?;
         Ok(Self {
             endpoint,
             node_id: key.node_id(),
@@ -159,7 +170,22 @@ impl Endpoint {
         addr: SocketAddr,
         expected: NodeId,
     ) -> Result<Connection, NetError> {
-        let verifier = PeerVerifier::new(Some(expected), &self.provider);
+        self.dial(addr, Some(expected)).await
+    }
+
+    /// Dials whatever node listens at `addr` (a bootstrap address given without its node id).
+    /// The peer still proves it holds the key its certificate names; [`Connection::peer`] says
+    /// which node that is.
+    pub async fn connect_any(&self, addr: SocketAddr) -> Result<Connection, NetError> {
+        self.dial(addr, None).await
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<Connection, NetError> {
+        let verifier = PeerVerifier::new(expected, &self.provider);
         let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
@@ -172,28 +198,32 @@ impl Endpoint {
             .map_err(config_error)?;
         tls.alpn_protocols = alpn_list(&self.alpn);
         let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
-        let config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(transport());
         let connecting = self
             .endpoint
             .connect_with(config, addr, SERVER_NAME)
             .map_err(|error| NetError::Connection(error.to_string()))?;
-        let connection = connecting
-            .await
-            .map_err(|error| match verifier.presented() {
-                Some(found) if found != expected => NetError::PeerIdentity {
-                    addr,
-                    expected,
-                    found: Some(found),
-                },
-                None if error.to_string().contains("invalid peer certificate") => {
-                    NetError::PeerIdentity {
+        let connection =
+            connecting
+                .await
+                .map_err(|error| match (expected, verifier.presented()) {
+                    (Some(expected), Some(found)) if found != expected => NetError::PeerIdentity {
                         addr,
                         expected,
-                        found: None,
+                        found: Some(found),
+                    },
+                    (Some(expected), None)
+                        if error.to_string().contains("invalid peer certificate") =>
+                    {
+                        NetError::PeerIdentity {
+                            addr,
+                            expected,
+                            found: None,
+                        }
                     }
-                }
-                _ => self.classify(error),
-            })?;
+                    _ => self.classify(error),
+                })?;
         self.establish(connection)
     }
 
@@ -263,6 +293,43 @@ impl Endpoint {
             _ => NetError::Connection(error.to_string()),
         }
     }
+}
+
+/// UDP buffers asked of the kernel: the default (about 208 KiB) drops packets of bulk
+/// transfers on loopback. The kernel may grant less (`net.core.rmem_max`).
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too when bound to [::], as quinn's own binding does.
+        let _ = socket.set_only_v6(false);
+    }
+    for (what, result) in [
+        ("receive", socket.set_recv_buffer_size(UDP_BUFFER_BYTES)),
+        ("send", socket.set_send_buffer_size(UDP_BUFFER_BYTES)),
+    ] {
+        if let Err(error) = result {
+            tracing::debug!(%error, "cannot enlarge the UDP {what} buffer");
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Transport settings: room for many streams in flight (one per blob, besides the control
+/// stream) and windows large enough for blobs of megabytes.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(1024))
+        .max_concurrent_uni_streams(VarInt::from_u32(1024))
+        .stream_receive_window(VarInt::from_u32(16 << 20))
+        .receive_window(VarInt::from_u32(64 << 20))
+        .send_window(64 << 20)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    Arc::new(transport)
 }
 
 /// Our version's ALPN, then the version-neutral one (unless they are the same).

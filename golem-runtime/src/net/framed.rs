@@ -63,6 +63,11 @@ impl FramedSend {
             .map_err(|error| StreamError::Io(error.to_string()))
     }
 
+    /// Ends framing: the stream, for raw bytes after the frames sent so far.
+    pub fn into_inner(self) -> quinn::SendStream {
+        self.stream
+    }
+
     /// Ends the stream after everything sent so far.
     pub fn finish(mut self) -> Result<(), StreamError> {
         self.stream
@@ -107,6 +112,11 @@ impl FramedRecv {
                 Err(error) => return Err(StreamError::Io(error.to_string())),
             }
         }
+    }
+
+    /// Ends framing: the bytes already received past the last frame, and the stream.
+    pub fn into_raw(mut self) -> (Vec<u8>, quinn::RecvStream) {
+        (self.decoder.take_rest(), self.stream)
     }
 
     fn refuse(&mut self, error: FrameError) -> StreamError {

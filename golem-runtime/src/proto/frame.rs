@@ -158,6 +158,15 @@ impl FrameDecoder {
         }
     }
 
+    /// Takes the bytes buffered and not yet handed out, for a stream that switches from frames
+    /// to raw bytes.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buffer.split_off(self.consumed);
+        self.buffer.clear();
+        self.consumed = 0;
+        rest
+    }
+
     /// Bytes buffered and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.buffer.len() - self.consumed

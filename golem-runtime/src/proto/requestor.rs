@@ -90,6 +90,8 @@ pub enum JobFailure {
     },
     /// The module was refused.
     Module(ModuleError),
+    /// The job could not go on: the requestor stopped.
+    Aborted(String),
 }
 
 /// What the session asks the driver to send.
@@ -142,6 +144,9 @@ struct JobState {
     per_item: Option<Duration>,
     /// Blobs this job may send: module, context and large inputs.
     blobs: HashSet<BlobId>,
+    /// The failure with the lowest index seen; the job fails with it once every batch before
+    /// it has settled, so the same job always reports the same failure.
+    failure: Option<(usize, SubtaskError)>,
 }
 
 impl JobState {
@@ -263,6 +268,7 @@ impl RequestorSession {
                 requeued: VecDeque::new(),
                 per_item: None,
                 blobs,
+                failure: None,
             },
         );
         if total == 0 {
@@ -364,7 +370,7 @@ impl RequestorSession {
                         ),
                     );
                 } else if error.is_deterministic() {
-                    self.fail(job_id, JobFailure::Subtask { index, error });
+                    self.record_failure(job_id, batch, index, error);
                 } else {
                     self.drop_copy(batch, node, true);
                     self.check_attempts(batch, index, error);
@@ -376,6 +382,45 @@ impl RequestorSession {
                 self.drop_copy(batch, node, true);
                 self.check_attempts(batch, range.start, SubtaskError::Internal(reason));
             }
+        }
+    }
+
+    /// Records a deterministic failure at `index`: batches after it no longer matter, and the
+    /// job fails once every batch before it has settled.
+    fn record_failure(&mut self, job_id: JobId, batch: u64, index: usize, error: SubtaskError) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        if job.failure.as_ref().is_none_or(|(seen, _)| index < *seen) {
+            job.failure = Some((index, error));
+        }
+        let limit = job.failure.as_ref().map_or(index, |(seen, _)| *seen);
+        let over: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(id, state)| {
+                state.job == job_id && (**id == batch || state.range.start > limit)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            if let Some(state) = self.batches.remove(&id) {
+                for copy in state.copies {
+                    self.cancel_copy(copy.provider, id);
+                }
+            }
+        }
+        self.finish_failed(job_id);
+    }
+
+    /// Fails a job with its recorded failure once no batch before it is left.
+    fn finish_failed(&mut self, job_id: JobId) {
+        let Some(failure) = self.jobs.get(&job_id).and_then(|job| job.failure.clone()) else {
+            return;
+        };
+        if !self.batches.values().any(|state| state.job == job_id) {
+            let (index, error) = failure;
+            self.fail(job_id, JobFailure::Subtask { index, error });
         }
     }
 
@@ -414,6 +459,10 @@ impl RequestorSession {
             *slot = Some(output);
         }
         job.settled += state.range.len();
+        if job.failure.is_some() {
+            self.finish_failed(state.job);
+            return;
+        }
         let (settled, total) = (job.settled, job.total());
         self.events.push_back(Event::Progress {
             job: state.job,
@@ -648,7 +697,7 @@ impl RequestorSession {
                 return Some(batch);
             }
         }
-        if job.cursor >= job.total() {
+        if job.cursor >= job.total() || job.failure.is_some() {
             return None;
         }
         let slots: usize = self.providers.values().map(|p| p.window).sum();

@@ -414,32 +414,37 @@ fn jobs_finish_exactly_despite_drops_delays_reordering_hangs_and_deaths() {
 }
 
 #[test]
-fn a_deterministic_failure_ends_the_job_with_its_index() {
-    let network = Network {
-        drop_percent: 0,
-        max_delay_ms: 5,
-    };
-    let mut sim = Sim::new(
-        7,
-        &[Behavior::Honest; 3],
-        network,
-        SchedulerConfig::default(),
-    );
-    sim.poisoned.insert(1234);
-    sim.connect_all();
-    let (result, _) = sim.run(inputs(5_000));
-    match result {
-        Err(JobFailure::Subtask { index, error }) => {
-            assert_eq!(index, 1234);
-            assert!(matches!(error, SubtaskError::Panic { .. }));
+fn a_job_fails_with_its_lowest_failing_index_whatever_order_batches_end_in() {
+    for seed in 0..10 {
+        let network = Network {
+            drop_percent: 2,
+            max_delay_ms: 30,
+        };
+        let config = SchedulerConfig {
+            min_deadline: Duration::from_millis(500),
+            first_deadline: Duration::from_secs(2),
+            max_attempts: 50,
+            ..SchedulerConfig::default()
+        };
+        let mut sim = Sim::new(seed, &[Behavior::Honest; 3], network, config);
+        // Two failing subtasks: the later one usually fails first, in a batch that started
+        // earlier or ran faster.
+        sim.poisoned.extend([3_999, 1_234]);
+        sim.connect_all();
+        let (result, _) = sim.run(inputs(5_000));
+        match result {
+            Err(JobFailure::Subtask { index, error }) => {
+                assert_eq!(index, 1234, "seed {seed}");
+                assert!(matches!(error, SubtaskError::Panic { .. }));
+            }
+            other => panic!("expected subtask 1234 to fail the job, got {other:?}"),
         }
-        other => panic!("expected the poisoned subtask to fail the job, got {other:?}"),
+        // The session is clean afterwards: a job without the failing subtasks runs.
+        sim.poisoned.clear();
+        let items = inputs(100);
+        let (result, _) = sim.run(items.clone());
+        check_outputs(result, &items);
     }
-    // The session is clean afterwards: a job without the poisoned item runs.
-    sim.poisoned.clear();
-    let items = inputs(100);
-    let (result, _) = sim.run(items.clone());
-    check_outputs(result, &items);
 }
 
 #[test]

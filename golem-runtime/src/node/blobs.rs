@@ -1,0 +1,255 @@
+//! Content-addressed blobs: a store (memory, optionally backed by a directory) and their
+//! transfer on QUIC streams of their own, checked against their hash before use.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::net::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
+use crate::proto::message::{BlobHeader, BlobId};
+
+/// Bytes written to a blob stream at a time.
+const CHUNK: usize = 1 << 20;
+
+/// A blob could not be received or stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    /// The announced blob is larger than this node accepts.
+    #[error("blob {id} of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The blob.
+        id: BlobId,
+        /// Its announced length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The bytes do not hash to the blob's id.
+    #[error("the bytes received for blob {expected} hash to {actual}")]
+    HashMismatch {
+        /// The id announced.
+        expected: BlobId,
+        /// The hash of what arrived.
+        actual: BlobId,
+    },
+    /// The stream carried fewer or more bytes than announced.
+    #[error("blob {id} announced {expected} bytes, the stream carried {received}")]
+    Length {
+        /// The blob.
+        id: BlobId,
+        /// The announced length.
+        expected: u64,
+        /// What arrived.
+        received: u64,
+    },
+    /// The stream broke or its header was not a blob header.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The disk cache could not be written.
+    #[error("cannot store blob {id} in {path}: {message}")]
+    Disk {
+        /// The blob.
+        id: BlobId,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        message: String,
+    },
+}
+
+/// Blobs by id, in memory and optionally in a directory that survives restarts.
+#[derive(Debug, Default)]
+pub struct BlobStore {
+    memory: Mutex<HashMap<BlobId, Arc<[u8]>>>,
+    dir: Option<PathBuf>,
+}
+
+impl BlobStore {
+    /// A store in memory only.
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// A store that also keeps every blob as a file in `dir` (created if missing); blobs found
+    /// there are served after a restart, and a file that no longer matches its name is
+    /// deleted instead of served.
+    pub fn on_disk(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            memory: Mutex::default(),
+            dir: Some(dir.to_owned()),
+        })
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, Arc<[u8]>>> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn path(&self, id: &BlobId) -> Option<PathBuf> {
+        self.dir.as_ref().map(|dir| dir.join(id.to_hex()))
+    }
+
+    /// Whether the store holds `id`.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.memory().contains_key(id) || self.path(id).is_some_and(|path| path.is_file())
+    }
+
+    /// The blob `id`, if the store holds it.
+    pub fn get(&self, id: &BlobId) -> Option<Arc<[u8]>> {
+        if let Some(bytes) = self.memory().get(id) {
+            return Some(Arc::clone(bytes));
+        }
+        let path = self.path(id)?;
+        let bytes = std::fs::read(&path).ok()?;
+        if BlobId::of(&bytes) != *id {
+            tracing::warn!(path = %path.display(), "cached blob does not match its name; deleted");
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        self.memory().insert(*id, Arc::clone(&bytes));
+        Some(bytes)
+    }
+
+    /// Adds `bytes` under their own id.
+    pub fn insert(&self, bytes: impl Into<Arc<[u8]>>) -> Result<BlobId, BlobError> {
+        let bytes = bytes.into();
+        let id = BlobId::of(&bytes);
+        self.store(id, bytes)?;
+        Ok(id)
+    }
+
+    /// Adds bytes received for `id`, after checking that they hash to it.
+    pub fn insert_checked(&self, id: BlobId, bytes: Vec<u8>) -> Result<Arc<[u8]>, BlobError> {
+        let actual = BlobId::of(&bytes);
+        if actual != id {
+            return Err(BlobError::HashMismatch {
+                expected: id,
+                actual,
+            });
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        self.store(id, Arc::clone(&bytes))?;
+        Ok(bytes)
+    }
+
+    fn store(&self, id: BlobId, bytes: Arc<[u8]>) -> Result<(), BlobError> {
+        if let Some(path) = self.path(&id).filter(|path| !path.is_file()) {
+            // Write aside and rename, so a crash never leaves a partial file under the id.
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, &bytes)
+                .and_then(|()| std::fs::rename(&partial, &path))
+                .map_err(|error| BlobError::Disk {
+                    id,
+                    path: path.clone(),
+                    message: error.to_string(),
+                })?;
+        }
+        self.memory().insert(id, bytes);
+        Ok(())
+    }
+
+    /// Drops the in-memory copy of `id` (a disk copy stays).
+    pub fn evict(&self, id: &BlobId) {
+        self.memory().remove(id);
+    }
+}
+
+/// Sends a blob on a new unidirectional stream of `connection`; returns the bytes sent.
+pub(crate) async fn send_blob(
+    connection: &quinn::Connection,
+    id: BlobId,
+    bytes: &[u8],
+) -> Result<u64, StreamError> {
+    let io = |error: &dyn std::fmt::Display| StreamError::Io(error.to_string());
+    let stream = connection.open_uni().await.map_err(|error| io(&error))?;
+    let mut framed = FramedSend::new(stream, HEADER_LIMIT);
+    framed
+        .send(&BlobHeader {
+            id,
+            len: bytes.len() as u64,
+        })
+        .await?;
+    let mut stream = framed.into_inner();
+    for chunk in bytes.chunks(CHUNK) {
+        stream.write_all(chunk).await.map_err(|error| io(&error))?;
+    }
+    stream.finish().map_err(|error| io(&error))?;
+    Ok(bytes.len() as u64)
+}
+
+/// Largest blob header frame.
+const HEADER_LIMIT: usize = 256;
+
+/// Receives a blob from a unidirectional stream, refusing blobs above `limit` bytes and bytes
+/// that do not hash to the announced id.
+pub(crate) async fn receive_blob(
+    stream: quinn::RecvStream,
+    limit: u64,
+) -> Result<(BlobId, Vec<u8>), BlobError> {
+    let mut framed = FramedRecv::new(stream, HEADER_LIMIT);
+    let header: BlobHeader = framed
+        .recv()
+        .await?
+        .ok_or_else(|| StreamError::Io("the blob stream ended before its header".into()))?;
+    let (first, mut stream) = framed.into_raw();
+    let BlobHeader { id, len } = header;
+    if len > limit {
+        let _ = stream.stop(quinn::VarInt::from_u32(BAD_FRAME));
+        return Err(BlobError::TooLarge { id, len, limit });
+    }
+    let expected = usize::try_from(len).map_err(|_| BlobError::TooLarge { id, len, limit })?;
+    let mut bytes = Vec::with_capacity(expected);
+    bytes.extend_from_slice(&first);
+    while bytes.len() <= expected {
+        match stream.read_chunk(CHUNK, true).await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+            Ok(None) => break,
+            Err(error) => return Err(StreamError::Io(error.to_string()).into()),
+        }
+    }
+    if bytes.len() != expected {
+        let _ = stream.stop(quinn::VarInt::from_u32(BAD_FRAME));
+        return Err(BlobError::Length {
+            id,
+            expected: len,
+            received: bytes.len() as u64,
+        });
+    }
+    let actual = BlobId::of(&bytes);
+    if actual != id {
+        return Err(BlobError::HashMismatch {
+            expected: id,
+            actual,
+        });
+    }
+    Ok((id, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_store_serves_blobs_after_a_restart_and_drops_corrupt_files() {
+        let dir = std::env::temp_dir().join(format!("golem-blobs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let id = {
+            let store = BlobStore::on_disk(&dir).unwrap();
+            store.insert(b"scene".to_vec()).unwrap()
+        };
+        let store = BlobStore::on_disk(&dir).unwrap();
+        assert!(store.contains(&id));
+        assert_eq!(store.get(&id).as_deref(), Some(&b"scene"[..]));
+
+        let other = BlobStore::on_disk(&dir).unwrap();
+        std::fs::write(dir.join(id.to_hex()), b"tampered").unwrap();
+        assert_eq!(other.get(&id), None, "a corrupt file is not served");
+        assert!(!other.contains(&id), "and it is gone");
+
+        let wrong = other.insert_checked(id, b"not the scene".to_vec());
+        assert!(matches!(wrong, Err(BlobError::HashMismatch { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

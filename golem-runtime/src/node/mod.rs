@@ -1,0 +1,138 @@
+//! Nodes on a real network: the async drivers around the sans-IO [`proto`](crate::proto)
+//! state machines.
+//!
+//! * [`ProviderNode`]: listens on a QUIC endpoint, introduces itself with its offers, fetches
+//!   only the blobs it lacks, runs batches on worker threads in a shared sandbox, and keeps a
+//!   table of the peers that joined through it for peer exchange.
+//! * [`Requestor`]: dials bootstrap addresses and the peers they name, matches their offers
+//!   against its demand, and runs jobs over every matching provider with the
+//!   [`RequestorSession`](crate::proto::requestor::RequestorSession) scheduler.
+//! * [`BlobStore`]: content-addressed blobs in memory, optionally backed by a directory.
+
+mod blobs;
+mod exec;
+mod provider;
+mod requestor;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+
+pub use self::blobs::{BlobError, BlobStore};
+pub use self::exec::subtask_seed;
+pub use self::provider::{ProviderNode, ProviderNodeConfig};
+pub use self::requestor::{
+    JobRequest, ProgressFn, ProviderInfo, RemoteJob, Requestor, RequestorConfig, TransferStats,
+};
+
+use crate::identity::NodeId;
+use crate::net::NetError;
+
+/// A node could not start or stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The endpoint could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A thread or directory could not be created.
+    #[error("{what}: {message}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+impl NodeError {
+    pub(crate) fn io(what: impl Into<String>, error: &std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Where to join a network: an address, optionally with the node id expected there
+/// (`NODE_ID@HOST:PORT`). Without an id, whatever node answers is accepted and its id learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bootstrap {
+    /// The address.
+    pub addr: SocketAddr,
+    /// The node expected there.
+    pub node: Option<NodeId>,
+}
+
+impl From<SocketAddr> for Bootstrap {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, node: None }
+    }
+}
+
+impl std::fmt::Display for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.node {
+            Some(node) => write!(f, "{node}@{}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// A bootstrap address did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a node address (HOST:PORT or NODE_ID@HOST:PORT): {reason}")]
+pub struct BootstrapParseError {
+    text: String,
+    reason: String,
+}
+
+impl FromStr for Bootstrap {
+    type Err = BootstrapParseError;
+
+    /// Parses `HOST:PORT` or `NODE_ID@HOST:PORT`; a host name is resolved (first address).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = |reason: String| BootstrapParseError {
+            text: text.into(),
+            reason,
+        };
+        let (node, host) = match text.split_once('@') {
+            Some((node, host)) => (
+                Some(node.parse::<NodeId>().map_err(|e| error(e.to_string()))?),
+                host,
+            ),
+            None => (None, text),
+        };
+        let addr = match host.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => host
+                .to_socket_addrs()
+                .map_err(|e| error(e.to_string()))?
+                .next()
+                .ok_or_else(|| error("the host has no address".into()))?,
+        };
+        Ok(Self { addr, node })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+
+    #[test]
+    fn bootstrap_addresses_parse_with_and_without_a_node_id() {
+        let plain: Bootstrap = "127.0.0.1:4433".parse().unwrap();
+        assert_eq!(plain.node, None);
+        assert_eq!(plain.addr.port(), 4433);
+        let node = NodeKey::from_secret([9; 32]).node_id();
+        let pinned: Bootstrap = format!("{node}@[::1]:7").parse().unwrap();
+        assert_eq!(pinned.node, Some(node));
+        assert_eq!(pinned.to_string(), format!("{node}@[::1]:7"));
+        let bad = "nothex@127.0.0.1:1".parse::<Bootstrap>().unwrap_err();
+        assert!(bad.to_string().contains("nothex@127.0.0.1:1"), "{bad}");
+        assert!("127.0.0.1".parse::<Bootstrap>().is_err());
+    }
+}

@@ -1,0 +1,459 @@
+//! The provider node: a QUIC endpoint serving requestors with a shared sandbox.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::blobs::{BlobError, BlobStore, receive_blob};
+use super::exec::Executor;
+use super::{Bootstrap, NodeError};
+use crate::identity::{NodeId, NodeKey};
+use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
+use crate::proto::PROTOCOL_VERSION;
+use crate::proto::message::{
+    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Peer, Reply, Request,
+};
+use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
+use crate::sandbox::Sandbox;
+
+/// Settings of a [`ProviderNode`].
+#[derive(Debug, Clone)]
+pub struct ProviderNodeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Address to tell peers, when it differs from the listening one (behind NAT, or when
+    /// listening on 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    /// The flavors sold. A batch runs when its limits fit one of them.
+    pub offers: Vec<Offer>,
+    /// Nodes to join at start, and to rejoin when the connection drops.
+    pub bootstrap: Vec<Bootstrap>,
+    /// Directory that keeps received blobs across restarts; memory only when `None`.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest blob accepted.
+    pub max_blob_bytes: u64,
+    /// Worker threads; by default the largest concurrency among the offers.
+    pub threads: Option<usize>,
+    /// Settings of each connection's session.
+    pub session: ProviderSessionConfig,
+}
+
+impl ProviderNodeConfig {
+    /// A provider on 127.0.0.1 (a free port) offering one free flavor of `concurrency` slots
+    /// with the sandbox's memory cap and no fuel cap.
+    pub fn local(sandbox: &Sandbox, concurrency: u32) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            offers: vec![Offer {
+                flavor: "default".into(),
+                memory_bytes: sandbox.config().max_memory_bytes as u64,
+                fuel: u64::MAX,
+                price_per_gfuel: 0,
+                concurrency,
+            }],
+            bootstrap: Vec::new(),
+            cache_dir: None,
+            max_blob_bytes: 1 << 30,
+            threads: None,
+            session: ProviderSessionConfig::default(),
+        }
+    }
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    hello: Hello,
+    store: Arc<BlobStore>,
+    executor: Executor,
+    /// Peers that joined through this node, and the nodes it joined.
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    config: ProviderNodeConfig,
+    stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Peer>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn peers_except(&self, node: NodeId) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self
+            .peers()
+            .values()
+            .filter(|peer| peer.node != node)
+            .copied()
+            .collect();
+        peers.sort_by_key(|peer| peer.node);
+        peers
+    }
+
+    /// Whether a batch's limits fit one of the flavors sold.
+    fn fits(&self, batch: &Batch) -> bool {
+        let limits = &batch.job.limits;
+        self.config.offers.iter().any(|offer| {
+            limits.memory_bytes as u64 <= offer.memory_bytes && limits.fuel <= offer.fuel
+        })
+    }
+}
+
+/// A provider: sells its CPU to requestors that dial it.
+///
+/// Start it inside a tokio runtime; it serves until [`ProviderNode::shutdown`] or until it is
+/// dropped.
+pub struct ProviderNode {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ProviderNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderNode")
+            .field("node", &self.shared.endpoint.node_id())
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderNode {
+    /// Binds the endpoint, starts the worker threads and the bootstrap joins.
+    pub fn start(
+        key: &NodeKey,
+        sandbox: Arc<Sandbox>,
+        config: ProviderNodeConfig,
+    ) -> Result<Self, NodeError> {
+        let endpoint = Endpoint::bind(config.listen, key)?;
+        let addr = endpoint.local_addr()?;
+        let store = Arc::new(match &config.cache_dir {
+            Some(dir) => BlobStore::on_disk(dir).map_err(|error| {
+                NodeError::io(format!("cannot open the cache {}", dir.display()), &error)
+            })?,
+            None => BlobStore::in_memory(),
+        });
+        let threads = config.threads.unwrap_or_else(|| {
+            config
+                .offers
+                .iter()
+                .map(|offer| offer.concurrency as usize)
+                .max()
+                .unwrap_or(1)
+        });
+        let executor = Executor::start(
+            "golem-provider",
+            threads,
+            Arc::clone(&sandbox),
+            Arc::clone(&store),
+        )
+        .map_err(|error| NodeError::io("cannot start the worker threads", &error))?;
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            listen: Some(config.advertise.unwrap_or(addr)),
+            offers: config.offers.clone(),
+            engine: Some(sandbox.fingerprint()),
+        };
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            endpoint,
+            hello,
+            store,
+            executor,
+            peers: Mutex::default(),
+            config,
+            stop,
+        });
+        tokio::spawn(accept_loop(Arc::clone(&shared)));
+        for target in shared.config.bootstrap.clone() {
+            tokio::spawn(join_loop(Arc::clone(&shared), target));
+        }
+        tracing::info!(node = %shared.endpoint.node_id(), %addr, "provider listening");
+        Ok(Self { shared, addr })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.endpoint.node_id()
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How to dial it.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            node: self.node_id(),
+            addr: self.addr,
+        }
+    }
+
+    /// The peers it knows (joined through it, or joined by it).
+    pub fn known_peers(&self) -> Vec<Peer> {
+        self.shared.peers_except(self.node_id())
+    }
+
+    /// Its blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.shared.store
+    }
+
+    /// Stops accepting, closes every connection and ends the joins. Batches running finish on
+    /// their threads; their results are dropped.
+    pub fn shutdown(&self) {
+        self.shared.stop.send_replace(true);
+        self.shared.endpoint.close();
+    }
+}
+
+impl Drop for ProviderNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let incoming = tokio::select! {
+            incoming = shared.endpoint.accept() => incoming,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        match incoming {
+            None => return,
+            Some(Ok(connection)) => {
+                tokio::spawn(serve(Arc::clone(&shared), connection));
+            }
+            Some(Err(error)) => tracing::info!(%error, "refused a connection"),
+        }
+    }
+}
+
+/// What happens on one connection, in the order it happened.
+enum ConnEvent {
+    Request(Request),
+    Blob(BlobId),
+    BlobFailed(BlobId, String),
+    Done(u64, Outcome),
+    Closed(String),
+}
+
+async fn serve(shared: Arc<Shared>, connection: Connection) {
+    let peer = connection.peer();
+    let streams =
+        tokio::time::timeout(Duration::from_secs(30), connection.quinn().accept_bi()).await;
+    let (send, recv) = match streams {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "connection closed before its control stream");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "no control stream within 30 s; closing");
+            connection.quinn().close(0u32.into(), b"no control stream");
+            return;
+        }
+    };
+    let (events, mut inbox) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(read_requests(recv, events.clone()));
+    let blobs = tokio::spawn(accept_blobs(
+        connection.quinn().clone(),
+        Arc::clone(&shared.store),
+        shared.config.max_blob_bytes,
+        events.clone(),
+    ));
+    let mut session = ProviderSession::new(shared.hello.clone(), shared.config.session.clone());
+    let mut replies = FramedSend::new(send, MAX_REPLY_FRAME);
+    let mut stop = shared.stop.subscribe();
+    let reason = loop {
+        let deadline = session.poll_timeout();
+        let event = tokio::select! {
+            event = inbox.recv() => event,
+            () = sleep_until(deadline) => {
+                session.handle_timeout(Instant::now());
+                None
+            }
+            _ = stop.wait_for(|stop| *stop) => break "the provider is shutting down".to_owned(),
+        };
+        match event {
+            Some(ConnEvent::Request(request)) => {
+                let hello = matches!(request, Request::Hello(_));
+                if matches!(request, Request::Peers) {
+                    session.set_peers(shared.peers_except(peer));
+                }
+                let store = &shared.store;
+                session.handle_request(request, Instant::now(), |id| store.contains(id));
+                if hello {
+                    register_peer(&shared, &connection, session.peer_hello());
+                }
+            }
+            Some(ConnEvent::Blob(id)) => session.handle_blob(id),
+            Some(ConnEvent::BlobFailed(id, reason)) => session.handle_blob_failed(id, &reason),
+            Some(ConnEvent::Done(batch, outcome)) => session.handle_done(batch, outcome),
+            Some(ConnEvent::Closed(reason)) => break reason,
+            None => {}
+        }
+        while let Some(batch) = session.poll_work() {
+            let id = batch.id;
+            if !shared.fits(&batch) {
+                let reason = "the job's limits exceed every flavor of this provider";
+                session.handle_done(id, Outcome::Retry(reason.into()));
+                continue;
+            }
+            let events = events.clone();
+            shared.executor.submit(batch, move |outcome| {
+                let _ = events.send(ConnEvent::Done(id, outcome));
+            });
+        }
+        let mut failed = None;
+        while let Some(reply) = session.poll_reply() {
+            if let Err(error) = replies.send(&reply).await {
+                failed = Some(error.to_string());
+                break;
+            }
+        }
+        if let Some(reason) = failed {
+            break reason;
+        }
+    };
+    tracing::debug!(%peer, %reason, "connection over");
+    reader.abort();
+    blobs.abort();
+    shared.peers().remove(&peer);
+}
+
+/// Records a peer that introduced itself with a listening address and offers: it joined the
+/// network through this node.
+fn register_peer(shared: &Shared, connection: &Connection, hello: Option<&Hello>) {
+    let Some(hello) = hello else { return };
+    let Some(mut addr) = hello.listen else { return };
+    if hello.offers.is_empty() {
+        return;
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(connection.remote_address().ip());
+    }
+    let peer = Peer {
+        node: connection.peer(),
+        addr,
+    };
+    tracing::info!(node = %peer.node, addr = %peer.addr, "peer joined");
+    shared.peers().insert(peer.node, peer);
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_requests(recv: quinn::RecvStream, events: mpsc::UnboundedSender<ConnEvent>) {
+    let mut framed = FramedRecv::new(recv, MAX_REQUEST_FRAME);
+    loop {
+        let event = match framed.recv::<Request>().await {
+            Ok(Some(request)) => ConnEvent::Request(request),
+            Ok(None) => ConnEvent::Closed("the requestor ended the control stream".into()),
+            Err(error) => ConnEvent::Closed(error.to_string()),
+        };
+        let closed = matches!(event, ConnEvent::Closed(_));
+        if events.send(event).is_err() || closed {
+            return;
+        }
+    }
+}
+
+async fn accept_blobs(
+    connection: quinn::Connection,
+    store: Arc<BlobStore>,
+    limit: u64,
+    events: mpsc::UnboundedSender<ConnEvent>,
+) {
+    while let Ok(stream) = connection.accept_uni().await {
+        let store = Arc::clone(&store);
+        let events = events.clone();
+        tokio::spawn(async move {
+            let event = match receive_blob(stream, limit).await {
+                Ok((id, bytes)) => match store.insert_checked(id, bytes) {
+                    Ok(_) => ConnEvent::Blob(id),
+                    Err(error) => ConnEvent::BlobFailed(id, error.to_string()),
+                },
+                Err(
+                    ref error @ (BlobError::TooLarge { id, .. }
+                    | BlobError::Length { id, .. }
+                    | BlobError::HashMismatch { expected: id, .. }),
+                ) => {
+                    tracing::warn!(%error, "blob refused");
+                    ConnEvent::BlobFailed(id, error.to_string())
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "blob stream failed");
+                    return;
+                }
+            };
+            let _ = events.send(event);
+        });
+    }
+}
+
+/// Joins `target` and stays connected, rejoining after a pause when the connection drops.
+async fn join_loop(shared: Arc<Shared>, target: Bootstrap) {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let outcome = tokio::select! {
+            outcome = join_once(&shared, target) => outcome,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        match outcome {
+            Ok(reason) => tracing::info!(%target, %reason, "left the bootstrap node"),
+            Err(error) => tracing::warn!(%target, %error, "cannot join the bootstrap node"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+async fn join_once(shared: &Shared, target: Bootstrap) -> Result<String, String> {
+    let connection = match target.node {
+        Some(node) => shared.endpoint.connect(target.addr, node).await,
+        None => shared.endpoint.connect_any(target.addr).await,
+    }
+    .map_err(|error| error.to_string())?;
+    let (send, recv) = connection
+        .quinn()
+        .open_bi()
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut requests = FramedSend::new(send, MAX_REQUEST_FRAME);
+    requests
+        .send(&Request::Hello(shared.hello.clone()))
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut replies = FramedRecv::new(recv, MAX_REPLY_FRAME);
+    match replies.recv::<Reply>().await {
+        Ok(Some(Reply::Hello(hello))) => {
+            let addr = hello.listen.map_or(target.addr, |mut addr| {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(target.addr.ip());
+                }
+                addr
+            });
+            let peer = Peer {
+                node: connection.peer(),
+                addr,
+            };
+            tracing::info!(node = %peer.node, %addr, "joined");
+            shared.peers().insert(peer.node, peer);
+        }
+        Ok(other) => return Err(format!("expected a hello, got {other:?}")),
+        Err(error) => return Err(error.to_string()),
+    }
+    let reason = connection.quinn().closed().await;
+    shared.peers().remove(&connection.peer());
+    Ok(reason.to_string())
+}

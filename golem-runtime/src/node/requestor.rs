@@ -1,0 +1,694 @@
+//! The requestor node: dials providers, keeps them matched and scheduled, runs jobs.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::blobs::send_blob;
+use super::{Bootstrap, NodeError};
+use crate::identity::{NodeId, NodeKey};
+use crate::market::Demand;
+use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
+use crate::proto::PROTOCOL_VERSION;
+use crate::proto::message::{
+    BlobId, Hello, Input, JobSpec, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Output, Reply,
+    Request,
+};
+use crate::proto::requestor::{
+    Event, JobFailure, JobId, RequestorSession, SchedulerConfig, Transmit,
+};
+use crate::sandbox::{EngineFingerprint, Limits};
+
+/// A progress callback: (subtasks settled, total).
+pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
+/// Settings of a [`Requestor`].
+#[derive(Debug, Clone)]
+pub struct RequestorConfig {
+    /// Address of the requestor's own endpoint (it dials out; port 0 is fine).
+    pub bind: SocketAddr,
+    /// Scheduling.
+    pub scheduler: SchedulerConfig,
+    /// What providers must offer to be used.
+    pub demand: Demand,
+    /// How often connected nodes are asked for the peers they know, and lost bootstrap nodes
+    /// dialed again.
+    pub peer_exchange: Duration,
+}
+
+impl Default for RequestorConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            scheduler: SchedulerConfig::default(),
+            demand: Demand::for_limits(&Limits::default()),
+            peer_exchange: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A job to run: its spec, the blobs it refers to, and its inputs.
+pub struct JobRequest {
+    /// Module, task, context, seed, limits.
+    pub spec: JobSpec,
+    /// The bytes of every blob the job refers to (module, context, large inputs).
+    pub blobs: Vec<Arc<[u8]>>,
+    /// Inputs in order.
+    pub inputs: Vec<Input>,
+    /// Called as subtasks settle.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for JobRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRequest")
+            .field("spec", &self.spec)
+            .field("blobs", &self.blobs.len())
+            .field("inputs", &self.inputs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A provider the requestor schedules on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInfo {
+    /// Its node id.
+    pub node: NodeId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The flavor bought.
+    pub offer: Offer,
+    /// Its sandbox engine.
+    pub engine: Option<EngineFingerprint>,
+}
+
+/// Blob traffic of a requestor since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Blobs sent.
+    pub blobs_sent: u64,
+    /// Bytes of blobs sent.
+    pub blob_bytes_sent: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    blobs_sent: AtomicU64,
+    blob_bytes_sent: AtomicU64,
+}
+
+type JobResult = Result<Vec<Output>, JobFailure>;
+
+enum Command {
+    Join(Bootstrap),
+    Submit {
+        ticket: u64,
+        request: JobRequest,
+        done: oneshot::Sender<JobResult>,
+    },
+    Cancel(u64),
+    Up {
+        connection: Connection,
+        hello: Hello,
+        writer: mpsc::UnboundedSender<Request>,
+        target: Bootstrap,
+    },
+    Reply(NodeId, Reply),
+    Down {
+        node: Option<NodeId>,
+        target: Bootstrap,
+        reason: String,
+    },
+}
+
+/// A requestor: runs jobs on the providers it finds.
+///
+/// Start it inside a tokio runtime. It is a handle: jobs are run by a task it spawned, which
+/// ends when the last handle and job are dropped.
+pub struct Requestor {
+    commands: mpsc::UnboundedSender<Command>,
+    providers: watch::Receiver<Vec<ProviderInfo>>,
+    stats: Arc<Stats>,
+    tickets: AtomicU64,
+    node: NodeId,
+    endpoint: Arc<Endpoint>,
+}
+
+impl std::fmt::Debug for Requestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requestor")
+            .field("node", &self.node)
+            .field("providers", &self.providers.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Requestor {
+    /// Binds the requestor's endpoint and starts its task.
+    pub fn start(key: &NodeKey, config: RequestorConfig) -> Result<Self, NodeError> {
+        let endpoint = Arc::new(Endpoint::bind(config.bind, key)?);
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (providers_tx, providers) = watch::channel(Vec::new());
+        let stats = Arc::new(Stats::default());
+        let owner = Owner {
+            session: RequestorSession::new(config.scheduler.clone()),
+            endpoint: Arc::clone(&endpoint),
+            node: key.node_id(),
+            conns: HashMap::new(),
+            dialing: HashSet::new(),
+            bootstraps: Vec::new(),
+            jobs: HashMap::new(),
+            tickets: HashMap::new(),
+            blobs: HashMap::new(),
+            commands: commands.downgrade(),
+            providers: providers_tx,
+            stats: Arc::clone(&stats),
+            config,
+        };
+        tokio::spawn(owner.run(inbox));
+        Ok(Self {
+            commands,
+            providers,
+            stats,
+            tickets: AtomicU64::new(0),
+            node: key.node_id(),
+            endpoint,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// Dials `target`, then every peer it names, and keeps scheduling on those whose offers
+    /// match the demand.
+    pub fn join(&self, target: Bootstrap) {
+        let _ = self.commands.send(Command::Join(target));
+    }
+
+    /// Runs a job. The returned future yields the outputs in input order; dropping it cancels
+    /// the job.
+    pub fn submit(&self, request: JobRequest) -> RemoteJob {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let (done, receiver) = oneshot::channel();
+        let _ = self.commands.send(Command::Submit {
+            ticket,
+            request,
+            done,
+        });
+        RemoteJob {
+            ticket,
+            receiver,
+            commands: self.commands.clone(),
+            finished: false,
+        }
+    }
+
+    /// The providers scheduled on now.
+    pub fn providers(&self) -> Vec<ProviderInfo> {
+        self.providers.borrow().clone()
+    }
+
+    /// Waits until at least `count` providers are scheduled on, or `timeout` passes; returns
+    /// how many there are.
+    ///
+    /// The future needs the tokio runtime the requestor was started in.
+    pub fn wait_for_providers(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = usize> + Send + 'static {
+        let mut providers = self.providers.clone();
+        async move {
+            let enough = providers.wait_for(|list| list.len() >= count);
+            let _ = tokio::time::timeout(timeout, enough).await;
+            providers.borrow().len()
+        }
+    }
+
+    /// Blob traffic so far.
+    pub fn transfer_stats(&self) -> TransferStats {
+        TransferStats {
+            blobs_sent: self.stats.blobs_sent.load(Ordering::Relaxed),
+            blob_bytes_sent: self.stats.blob_bytes_sent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every connection; jobs still running fail.
+    pub fn shutdown(&self) {
+        self.endpoint.close();
+    }
+}
+
+impl Drop for Requestor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A job in flight; a future of its outputs. Dropping it cancels the job.
+#[must_use = "a job runs only while its handle is alive; await it"]
+pub struct RemoteJob {
+    ticket: u64,
+    receiver: oneshot::Receiver<JobResult>,
+    commands: mpsc::UnboundedSender<Command>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for RemoteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteJob")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for RemoteJob {
+    type Output = JobResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResult> {
+        let result = std::task::ready!(Pin::new(&mut self.receiver).poll(cx));
+        self.finished = true;
+        Poll::Ready(
+            result.unwrap_or_else(|_| Err(JobFailure::Aborted("the requestor stopped".into()))),
+        )
+    }
+}
+
+impl Drop for RemoteJob {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.commands.send(Command::Cancel(self.ticket));
+        }
+    }
+}
+
+struct Conn {
+    connection: Connection,
+    writer: mpsc::UnboundedSender<Request>,
+    target: Bootstrap,
+    info: Option<ProviderInfo>,
+}
+
+struct JobEntry {
+    ticket: u64,
+    done: oneshot::Sender<JobResult>,
+    progress: Option<ProgressFn>,
+    blobs: Vec<BlobId>,
+}
+
+struct Owner {
+    session: RequestorSession,
+    endpoint: Arc<Endpoint>,
+    node: NodeId,
+    conns: HashMap<NodeId, Conn>,
+    /// Addresses being dialed.
+    dialing: HashSet<SocketAddr>,
+    bootstraps: Vec<Bootstrap>,
+    jobs: HashMap<JobId, JobEntry>,
+    tickets: HashMap<u64, JobId>,
+    /// Blobs of live jobs, with the number of jobs using each.
+    blobs: HashMap<BlobId, (Arc<[u8]>, usize)>,
+    /// For dial tasks; weak, so the owner ends when every handle is gone.
+    commands: mpsc::WeakUnboundedSender<Command>,
+    providers: watch::Sender<Vec<ProviderInfo>>,
+    stats: Arc<Stats>,
+    config: RequestorConfig,
+}
+
+impl Owner {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+        let mut exchange = tokio::time::interval(self.config.peer_exchange);
+        exchange.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.session.poll_timeout();
+            tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                () = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
+                _ = exchange.tick() => self.exchange_peers(),
+            }
+            self.flush();
+        }
+        self.endpoint.close();
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Join(target) => {
+                if !self.bootstraps.contains(&target) {
+                    self.bootstraps.push(target);
+                }
+                self.dial(target);
+            }
+            Command::Submit {
+                ticket,
+                request,
+                done,
+            } => {
+                let mut ids = Vec::with_capacity(request.blobs.len());
+                for bytes in request.blobs {
+                    let id = BlobId::of(&bytes);
+                    self.blobs.entry(id).or_insert((bytes, 0)).1 += 1;
+                    ids.push(id);
+                }
+                let job = self.session.submit(request.spec, request.inputs, now);
+                self.tickets.insert(ticket, job);
+                self.jobs.insert(
+                    job,
+                    JobEntry {
+                        ticket,
+                        done,
+                        progress: request.progress,
+                        blobs: ids,
+                    },
+                );
+            }
+            Command::Cancel(ticket) => {
+                if let Some(job) = self.tickets.remove(&ticket) {
+                    self.session.cancel(job, now);
+                    if let Some(entry) = self.jobs.remove(&job) {
+                        self.release(&entry.blobs);
+                    }
+                }
+            }
+            Command::Up {
+                connection,
+                hello,
+                writer,
+                target,
+            } => self.connected(connection, hello, writer, target, now),
+            Command::Reply(_, Reply::Peers(peers)) => {
+                for peer in peers {
+                    if peer.node != self.node && !self.conns.contains_key(&peer.node) {
+                        self.dial(Bootstrap {
+                            addr: peer.addr,
+                            node: Some(peer.node),
+                        });
+                    }
+                }
+            }
+            Command::Reply(node, reply) => self.session.handle_reply(node, reply, now),
+            Command::Down {
+                node,
+                target,
+                reason,
+            } => {
+                self.dialing.remove(&target.addr);
+                if let Some(node) = node {
+                    let same = self
+                        .conns
+                        .get(&node)
+                        .is_some_and(|conn| conn.target.addr == target.addr);
+                    if same {
+                        self.disconnect(node, &reason, now);
+                    }
+                } else {
+                    tracing::info!(%target, %reason, "cannot reach node");
+                }
+            }
+        }
+    }
+
+    fn connected(
+        &mut self,
+        connection: Connection,
+        hello: Hello,
+        writer: mpsc::UnboundedSender<Request>,
+        target: Bootstrap,
+        now: Instant,
+    ) {
+        self.dialing.remove(&target.addr);
+        let node = connection.peer();
+        if self.conns.contains_key(&node) || node == self.node {
+            connection.quinn().close(0u32.into(), b"already connected");
+            return;
+        }
+        let info = self
+            .config
+            .demand
+            .choose(&hello.offers)
+            .map(|offer| ProviderInfo {
+                node,
+                addr: connection.remote_address(),
+                offer: offer.clone(),
+                engine: hello.engine,
+            });
+        match &info {
+            Some(info) => {
+                tracing::info!(%node, addr = %info.addr, flavor = %info.offer.flavor, "provider joined");
+                self.session.add_provider(node, info.offer.concurrency, now);
+            }
+            None if hello.offers.is_empty() => {
+                tracing::debug!(%node, "connected to a node that sells nothing")
+            }
+            None => tracing::info!(%node, "no offer of this provider matches the demand"),
+        }
+        let _ = writer.send(Request::Peers);
+        self.conns.insert(
+            node,
+            Conn {
+                connection,
+                writer,
+                target,
+                info,
+            },
+        );
+        self.publish();
+    }
+
+    fn disconnect(&mut self, node: NodeId, reason: &str, now: Instant) {
+        if let Some(conn) = self.conns.remove(&node) {
+            conn.connection
+                .quinn()
+                .close(0u32.into(), reason.as_bytes());
+            if conn.info.is_some() {
+                tracing::info!(%node, %reason, "provider left");
+                self.session.remove_provider(node, now);
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let mut list: Vec<ProviderInfo> = self
+            .conns
+            .values()
+            .filter_map(|conn| conn.info.clone())
+            .collect();
+        list.sort_by_key(|info| info.node);
+        self.providers.send_replace(list);
+    }
+
+    fn release(&mut self, ids: &[BlobId]) {
+        for id in ids {
+            if let Some(entry) = self.blobs.get_mut(id) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.blobs.remove(id);
+                }
+            }
+        }
+    }
+
+    fn exchange_peers(&mut self) {
+        for conn in self.conns.values() {
+            let _ = conn.writer.send(Request::Peers);
+        }
+        let connected: HashSet<SocketAddr> =
+            self.conns.values().map(|conn| conn.target.addr).collect();
+        for target in self.bootstraps.clone() {
+            if !connected.contains(&target.addr) {
+                self.dial(target);
+            }
+        }
+    }
+
+    fn dial(&mut self, target: Bootstrap) {
+        if !self.dialing.insert(target.addr) {
+            return;
+        }
+        let Some(commands) = self.commands.upgrade() else {
+            return;
+        };
+        tokio::spawn(dial(Arc::clone(&self.endpoint), target, commands));
+    }
+
+    /// Carries out what the session asks for and reports what it says.
+    fn flush(&mut self) {
+        while let Some((node, transmit)) = self.session.poll_transmit() {
+            let Some(conn) = self.conns.get(&node) else {
+                continue;
+            };
+            match transmit {
+                Transmit::Request(request) => {
+                    let _ = conn.writer.send(request);
+                }
+                Transmit::Blob(id) => {
+                    let Some((bytes, _)) = self.blobs.get(&id) else {
+                        continue;
+                    };
+                    let bytes = Arc::clone(bytes);
+                    let connection = conn.connection.quinn().clone();
+                    let stats = Arc::clone(&self.stats);
+                    tokio::spawn(async move {
+                        match send_blob(&connection, id, &bytes).await {
+                            Ok(sent) => {
+                                stats.blobs_sent.fetch_add(1, Ordering::Relaxed);
+                                stats.blob_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                            }
+                            Err(error) => tracing::debug!(%id, %error, "blob not sent"),
+                        }
+                    });
+                }
+            }
+        }
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Progress {
+                    job,
+                    settled,
+                    total,
+                } => {
+                    if let Some(progress) = self.jobs.get(&job).and_then(|e| e.progress.as_ref()) {
+                        // A panicking callback must not take the requestor down.
+                        let call = std::panic::AssertUnwindSafe(|| progress(settled, total));
+                        let _ = std::panic::catch_unwind(call);
+                    }
+                }
+                Event::Finished { job, result } => {
+                    if let Some(entry) = self.jobs.remove(&job) {
+                        self.tickets.remove(&entry.ticket);
+                        self.release(&entry.blobs);
+                        let _ = entry.done.send(result);
+                    }
+                }
+                Event::Misbehaved { node, reason } => {
+                    if let Some(conn) = self.conns.remove(&node) {
+                        conn.connection
+                            .quinn()
+                            .close(0u32.into(), reason.as_bytes());
+                        self.publish();
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Dials `target`, exchanges hellos, then relays the connection's replies to the owner until
+/// it closes.
+async fn dial(
+    endpoint: Arc<Endpoint>,
+    target: Bootstrap,
+    commands: mpsc::UnboundedSender<Command>,
+) {
+    let down = |node, reason: String| Command::Down {
+        node,
+        target,
+        reason,
+    };
+    let handshake = async {
+        let connection = match target.node {
+            Some(node) => endpoint.connect(target.addr, node).await,
+            None => endpoint.connect_any(target.addr).await,
+        }
+        .map_err(|error| error.to_string())?;
+        let (send, recv) = connection
+            .quinn()
+            .open_bi()
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut requests = FramedSend::new(send, MAX_REQUEST_FRAME);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            listen: None,
+            offers: Vec::new(),
+            engine: None,
+        };
+        requests
+            .send(&Request::Hello(hello))
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut replies = FramedRecv::new(recv, MAX_REPLY_FRAME);
+        match replies.recv::<Reply>().await {
+            Ok(Some(Reply::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
+                Ok((connection, hello, requests, replies))
+            }
+            Ok(Some(Reply::Hello(hello))) => Err(format!(
+                "the node speaks protocol version {}, not {PROTOCOL_VERSION}",
+                hello.version
+            )),
+            Ok(other) => Err(format!("expected a hello, got {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    };
+    let (connection, hello, mut requests, mut replies) =
+        match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(reason)) => {
+                let _ = commands.send(down(None, reason));
+                return;
+            }
+            Err(_) => {
+                let _ = commands.send(down(None, "no hello within 10 s".into()));
+                return;
+            }
+        };
+    let node = connection.peer();
+    let (writer, mut outbox) = mpsc::unbounded_channel::<Request>();
+    let up = Command::Up {
+        connection,
+        hello,
+        writer,
+        target,
+    };
+    if commands.send(up).is_err() {
+        return;
+    }
+    let write = async {
+        while let Some(request) = outbox.recv().await {
+            requests.send(&request).await?;
+        }
+        Ok::<(), crate::net::StreamError>(())
+    };
+    let read = async {
+        loop {
+            match replies.recv::<Reply>().await {
+                Ok(Some(reply)) => {
+                    if commands.send(Command::Reply(node, reply)).is_err() {
+                        return "the requestor stopped".to_owned();
+                    }
+                }
+                Ok(None) => return "the provider ended the control stream".to_owned(),
+                Err(error) => return error.to_string(),
+            }
+        }
+    };
+    let reason = tokio::select! {
+        result = write => match result {
+            Ok(()) => "the requestor dropped the connection".to_owned(),
+            Err(error) => error.to_string(),
+        },
+        reason = read => reason,
+    };
+    let _ = commands.send(down(Some(node), reason));
+}
