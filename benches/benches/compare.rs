@@ -1,6 +1,7 @@
 //! Prints the comparison table in the README: the render kernel natively, with rayon, and in
 //! the sandbox under each engine setting; the fixed cost of one subtask; tiny-task throughput
-//! through `Golem::local()`.
+//! and one-task round trip over QUIC on loopback (`Golem::local()`), next to the same calls
+//! made in-process without a network.
 //!
 //! Run: `cargo bench -p golem-benches --bench compare`
 //!
@@ -101,6 +102,22 @@ fn main() {
         per_call.as_secs_f64() * 1e6,
         1.0 / per_call.as_secs_f64()
     );
+    let per_call_parallel = median(runs, || {
+        std::thread::scope(|scope| {
+            for _ in 0..cores {
+                scope.spawn(|| {
+                    for _ in 0..calls {
+                        std::hint::black_box(one.run_one(0));
+                    }
+                });
+            }
+        });
+    }) / (calls * cores as u32);
+    println!(
+        "| in-process sandbox calls, {cores} threads, no network | {:.1} µs | {:.0} |",
+        per_call_parallel.as_secs_f64() * 1e6,
+        1.0 / per_call_parallel.as_secs_f64()
+    );
     let items: Vec<u64> = (0..if quick { 1_000 } else { 100_000 }).collect();
     let job = median(runs, || {
         golem
@@ -115,4 +132,36 @@ fn main() {
         per_task.as_secs_f64() * 1e6,
         items.len() as f64 / job.as_secs_f64()
     );
+
+    println!("\n| one task, round trip | median | p99 |");
+    println!("|---|---:|---:|");
+    let trips = if quick { 20 } else { 2_000 };
+    let mut direct: Vec<Duration> = (0..trips)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(one.run_one(0));
+            started.elapsed()
+        })
+        .collect();
+    let mut quic: Vec<Duration> = (0..trips)
+        .map(|_| {
+            let started = Instant::now();
+            golem.par_for([21u64], double).run().expect("one task");
+            started.elapsed()
+        })
+        .collect();
+    for (name, times) in [
+        ("in-process sandbox call, no network", &mut direct),
+        (
+            &format!("Golem::local par_for of 1 item, QUIC on loopback") as &str,
+            &mut quic,
+        ),
+    ] {
+        times.sort();
+        println!(
+            "| {name} | {:.0} µs | {:.0} µs |",
+            times[times.len() / 2].as_secs_f64() * 1e6,
+            times[times.len() * 99 / 100].as_secs_f64() * 1e6
+        );
+    }
 }
