@@ -153,7 +153,7 @@ fn main() {
     for (name, times) in [
         ("in-process sandbox call, no network", &mut direct),
         (
-            &format!("Golem::local par_for of 1 item, QUIC on loopback") as &str,
+            "Golem::local par_for of 1 item, QUIC on loopback",
             &mut quic,
         ),
     ] {

@@ -318,8 +318,13 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// A peer silent this long (no packet, not even a keep-alive) is gone: killed, frozen or cut
+/// off. Its connection closes and its work goes elsewhere.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Transport settings: room for many streams in flight (one per blob, besides the control
-/// stream) and windows large enough for blobs of megabytes.
+/// stream), windows large enough for blobs of megabytes, and keep-alives that let a dead peer be
+/// noticed within [`IDLE_TIMEOUT`].
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -328,7 +333,12 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .stream_receive_window(VarInt::from_u32(16 << 20))
         .receive_window(VarInt::from_u32(64 << 20))
         .send_window(64 << 20)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
+        .max_idle_timeout(Some(
+            IDLE_TIMEOUT
+                .try_into()
+                .expect("10 s is a valid idle timeout"),
+        ));
     Arc::new(transport)
 }
 

@@ -191,6 +191,11 @@ impl ProviderNode {
         }
     }
 
+    /// The flavors it sells.
+    pub fn offers(&self) -> &[Offer] {
+        &self.shared.config.offers
+    }
+
     /// The peers it knows (joined through it, or joined by it).
     pub fn known_peers(&self) -> Vec<Peer> {
         self.shared.peers_except(self.node_id())

@@ -75,7 +75,10 @@ impl SandboxConfig {
             .linear_memory_keep_resident(self.keep_resident_bytes)
             .pagemap_scan(Enabled::Auto)
             .table_keep_resident(TABLE_ELEMENTS * std::mem::size_of::<usize>())
-            .decommit_batch_size(self.max_instances as usize);
+            // Slots go back to the pool as soon as they are reset: with batched decommits a
+            // thread that finds the pool empty can race another that is flushing the batch, and
+            // fail although slots are about to be free.
+            .decommit_batch_size(1);
 
         let mut config = Config::new();
         config

@@ -1,0 +1,205 @@
+//! `golem-provider`: sells this machine's CPU to golem requestors.
+//!
+//! ```text
+//! golem-provider --listen 0.0.0.0:4433 --flavor std:memory=512M,price=10,concurrency=4
+//! ```
+//!
+//! It prints `golem-provider NODE_ID@ADDR` on stdout once it listens; requestors join it with
+//! `Golem::builder().join("NODE_ID@ADDR")` (or just the address). Logs go to stderr
+//! (`--log debug`, or `RUST_LOG`). Ctrl-C (or SIGTERM) shuts it down gracefully.
+
+mod flavor;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use golem_runtime::identity::NodeKey;
+use golem_runtime::node::{Bootstrap, ProviderNode, ProviderNodeConfig};
+use golem_runtime::proto::provider::ProviderSessionConfig;
+use golem_runtime::sandbox::{Sandbox, SandboxConfig};
+
+use crate::flavor::{Flavor, parse_bytes};
+
+/// Sells this machine's CPU to golem requestors: runs their WebAssembly tasks in sandboxes
+/// (no files, no network, capped fuel, memory and time) and returns the results.
+#[derive(Debug, Parser)]
+#[command(name = "golem-provider", version, about, long_about = None)]
+struct Args {
+    /// UDP address to listen on for QUIC connections.
+    #[arg(long, default_value = "0.0.0.0:4433", value_name = "HOST:PORT")]
+    listen: SocketAddr,
+
+    /// Address to tell other nodes, when it differs from --listen (behind NAT, or when
+    /// listening on 0.0.0.0 and peers cannot see the connecting address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<SocketAddr>,
+
+    /// A node to join, as HOST:PORT or NODE_ID@HOST:PORT (the id is then checked). Repeat for
+    /// several. Requestors that reach this provider learn of the others through it.
+    #[arg(long = "bootstrap", value_name = "ADDR")]
+    bootstrap: Vec<Bootstrap>,
+
+    /// A flavor to sell: NAME[:memory=SIZE,fuel=N,price=N,concurrency=N]. memory caps each
+    /// subtask's linear memory (K, M, G; default 1G); fuel caps each subtask's instructions
+    /// (K, M, G, T; default 1T); price is per billion units of fuel (default 0); concurrency is
+    /// how many subtasks run at once (default 1). Repeat for several. Default: one flavor
+    /// "default" with every core.
+    #[arg(long = "flavor", value_name = "SPEC")]
+    flavors: Vec<Flavor>,
+
+    /// Directory for the node key and the blob cache. Default: $XDG_DATA_HOME/golem-provider,
+    /// or ~/.local/share/golem-provider.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    /// Node key file (created on first start, mode 0600). Default: DIR/node.key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+
+    /// Keep received modules and contexts in memory only, not in DIR/blobs.
+    #[arg(long)]
+    no_cache: bool,
+
+    /// Largest blob (module, shared context, large input) accepted.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
+    max_blob: u64,
+
+    /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("golem-provider: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|dir| !dir.is_empty()) {
+        return Ok(PathBuf::from(dir).join("golem-provider"));
+    }
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".local/share/golem-provider"))
+        .ok_or_else(|| "no --dir given and neither XDG_DATA_HOME nor HOME is set".into())
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let dir = match args.dir {
+        Some(dir) => dir,
+        None => default_dir()?,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let key_path = args.key.unwrap_or_else(|| dir.join("node.key"));
+    let key = NodeKey::load_or_generate(&key_path).map_err(|error| error.to_string())?;
+
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let offers: Vec<_> = if args.flavors.is_empty() {
+        vec![Flavor::default_for(u32::try_from(cores).unwrap_or(1)).0]
+    } else {
+        args.flavors.into_iter().map(|flavor| flavor.0).collect()
+    };
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = offers.iter().find(|offer| !names.insert(&offer.flavor)) {
+        return Err(format!("flavor `{}` is given twice", twice.flavor));
+    }
+    let threads = offers
+        .iter()
+        .map(|offer| offer.concurrency as usize)
+        .max()
+        .unwrap_or(1);
+    let mut sandbox =
+        SandboxConfig::with_instances(u32::try_from(threads * 2 + 2).unwrap_or(u32::MAX));
+    sandbox.max_memory_bytes = offers
+        .iter()
+        .map(|offer| usize::try_from(offer.memory_bytes).unwrap_or(usize::MAX))
+        .max()
+        .unwrap_or(sandbox.max_memory_bytes);
+    let sandbox = Arc::new(Sandbox::new(sandbox).map_err(|error| error.to_string())?);
+
+    let config = ProviderNodeConfig {
+        listen: args.listen,
+        advertise: args.advertise,
+        offers,
+        bootstrap: args.bootstrap,
+        cache_dir: (!args.no_cache).then(|| dir.join("blobs")),
+        max_blob_bytes: args.max_blob,
+        threads: Some(threads),
+        session: ProviderSessionConfig::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("golem-net")
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the network runtime: {error}"))?;
+    runtime.block_on(async move {
+        let node = ProviderNode::start(&key, sandbox, config).map_err(|error| error.to_string())?;
+        for offer in node.offers() {
+            tracing::info!(
+                flavor = %offer.flavor,
+                memory = offer.memory_bytes,
+                fuel = offer.fuel,
+                price = offer.price_per_gfuel,
+                concurrency = offer.concurrency,
+                "offering"
+            );
+        }
+        // The one line on stdout: how to reach this node.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "golem-provider {}@{}", node.node_id(), node.addr());
+        let _ = stdout.flush();
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown();
+        // Let the close frames go out before the process ends.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Ok::<(), String>(())
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the provider");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
