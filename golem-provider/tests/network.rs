@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use golem::Golem;
 use golem_examples::mandelbrot::{Scene, render};
 use golem_fixture::grind;
+use rustix::process::Signal;
 
 /// A `golem-provider` process, killed when dropped.
 struct Daemon {
@@ -68,12 +69,8 @@ impl Daemon {
         self.address.split_once('@').map_or("", |(node, _)| node)
     }
 
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
+    fn signal(&self, signal: Signal) {
+        send(self.child.id(), signal);
     }
 }
 
@@ -82,6 +79,11 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn send(pid: u32, signal: Signal) {
+    let pid = rustix::process::Pid::from_raw(pid.try_into().expect("pid")).expect("pid");
+    rustix::process::kill_process(pid, signal).expect("signal the daemon");
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -146,7 +148,7 @@ fn a_requestor_finds_daemons_through_one_bootstrap_node_and_renders_on_them() {
     });
     // Ctrl-C stops a daemon cleanly.
     let mut first = first;
-    first.signal("INT");
+    first.signal(Signal::INT);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = first.child.try_wait().expect("wait") {
@@ -272,9 +274,7 @@ fn a_job_survives_half_its_providers_being_killed() {
         .collect();
     run_disrupted(&daemons, move || {
         for pid in victims {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            send(pid, Signal::KILL);
         }
     });
 }
@@ -292,9 +292,7 @@ fn a_job_survives_a_provider_that_hangs() {
     }
     let victim = daemons[2].child.id();
     run_disrupted(&daemons, move || {
-        let _ = Command::new("kill")
-            .args(["-STOP", &victim.to_string()])
-            .status();
+        send(victim, Signal::STOP);
     });
-    daemons[2].signal("CONT");
+    daemons[2].signal(Signal::CONT);
 }
