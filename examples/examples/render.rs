@@ -2,7 +2,8 @@
 //! assembled into one PNG. The scene is the shared context, shipped once per provider.
 //!
 //! Run: `cargo run --release --example render [-- OUTPUT.png [WIDTH HEIGHT]]`
-//! (writes `mandelbrot.png` by default).
+//! (writes `mandelbrot.png` by default). With `GOLEM_JOIN=HOST:PORT` (or `NODE_ID@HOST:PORT`)
+//! the tiles run on the provider daemons of that network instead of in-process providers.
 
 use std::time::Instant;
 
@@ -18,10 +19,13 @@ async fn main() -> anyhow::Result<()> {
         (scene.width, scene.height) = (width.parse()?, height.parse()?);
     }
 
-    let golem = Golem::local().await?;
+    let golem = match std::env::var("GOLEM_JOIN") {
+        Ok(addr) => Golem::builder().join(addr).build().await?,
+        Err(_) => Golem::local().await?,
+    };
     let tiles = scene.tiles(64);
     println!(
-        "rendering {}x{} in {} tiles on {} local providers",
+        "rendering {}x{} in {} tiles on {} providers",
         scene.width,
         scene.height,
         tiles.len(),

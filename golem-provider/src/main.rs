@@ -51,8 +51,8 @@ struct Args {
     #[arg(long = "flavor", value_name = "SPEC")]
     flavors: Vec<Flavor>,
 
-    /// Directory for the node key and the blob cache. Default: $XDG_DATA_HOME/golem-provider,
-    /// or ~/.local/share/golem-provider.
+    /// Directory for the node key, the blob cache and compiled modules. Default:
+    /// $XDG_DATA_HOME/golem-provider, or ~/.local/share/golem-provider.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 
@@ -60,7 +60,8 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
 
-    /// Keep received modules and contexts in memory only, not in DIR/blobs.
+    /// Keep received modules and contexts, and compiled modules, in memory only, not in
+    /// DIR/blobs and DIR/compiled.
     #[arg(long)]
     no_cache: bool,
 
@@ -134,6 +135,9 @@ fn run(args: Args) -> Result<(), String> {
         .map(|offer| usize::try_from(offer.memory_bytes).unwrap_or(usize::MAX))
         .max()
         .unwrap_or(sandbox.max_memory_bytes);
+    if !args.no_cache {
+        sandbox.compiled_cache_dir = Some(dir.join("compiled"));
+    }
     let sandbox = Arc::new(Sandbox::new(sandbox).map_err(|error| error.to_string())?);
 
     let config = ProviderNodeConfig {

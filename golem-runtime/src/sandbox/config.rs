@@ -1,5 +1,6 @@
 //! Engine settings and per-call limits.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use wasmtime::{Config, Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
@@ -36,6 +37,9 @@ pub struct SandboxConfig {
     /// Bytes of each memory slot kept resident between instances, so reusing a slot does not
     /// fault its first pages in again.
     pub keep_resident_bytes: usize,
+    /// Directory that keeps compiled modules across restarts, by (module hash, engine
+    /// fingerprint); `None` compiles every module once per process.
+    pub compiled_cache_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -50,6 +54,7 @@ impl Default for SandboxConfig {
             max_module_bytes: 32 << 20,
             max_wasm_stack: 512 << 10,
             keep_resident_bytes: 1 << 20,
+            compiled_cache_dir: None,
         }
     }
 }

@@ -129,6 +129,73 @@ fn typed_func(
         .typed::<(), ()>(&*store)
 }
 
+/// Compiles a module, or loads it from the sandbox's compiled-module cache.
+fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Module, ModuleError> {
+    let new = || {
+        Module::new(sandbox.engine(), bytes)
+            .map_err(|error| ModuleError::Invalid(format!("{error:#}")))
+    };
+    let Some(dir) = &sandbox.config().compiled_cache_dir else {
+        return new();
+    };
+    let fingerprint = blake3::Hash::from_bytes(sandbox.fingerprint().0).to_hex();
+    let path = dir.join(format!("{}-{}.cwasm", hash.to_hex(), &fingerprint[..16]));
+    if let Some(module) = load_compiled(sandbox, &path) {
+        return Ok(module);
+    }
+    let module = new()?;
+    match module.serialize() {
+        Ok(serialized) => {
+            if let Err(error) = store_compiled(&path, &serialized) {
+                tracing::warn!(path = %path.display(), %error, "cannot cache the compiled module");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot serialize the compiled module"),
+    }
+    Ok(module)
+}
+
+/// A cache file is the blake3 hash of the serialized module, then the serialized module.
+fn store_compiled(path: &std::path::Path, serialized: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = Vec::with_capacity(32 + serialized.len());
+    file.extend_from_slice(blake3::hash(serialized).as_bytes());
+    file.extend_from_slice(serialized);
+    // Write aside and rename, so a crash never leaves a partial file under the name.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, &file)?;
+    std::fs::rename(&partial, path)
+}
+
+fn load_compiled(sandbox: &Sandbox, path: &std::path::Path) -> Option<Module> {
+    let file = std::fs::read(path).ok()?;
+    let intact = file
+        .split_at_checked(32)
+        .filter(|(digest, body)| blake3::hash(body).as_bytes() == *digest);
+    let Some((_, body)) = intact else {
+        tracing::warn!(path = %path.display(), "corrupt compiled module deleted");
+        let _ = std::fs::remove_file(path);
+        return None;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `Module::deserialize` trusts its input to be code wasmtime compiled. These bytes
+    // are: this process (or an earlier run of the same provider) wrote them with
+    // `Module::serialize` into the provider's own cache directory, and they still match the
+    // hash written alongside, so they are neither truncated nor corrupted. wasmtime itself
+    // refuses bytes from another wasmtime version or an incompatible engine configuration.
+    let module = unsafe { Module::deserialize(sandbox.engine(), body) };
+    match module {
+        Ok(module) => Some(module),
+        Err(error) => {
+            tracing::info!(path = %path.display(), %error, "cached module not usable; recompiling");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
 /// Checks and compiles a module. See [`Sandbox::prepare`].
 pub(crate) fn prepare(
     sandbox: &Sandbox,
@@ -152,8 +219,7 @@ pub(crate) fn prepare(
             actual: actual.to_hex(),
         });
     }
-    let module = Module::new(sandbox.engine(), bytes)
-        .map_err(|error| ModuleError::Invalid(format!("{error:#}")))?;
+    let module = compile(sandbox, hash, bytes)?;
     check_imports(&module)?;
 
     let pre = sandbox

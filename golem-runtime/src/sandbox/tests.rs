@@ -285,6 +285,54 @@ fn compiled_modules_are_cached_by_hash() {
 }
 
 #[test]
+fn compiled_modules_survive_a_restart_in_the_cache_directory_and_corruption_is_recompiled() {
+    let dir = std::env::temp_dir().join(format!("golem-compiled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = SandboxConfig::with_instances(4);
+    config.compiled_cache_dir = Some(dir.clone());
+    let bytes = module("", "");
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .map(|entries| entries.map(|entry| entry.expect("entry").path()).collect())
+            .unwrap_or_default()
+    };
+    assert_still_serves(&sandbox(config.clone()));
+    let files = cached();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with(&ModuleHash::of(&bytes).to_hex()), "{name}");
+    let written = std::fs::metadata(&files[0])
+        .expect("file")
+        .modified()
+        .expect("mtime");
+
+    // A new engine (a restarted provider) loads the file instead of compiling.
+    std::thread::sleep(Duration::from_millis(20));
+    assert_still_serves(&sandbox(config.clone()));
+    let reused = std::fs::metadata(&files[0])
+        .expect("file")
+        .modified()
+        .expect("mtime");
+    assert_eq!(
+        written, reused,
+        "the cached module was rewritten instead of loaded"
+    );
+
+    // A corrupted file is never loaded: the module is compiled again and the file replaced.
+    let mut corrupt = std::fs::read(&files[0]).expect("read");
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    std::fs::write(&files[0], &corrupt).expect("corrupt");
+    assert_still_serves(&sandbox(config));
+    assert_ne!(std::fs::read(&files[0]).expect("read"), corrupt);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
 fn randomness_and_clock_are_deterministic() {
     let sandbox = sandbox(SandboxConfig::with_instances(4));
     // Output 16 random bytes followed by two clock readings.
