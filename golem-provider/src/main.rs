@@ -69,6 +69,11 @@ struct Args {
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
     max_blob: u64,
 
+    /// Bytes of modules and contexts kept in memory; older ones are read back from DIR/blobs
+    /// (or fetched again with --no-cache) when a job needs them.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes_usize)]
+    blob_memory: usize,
+
     /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
@@ -93,6 +98,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_bytes_usize(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(text)?).map_err(|_| format!("`{text}` is too large"))
 }
 
 fn default_dir() -> Result<PathBuf, String> {
@@ -147,6 +156,7 @@ fn run(args: Args) -> Result<(), String> {
         bootstrap: args.bootstrap,
         cache_dir: (!args.no_cache).then(|| dir.join("blobs")),
         max_blob_bytes: args.max_blob,
+        blob_memory_bytes: args.blob_memory,
         threads: Some(threads),
         session: ProviderSessionConfig::default(),
     };

@@ -59,16 +59,66 @@ pub enum BlobError {
 }
 
 /// Blobs by id, in memory and optionally in a directory that survives restarts.
-#[derive(Debug, Default)]
+///
+/// Memory holds at most [`BlobStore::DEFAULT_MEMORY_BYTES`] (or the cap given): past it the
+/// oldest blobs are dropped from memory. A dropped blob is read back from the directory, or,
+/// without one, asked for again by the next batch that needs it.
+#[derive(Debug)]
 pub struct BlobStore {
-    memory: Mutex<HashMap<BlobId, Arc<[u8]>>>,
+    memory: Mutex<Memory>,
     dir: Option<PathBuf>,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    blobs: HashMap<BlobId, Arc<[u8]>>,
+    /// Insertion order, for eviction.
+    order: std::collections::VecDeque<BlobId>,
+    bytes: usize,
+}
+
+impl Memory {
+    fn insert(&mut self, id: BlobId, bytes: Arc<[u8]>, cap: usize) {
+        if self.blobs.contains_key(&id) {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.blobs.insert(id, bytes);
+        self.order.push_back(id);
+        // Keep the newest blob even when it alone exceeds the cap: a batch is about to use it.
+        while self.bytes > cap && self.order.len() > 1 {
+            if let Some(old) = self.order.pop_front() {
+                self.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &BlobId) {
+        if let Some(bytes) = self.blobs.remove(id) {
+            self.bytes -= bytes.len();
+            self.order.retain(|kept| kept != id);
+        }
+    }
+}
+
+impl Default for BlobStore {
+    fn default() -> Self {
+        Self::in_memory()
+    }
 }
 
 impl BlobStore {
+    /// Bytes of blobs kept in memory by default.
+    pub const DEFAULT_MEMORY_BYTES: usize = 1 << 30;
+
     /// A store in memory only.
     pub fn in_memory() -> Self {
-        Self::default()
+        Self {
+            memory: Mutex::default(),
+            dir: None,
+            cap: Self::DEFAULT_MEMORY_BYTES,
+        }
     }
 
     /// A store that also keeps every blob as a file in `dir` (created if missing); blobs found
@@ -77,12 +127,23 @@ impl BlobStore {
     pub fn on_disk(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         Ok(Self {
-            memory: Mutex::default(),
             dir: Some(dir.to_owned()),
+            ..Self::in_memory()
         })
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<BlobId, Arc<[u8]>>> {
+    /// Caps the bytes kept in memory.
+    pub fn with_memory_cap(mut self, bytes: usize) -> Self {
+        self.cap = bytes;
+        self
+    }
+
+    /// Bytes of blobs held in memory now.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory().bytes
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -92,12 +153,12 @@ impl BlobStore {
 
     /// Whether the store holds `id`.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.memory().contains_key(id) || self.path(id).is_some_and(|path| path.is_file())
+        self.memory().blobs.contains_key(id) || self.path(id).is_some_and(|path| path.is_file())
     }
 
     /// The blob `id`, if the store holds it.
     pub fn get(&self, id: &BlobId) -> Option<Arc<[u8]>> {
-        if let Some(bytes) = self.memory().get(id) {
+        if let Some(bytes) = self.memory().blobs.get(id) {
             return Some(Arc::clone(bytes));
         }
         let path = self.path(id)?;
@@ -108,7 +169,7 @@ impl BlobStore {
             return None;
         }
         let bytes: Arc<[u8]> = bytes.into();
-        self.memory().insert(*id, Arc::clone(&bytes));
+        self.memory().insert(*id, Arc::clone(&bytes), self.cap);
         Some(bytes)
     }
 
@@ -146,7 +207,7 @@ impl BlobStore {
                     message: error.to_string(),
                 })?;
         }
-        self.memory().insert(id, bytes);
+        self.memory().insert(id, bytes, self.cap);
         Ok(())
     }
 
@@ -251,5 +312,23 @@ mod tests {
         let wrong = other.insert_checked(id, b"not the scene".to_vec());
         assert!(matches!(wrong, Err(BlobError::HashMismatch { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn memory_keeps_the_newest_blobs_within_its_cap() {
+        let store = BlobStore::in_memory().with_memory_cap(10);
+        let a = store.insert(vec![1; 6]).unwrap();
+        let b = store.insert(vec![2; 4]).unwrap();
+        assert_eq!(store.memory_bytes(), 10);
+        let c = store.insert(vec![3; 5]).unwrap();
+        assert!(!store.contains(&a), "the oldest blob is dropped");
+        assert!(store.contains(&b) && store.contains(&c));
+        assert_eq!(store.memory_bytes(), 9);
+        let big = store.insert(vec![4; 50]).unwrap();
+        assert!(
+            store.contains(&big),
+            "a blob above the cap is still kept while it is newest"
+        );
+        assert_eq!(store.memory_bytes(), 50);
     }
 }

@@ -36,6 +36,9 @@ pub struct ProviderNodeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Largest blob accepted.
     pub max_blob_bytes: u64,
+    /// Bytes of blobs kept in memory; older ones are dropped (and read back from the cache
+    /// directory, or fetched again, when needed).
+    pub blob_memory_bytes: usize,
     /// Worker threads; by default the largest concurrency among the offers.
     pub threads: Option<usize>,
     /// Settings of each connection's session.
@@ -59,6 +62,7 @@ impl ProviderNodeConfig {
             bootstrap: Vec::new(),
             cache_dir: None,
             max_blob_bytes: 1 << 30,
+            blob_memory_bytes: BlobStore::DEFAULT_MEMORY_BYTES,
             threads: None,
             session: ProviderSessionConfig::default(),
         }
@@ -128,12 +132,15 @@ impl ProviderNode {
     ) -> Result<Self, NodeError> {
         let endpoint = Endpoint::bind(config.listen, key)?;
         let addr = endpoint.local_addr()?;
-        let store = Arc::new(match &config.cache_dir {
-            Some(dir) => BlobStore::on_disk(dir).map_err(|error| {
-                NodeError::io(format!("cannot open the cache {}", dir.display()), &error)
-            })?,
-            None => BlobStore::in_memory(),
-        });
+        let store = Arc::new(
+            match &config.cache_dir {
+                Some(dir) => BlobStore::on_disk(dir).map_err(|error| {
+                    NodeError::io(format!("cannot open the cache {}", dir.display()), &error)
+                })?,
+                None => BlobStore::in_memory(),
+            }
+            .with_memory_cap(config.blob_memory_bytes),
+        );
         let threads = config.threads.unwrap_or_else(|| {
             config
                 .offers
