@@ -14,8 +14,9 @@ mod exec;
 mod provider;
 mod requestor;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
+use std::time::Duration;
 
 pub use self::blobs::{BlobError, BlobStore};
 pub use self::exec::subtask_seed;
@@ -25,7 +26,9 @@ pub use self::requestor::{
 };
 
 use crate::identity::NodeId;
-use crate::net::NetError;
+use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetError};
+use crate::proto::PROTOCOL_VERSION;
+use crate::proto::message::{Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Reply, Request};
 
 /// A node could not start or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +118,71 @@ impl FromStr for Bootstrap {
         };
         Ok(Self { addr, node })
     }
+}
+
+/// How long dialing a node and exchanging hellos may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A dialed connection whose hellos are exchanged, with its control stream.
+pub(crate) struct Handshake {
+    pub(crate) connection: Connection,
+    /// The peer's introduction.
+    pub(crate) hello: Hello,
+    pub(crate) requests: FramedSend,
+    pub(crate) replies: FramedRecv,
+}
+
+/// Dials `target` (checking its node id when given), opens the control stream, introduces
+/// ourselves with `ours` and reads the peer's hello, all within [`HANDSHAKE_TIMEOUT`].
+pub(crate) async fn handshake(
+    endpoint: &Endpoint,
+    target: Bootstrap,
+    ours: Hello,
+) -> Result<Handshake, String> {
+    let exchange = async {
+        let connection = match target.node {
+            Some(node) => endpoint.connect(target.addr, node).await,
+            None => endpoint.connect_any(target.addr).await,
+        }
+        .map_err(|error| error.to_string())?;
+        let (send, recv) = connection
+            .quinn()
+            .open_bi()
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut requests = FramedSend::new(send, MAX_REQUEST_FRAME);
+        requests
+            .send(&Request::Hello(ours))
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut replies = FramedRecv::new(recv, MAX_REPLY_FRAME);
+        match replies.recv::<Reply>().await {
+            Ok(Some(Reply::Hello(hello))) if hello.version == PROTOCOL_VERSION => Ok(Handshake {
+                connection,
+                hello,
+                requests,
+                replies,
+            }),
+            Ok(Some(Reply::Hello(hello))) => Err(format!(
+                "the node speaks protocol version {}, not {PROTOCOL_VERSION}",
+                hello.version
+            )),
+            Ok(other) => Err(format!("expected a hello, got {other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no hello within {HANDSHAKE_TIMEOUT:?}")))
+}
+
+/// The address to reach a node that listens on `listen`: a node bound to 0.0.0.0 (or `[::]`)
+/// is reached at the address it was seen at.
+pub(crate) fn reachable(mut listen: SocketAddr, seen_at: IpAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        listen.set_ip(seen_at);
+    }
+    listen
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::blobs::{BlobError, BlobStore, receive_blob};
 use super::exec::Executor;
-use super::{Bootstrap, NodeError};
+use super::{Bootstrap, NodeError, handshake, reachable};
 use crate::identity::{NodeId, NodeKey};
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
-    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Peer, Reply, Request,
+    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Peer, Request,
 };
 use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
 use crate::sandbox::Sandbox;
@@ -341,16 +341,13 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
 /// network through this node.
 fn register_peer(shared: &Shared, connection: &Connection, hello: Option<&Hello>) {
     let Some(hello) = hello else { return };
-    let Some(mut addr) = hello.listen else { return };
+    let Some(listen) = hello.listen else { return };
     if hello.offers.is_empty() {
         return;
     }
-    if addr.ip().is_unspecified() {
-        addr.set_ip(connection.remote_address().ip());
-    }
     let peer = Peer {
         node: connection.peer(),
-        addr,
+        addr: reachable(listen, connection.remote_address().ip()),
     };
     tracing::info!(node = %peer.node, addr = %peer.addr, "peer joined");
     shared.peers().insert(peer.node, peer);
@@ -431,41 +428,15 @@ async fn join_loop(shared: Arc<Shared>, target: Bootstrap) {
 }
 
 async fn join_once(shared: &Shared, target: Bootstrap) -> Result<String, String> {
-    let connection = match target.node {
-        Some(node) => shared.endpoint.connect(target.addr, node).await,
-        None => shared.endpoint.connect_any(target.addr).await,
-    }
-    .map_err(|error| error.to_string())?;
-    let (send, recv) = connection
-        .quinn()
-        .open_bi()
-        .await
-        .map_err(|error| error.to_string())?;
-    let mut requests = FramedSend::new(send, MAX_REQUEST_FRAME);
-    requests
-        .send(&Request::Hello(shared.hello.clone()))
-        .await
-        .map_err(|error| error.to_string())?;
-    let mut replies = FramedRecv::new(recv, MAX_REPLY_FRAME);
-    match replies.recv::<Reply>().await {
-        Ok(Some(Reply::Hello(hello))) => {
-            let addr = hello.listen.map_or(target.addr, |mut addr| {
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(target.addr.ip());
-                }
-                addr
-            });
-            let peer = Peer {
-                node: connection.peer(),
-                addr,
-            };
-            tracing::info!(node = %peer.node, %addr, "joined");
-            shared.peers().insert(peer.node, peer);
-        }
-        Ok(other) => return Err(format!("expected a hello, got {other:?}")),
-        Err(error) => return Err(error.to_string()),
-    }
-    let reason = connection.quinn().closed().await;
-    shared.peers().remove(&connection.peer());
+    let joined = handshake(&shared.endpoint, target, shared.hello.clone()).await?;
+    let node = joined.connection.peer();
+    let addr = joined
+        .hello
+        .listen
+        .map_or(target.addr, |listen| reachable(listen, target.addr.ip()));
+    tracing::info!(%node, %addr, "joined");
+    shared.peers().insert(node, Peer { node, addr });
+    let reason = joined.connection.quinn().closed().await;
+    shared.peers().remove(&node);
     Ok(reason.to_string())
 }

@@ -12,15 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::blobs::send_blob;
-use super::{Bootstrap, NodeError};
+use super::{Bootstrap, Handshake, NodeError, handshake};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
-use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
+use crate::net::{Connection, Endpoint};
 use crate::proto::PROTOCOL_VERSION;
-use crate::proto::message::{
-    BlobId, Hello, Input, JobSpec, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Output, Reply,
-    Request,
-};
+use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Output, Reply, Request};
 use crate::proto::requestor::{
     Event, JobFailure, JobId, RequestorSession, SchedulerConfig, Transmit,
 };
@@ -606,53 +603,24 @@ async fn dial(
         target,
         reason,
     };
-    let handshake = async {
-        let connection = match target.node {
-            Some(node) => endpoint.connect(target.addr, node).await,
-            None => endpoint.connect_any(target.addr).await,
-        }
-        .map_err(|error| error.to_string())?;
-        let (send, recv) = connection
-            .quinn()
-            .open_bi()
-            .await
-            .map_err(|error| error.to_string())?;
-        let mut requests = FramedSend::new(send, MAX_REQUEST_FRAME);
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            listen: None,
-            offers: Vec::new(),
-            engine: None,
-        };
-        requests
-            .send(&Request::Hello(hello))
-            .await
-            .map_err(|error| error.to_string())?;
-        let mut replies = FramedRecv::new(recv, MAX_REPLY_FRAME);
-        match replies.recv::<Reply>().await {
-            Ok(Some(Reply::Hello(hello))) if hello.version == PROTOCOL_VERSION => {
-                Ok((connection, hello, requests, replies))
-            }
-            Ok(Some(Reply::Hello(hello))) => Err(format!(
-                "the node speaks protocol version {}, not {PROTOCOL_VERSION}",
-                hello.version
-            )),
-            Ok(other) => Err(format!("expected a hello, got {other:?}")),
-            Err(error) => Err(error.to_string()),
+    let ours = Hello {
+        version: PROTOCOL_VERSION,
+        listen: None,
+        offers: Vec::new(),
+        engine: None,
+    };
+    let Handshake {
+        connection,
+        hello,
+        mut requests,
+        mut replies,
+    } = match handshake(&endpoint, target, ours).await {
+        Ok(parts) => parts,
+        Err(reason) => {
+            let _ = commands.send(down(None, reason));
+            return;
         }
     };
-    let (connection, hello, mut requests, mut replies) =
-        match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-            Ok(Ok(parts)) => parts,
-            Ok(Err(reason)) => {
-                let _ = commands.send(down(None, reason));
-                return;
-            }
-            Err(_) => {
-                let _ = commands.send(down(None, "no hello within 10 s".into()));
-                return;
-            }
-        };
     let node = connection.peer();
     let (writer, mut outbox) = mpsc::unbounded_channel::<Request>();
     let up = Command::Up {
