@@ -118,8 +118,31 @@ impl FromStr for NodeId {
 }
 
 /// An ed25519 signature.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "(Half, Half)", into = "(Half, Half)")]
 pub struct Signature(pub [u8; 64]);
+
+/// Half a signature: serde handles arrays of up to 32 elements.
+type Half = [u8; 32];
+
+impl From<(Half, Half)> for Signature {
+    fn from((low, high): (Half, Half)) -> Self {
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&low);
+        bytes[32..].copy_from_slice(&high);
+        Self(bytes)
+    }
+}
+
+impl From<Signature> for (Half, Half) {
+    fn from(signature: Signature) -> Self {
+        let mut low = [0u8; 32];
+        let mut high = [0u8; 32];
+        low.copy_from_slice(&signature.0[..32]);
+        high.copy_from_slice(&signature.0[32..]);
+        (low, high)
+    }
+}
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

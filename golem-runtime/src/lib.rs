@@ -9,6 +9,9 @@
 //!   provider and requestor sessions (scheduling, retries, backups) as state machines.
 //! * [`node`]: the async drivers: a provider node serving batches from a QUIC endpoint, a
 //!   requestor that finds providers and runs jobs on them, content-addressed blobs.
+//! * [`receipt`]: what a provider signs for each batch it ran, and how it is checked.
+//! * [`verify`] and [`reputation`]: verification strategies, and the record of each provider
+//!   they build.
 //! * [`market`]: matching a requestor's demand against providers' offers.
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
@@ -24,9 +27,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(any(test, feature = "adversarial"))]
+pub mod adversarial;
 pub mod identity;
 pub mod market;
 pub mod net;
 pub mod node;
 pub mod proto;
+pub mod receipt;
+pub mod reputation;
 pub mod sandbox;
+pub mod verify;

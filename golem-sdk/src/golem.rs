@@ -1,16 +1,19 @@
 //! The [`Golem`] handle: where tasks run, with which limits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use golem_runtime::identity::NodeKey;
+use golem_runtime::identity::{NodeId, NodeKey};
 use golem_runtime::market::Demand;
 use golem_runtime::node::{
     Bootstrap, ProviderInfo, ProviderNode, ProviderNodeConfig, Requestor, RequestorConfig,
     TransferStats,
 };
 use golem_runtime::proto::requestor::SchedulerConfig;
+use golem_runtime::reputation::Record;
 use golem_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
+use golem_runtime::verify::Verify;
 
 use crate::iterate::{Iterated, Until};
 use crate::map_reduce::MapReduce;
@@ -30,6 +33,7 @@ pub struct Golem {
 pub(crate) struct Inner {
     pub(crate) requestor: Requestor,
     pub(crate) limits: Limits,
+    pub(crate) verify: Verify,
     local: Vec<ProviderNode>,
     network: tokio::runtime::Handle,
     /// Runs the network: QUIC endpoints, sessions, timers. Tasks run on the providers' own
@@ -82,6 +86,24 @@ impl Golem {
     pub async fn wait_for_providers(&self, count: usize, timeout: Duration) -> usize {
         let wait = self.inner.requestor.wait_for_providers(count, timeout);
         self.spawn(wait).await.unwrap_or(0)
+    }
+
+    /// What this requestor knows of every provider it used: results accepted and verified,
+    /// times caught, bans.
+    pub async fn records(&self) -> Vec<(NodeId, Record)> {
+        let records = self.inner.requestor.records();
+        self.spawn(records).await.unwrap_or_default()
+    }
+
+    /// Lifts the ban on a provider caught cheating; its results are checked from the initial
+    /// rate again.
+    pub fn forgive(&self, node: NodeId) {
+        self.inner.requestor.forgive(node);
+    }
+
+    /// How results are verified unless a call says otherwise.
+    pub fn verify(&self) -> &Verify {
+        &self.inner.verify
     }
 
     /// Blob traffic to providers so far (modules, contexts, large inputs).
@@ -181,6 +203,9 @@ pub struct GolemBuilder {
     wait: Option<Duration>,
     max_price: Option<u64>,
     scheduler: Option<SchedulerConfig>,
+    verify: Verify,
+    reputation: Option<PathBuf>,
+    check_threads: Option<usize>,
 }
 
 impl GolemBuilder {
@@ -238,6 +263,26 @@ impl GolemBuilder {
         self
     }
 
+    /// How results are verified by default (default: [`Verify::None`] for in-process
+    /// providers, which are trusted; choose a strategy when joining a network).
+    pub fn verify(mut self, verify: Verify) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// Keeps provider records (reputation, bans) in the database at `path`, across runs
+    /// (default: in memory).
+    pub fn reputation(mut self, path: impl Into<PathBuf>) -> Self {
+        self.reputation = Some(path.into());
+        self
+    }
+
+    /// Threads that re-run results to check them on this machine (default: 1).
+    pub fn check_threads(mut self, threads: usize) -> Self {
+        self.check_threads = Some(threads.max(1));
+        self
+    }
+
     /// Starts the providers and the requestor, and waits for the providers to be connected.
     pub async fn build(self) -> Result<Golem, Error> {
         let targets = self
@@ -269,18 +314,18 @@ impl GolemBuilder {
         let _entered = runtime.enter();
         let key = || NodeKey::generate().map_err(|error| Error::Network(error.to_string()));
 
+        // One engine for the in-process providers and the requestor's checks. Two instance
+        // slots per provider leave room for the module check at compile time.
+        let check_threads = self.check_threads.unwrap_or(1);
+        let slots = local.saturating_mul(2) + check_threads + 2;
+        let config = self.sandbox.unwrap_or_else(|| {
+            SandboxConfig::with_instances(u32::try_from(slots).unwrap_or(u32::MAX))
+        });
+        let sandbox = Arc::new(Sandbox::new(config)?);
         let mut providers = Vec::with_capacity(local);
-        if local > 0 {
-            // Two instance slots per provider leave room for the module check at compile time.
-            let slots = u32::try_from(local.saturating_mul(2) + 2).unwrap_or(u32::MAX);
-            let config = self
-                .sandbox
-                .unwrap_or_else(|| SandboxConfig::with_instances(slots));
-            let sandbox = Arc::new(Sandbox::new(config)?);
-            for _ in 0..local {
-                let config = ProviderNodeConfig::local(&sandbox, 1);
-                providers.push(ProviderNode::start(&key()?, Arc::clone(&sandbox), config)?);
-            }
+        for _ in 0..local {
+            let config = ProviderNodeConfig::local(&sandbox, 1);
+            providers.push(ProviderNode::start(&key()?, Arc::clone(&sandbox), config)?);
         }
         let mut demand = Demand::for_limits(&self.limits);
         demand.max_price_per_gfuel = self.max_price;
@@ -295,6 +340,9 @@ impl GolemBuilder {
                 bind,
                 demand,
                 scheduler: self.scheduler.unwrap_or_default(),
+                checker: Some(sandbox),
+                check_threads,
+                reputation: self.reputation,
                 ..RequestorConfig::default()
             },
         )?;
@@ -313,6 +361,7 @@ impl GolemBuilder {
             inner: Arc::new(Inner {
                 requestor,
                 limits: self.limits,
+                verify: self.verify,
                 local: providers,
                 network: runtime.handle().clone(),
                 runtime: Some(runtime),

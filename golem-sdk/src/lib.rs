@@ -11,6 +11,8 @@
 //! | [`.with(&ctx)`](ParFor::with) | gives a shared context, encoded and shipped once |
 //! | [`Golem::map_reduce`]`(items, task, identity, reduce)` | map in sandboxes, fold here |
 //! | [`Golem::iterate`]`(init, step, until)` | rounds whose results decide the next round |
+//! | [`.verify(Verify::spot_check())`](ParFor::verify), [`.verify_with(check)`](ParFor::verify_with) | how results from untrusted providers are verified |
+//! | [`ParFor::with_report`] | outputs with the job's report: cheaters caught, checking cost, receipts |
 //! | [`ParFor::run`], [`MapReduce::run`], [`Golem::local_blocking`] | the blocking facade |
 //!
 //! Errors are one [`Error`] enum with a variant per failure domain (module refused, subtask
@@ -97,18 +99,24 @@ pub use crate::{
     golem::{Golem, GolemBuilder},
     iterate::{Iterated, Until},
     map_reduce::MapReduce,
-    par_for::{ContextFor, NoContext, ParFor, WithContext},
+    par_for::{ContextFor, NoContext, ParFor, Reported, WithContext},
     task::GuestModule,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use golem_runtime::sandbox::{Limits, SandboxConfig};
+pub use golem_runtime::{
+    proto::requestor::{Caught, JobReport},
+    receipt::Receipt,
+    reputation::Record,
+    sandbox::{Limits, SandboxConfig},
+    verify::{SpotCheck, Verify},
+};
 
 /// Everything a task crate usually needs: `use golem::prelude::*;`.
 pub mod prelude {
     pub use crate::Task;
     pub use crate::task;
     #[cfg(not(target_arch = "wasm32"))]
-    pub use crate::{Error, Golem, Iterated, Limits, Until};
+    pub use crate::{Error, Golem, Iterated, Limits, Until, Verify};
     pub use serde::{Deserialize, Serialize};
 }
 

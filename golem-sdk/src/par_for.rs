@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use golem_runtime::node::{JobRequest, ProgressFn, RemoteJob};
 use golem_runtime::proto::message::{BlobId, INLINE_INPUT_MAX, Input, JobSpec};
-use golem_runtime::proto::requestor::JobFailure;
+use golem_runtime::proto::requestor::{JobFailure, JobReport};
 use golem_runtime::sandbox::{Limits, ModuleError};
+use golem_runtime::verify::Verify;
 
 use crate::{Error, Golem, Task};
 
@@ -23,6 +24,7 @@ pub struct ParFor<'g, T: Task, C> {
     limits: Option<Limits>,
     seed: Option<u64>,
     progress: Option<ProgressFn>,
+    verify: Option<Verify>,
     _task: PhantomData<T>,
 }
 
@@ -74,6 +76,7 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
             limits: None,
             seed: None,
             progress: None,
+            verify: None,
             _task: PhantomData,
         }
     }
@@ -88,6 +91,7 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
             limits: self.limits,
             seed: self.seed,
             progress: self.progress,
+            verify: self.verify,
             _task: PhantomData,
         }
     }
@@ -115,9 +119,41 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
         self
     }
 
+    /// How this call's results are verified (default: the [`Golem`]'s, see
+    /// [`GolemBuilder::verify`](crate::GolemBuilder::verify)).
+    pub fn verify(mut self, verify: Verify) -> Self {
+        self.verify = Some(verify);
+        self
+    }
+
+    /// Verifies every result with `check(index, input, output)` on this machine, natively:
+    /// `Err(reason)` rejects the result and catches the provider that returned it. Keep it
+    /// cheaper than the task, for instance by recomputing a few random parts of the output.
+    pub fn verify_with<F>(self, check: F) -> Self
+    where
+        F: Fn(usize, &T::Input, &T::Output) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let task = T::NAME;
+        self.verify(Verify::custom(move |index, input, output| {
+            let index = usize::try_from(index).unwrap_or(usize::MAX);
+            let input: T::Input = postcard::from_bytes(input)
+                .map_err(|error| format!("the input of `{task}` does not decode: {error}"))?;
+            let output: T::Output = postcard::from_bytes(output)
+                .map_err(|error| format!("the output does not decode as `{task}`'s: {error}"))?;
+            check(index, &input, &output)
+        }))
+    }
+
     /// Runs to completion, blocking this thread. Do not call it from async code: await instead.
     pub fn run(self) -> Result<Vec<T::Output>, Error> {
         crate::blocking::block_on(self.into_future())
+    }
+
+    /// Runs, and returns the outputs with the job's [`JobReport`]: providers caught cheating,
+    /// what verification cost, the receipts of the accepted results.
+    pub fn with_report(self) -> Reported<'g, T::Output> {
+        let pending = self.start();
+        Box::pin(async move { pending?.finish().await })
     }
 
     /// Encodes everything up front, so the future owns bytes only and is `Send` whatever the
@@ -152,12 +188,26 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
             task: task.to_owned(),
             context: context_id,
             seed,
+            nonce: [0; 16], // drawn by the requestor
             limits: self.limits.unwrap_or_else(|| self.golem.limits().clone()),
         };
+        let verify = self
+            .verify
+            .unwrap_or_else(|| self.golem.inner.verify.clone());
+        let copies = verify.copies();
+        let found = self.golem.providers();
+        if copies > found {
+            return Err(Error::NoProviders {
+                wanted: copies,
+                found,
+                waited: std::time::Duration::ZERO,
+            });
+        }
         let job = self.golem.inner.requestor.submit(JobRequest {
             spec,
             blobs,
             inputs,
+            verify,
             progress: self.progress,
         });
         Ok(Pending {
@@ -167,20 +217,25 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
     }
 }
 
+/// The future of [`ParFor::with_report`]: the outputs in input order and the job's report.
+pub type Reported<'g, O> =
+    Pin<Box<dyn Future<Output = Result<(Vec<O>, JobReport), Error>> + Send + 'g>>;
+
 struct Pending<T> {
     job: RemoteJob,
     _task: PhantomData<fn() -> T>,
 }
 
 impl<T: Task> Pending<T> {
-    async fn finish(self) -> Result<Vec<T::Output>, Error> {
+    async fn finish(self) -> Result<(Vec<T::Output>, JobReport), Error> {
         let task = T::NAME;
-        let outputs = self.job.await.map_err(|failure| match failure {
+        let done = self.job.await.map_err(|failure| match failure {
             JobFailure::Subtask { index, error } => Error::Subtask { task, index, error },
             JobFailure::Module(error) => Error::Module { task, error },
             JobFailure::Aborted(reason) => Error::Aborted(reason),
         })?;
-        outputs
+        let outputs = done
+            .outputs
             .iter()
             .enumerate()
             .map(|(index, output)| {
@@ -190,7 +245,8 @@ impl<T: Task> Pending<T> {
                     message: error.to_string(),
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((outputs, done.report))
     }
 }
 
@@ -200,7 +256,7 @@ impl<'g, T: Task, C: ContextFor<T>> IntoFuture for ParFor<'g, T, C> {
 
     fn into_future(self) -> Self::IntoFuture {
         let pending = self.start();
-        Box::pin(async move { pending?.finish().await })
+        Box::pin(async move { Ok(pending?.finish().await?.0) })
     }
 }
 

@@ -4,8 +4,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 
-use crate::node::blobs::BlobStore;
-use crate::proto::message::{Batch, Input, Outcome, Output};
+use crate::proto::message::{Batch, BlobId, Input, Outcome, Output};
 use crate::sandbox::{Call, Execution, Sandbox, SubtaskError};
 
 /// The seed of subtask `index` of a job seeded with `job_seed`: independent of how subtasks
@@ -14,14 +13,9 @@ pub fn subtask_seed(job_seed: &[u8; 32], index: u64) -> [u8; 32] {
     *blake3::keyed_hash(job_seed, &index.to_le_bytes()).as_bytes()
 }
 
-type Done = Box<dyn FnOnce(Outcome) + Send>;
+type Work = Box<dyn FnOnce() + Send>;
 
-struct Work {
-    batch: Batch,
-    done: Done,
-}
-
-/// A fixed set of threads running batches one at a time each.
+/// A fixed set of threads running one piece of work at a time each.
 pub(crate) struct Executor {
     sender: Option<mpsc::Sender<Work>>,
     threads: Vec<JoinHandle<()>>,
@@ -37,19 +31,12 @@ impl std::fmt::Debug for Executor {
 
 impl Executor {
     /// Starts `threads` workers named `name-N`.
-    pub(crate) fn start(
-        name: &str,
-        threads: usize,
-        sandbox: Arc<Sandbox>,
-        store: Arc<BlobStore>,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn start(name: &str, threads: usize) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel::<Work>();
         let receiver = Arc::new(Mutex::new(receiver));
         let threads = (0..threads.max(1))
             .map(|id| {
                 let receiver = Arc::clone(&receiver);
-                let sandbox = Arc::clone(&sandbox);
-                let store = Arc::clone(&store);
                 std::thread::Builder::new()
                     .name(format!("{name}-{id}"))
                     .spawn(move || {
@@ -58,10 +45,8 @@ impl Executor {
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
                                 .recv();
-                            let Ok(Work { batch, done }) = work else {
-                                return;
-                            };
-                            done(run_batch(&sandbox, &store, &batch));
+                            let Ok(work) = work else { return };
+                            work();
                         }
                     })
             })
@@ -72,18 +57,11 @@ impl Executor {
         })
     }
 
-    /// Queues `batch`; `done` is called from a worker thread with its outcome.
-    pub(crate) fn submit(&self, batch: Batch, done: impl FnOnce(Outcome) + Send + 'static) {
-        let work = Work {
-            batch,
-            done: Box::new(done),
-        };
-        let refused = match &self.sender {
-            Some(sender) => sender.send(work).err().map(|error| error.0),
-            None => Some(work),
-        };
-        if let Some(work) = refused {
-            (work.done)(Outcome::Retry("the provider is shutting down".into()));
+    /// Queues `work`; gives it back when the executor is shutting down.
+    pub(crate) fn submit<W: FnOnce() + Send + 'static>(&self, work: W) -> Result<(), ()> {
+        match &self.sender {
+            Some(sender) => sender.send(Box::new(work)).map_err(|_| ()),
+            None => Err(()),
         }
     }
 }
@@ -97,36 +75,30 @@ impl Drop for Executor {
     }
 }
 
-/// Runs every subtask of `batch`, stopping at the first failure.
-pub(crate) fn run_batch(sandbox: &Sandbox, store: &BlobStore, batch: &Batch) -> Outcome {
+/// Runs every subtask of `batch`, stopping at the first failure; `blob` looks up the module,
+/// context and large inputs. The error is any [`Outcome`] but `Outputs`.
+pub(crate) fn run_batch(
+    sandbox: &Sandbox,
+    blob: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
+    batch: &Batch,
+) -> Result<Vec<Output>, Outcome> {
     let job = &batch.job;
     let missing = |what: &str| Outcome::Retry(format!("the {what} blob is not in the store"));
-    let Some(module_bytes) = store.get(&job.module) else {
-        return missing("module");
-    };
-    let module = match sandbox.prepare(job.module.into(), &module_bytes) {
-        Ok(module) => module,
-        Err(error) => return Outcome::Refused(error),
-    };
-    let task = match module.task(&job.task) {
-        Ok(task) => task,
-        Err(error) => return Outcome::Refused(error),
-    };
-    let Some(context) = store.get(&job.context) else {
-        return missing("context");
-    };
+    let module_bytes = blob(&job.module).ok_or_else(|| missing("module"))?;
+    let module = sandbox
+        .prepare(job.module.into(), &module_bytes)
+        .map_err(Outcome::Refused)?;
+    let task = module.task(&job.task).map_err(Outcome::Refused)?;
+    let context = blob(&job.context).ok_or_else(|| missing("context"))?;
     let mut outputs = Vec::with_capacity(batch.items.len());
     for item in &batch.items {
-        let blob;
+        let bytes;
         let input: &[u8] = match &item.input {
             Input::Inline(bytes) => bytes,
-            Input::Blob(id) => match store.get(id) {
-                Some(bytes) => {
-                    blob = bytes;
-                    &blob
-                }
-                None => return missing("input"),
-            },
+            Input::Blob(id) => {
+                bytes = blob(id).ok_or_else(|| missing("input"))?;
+                &bytes
+            }
         };
         let call = Call {
             context: Arc::clone(&context),
@@ -147,14 +119,14 @@ pub(crate) fn run_batch(sandbox: &Sandbox, store: &BlobStore, batch: &Batch) -> 
                 });
             }
             Err(error) => {
-                return Outcome::Failed {
+                return Err(Outcome::Failed {
                     index: item.index,
                     error,
-                };
+                });
             }
         }
     }
-    Outcome::Outputs(outputs)
+    Ok(outputs)
 }
 
 /// Hands what a guest printed to `tracing` (target `golem::guest`), never to this process's

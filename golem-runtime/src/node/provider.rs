@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::blobs::{BlobError, BlobStore, receive_blob};
-use super::exec::Executor;
+use super::exec::{Executor, run_batch};
 use super::{Bootstrap, NodeError, handshake, reachable};
 use crate::identity::{NodeId, NodeKey};
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
@@ -18,6 +18,7 @@ use crate::proto::message::{
     Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Peer, Request,
 };
 use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
+use crate::receipt::Receipt;
 use crate::sandbox::Sandbox;
 
 /// Settings of a [`ProviderNode`].
@@ -74,6 +75,11 @@ struct Shared {
     hello: Hello,
     store: Arc<BlobStore>,
     executor: Executor,
+    sandbox: Arc<Sandbox>,
+    /// Signs receipts.
+    key: NodeKey,
+    #[cfg(feature = "adversarial")]
+    cheater: Option<Mutex<crate::adversarial::Cheater>>,
     /// Peers that joined through this node, and the nodes it joined.
     peers: Mutex<HashMap<NodeId, Peer>>,
     config: ProviderNodeConfig,
@@ -94,6 +100,29 @@ impl Shared {
             .collect();
         peers.sort_by_key(|peer| peer.node);
         peers
+    }
+
+    /// Runs `batch` on this thread and signs the receipt of its outputs.
+    fn run(&self, batch: &Batch) -> Outcome {
+        let store = &self.store;
+        match run_batch(&self.sandbox, |id| store.get(id), batch) {
+            #[cfg_attr(not(feature = "adversarial"), allow(unused_mut))]
+            Ok(mut outputs) => {
+                #[cfg(feature = "adversarial")]
+                let spoil = self.cheater.as_ref().is_some_and(|cheater| {
+                    let mut cheater = cheater.lock().unwrap_or_else(PoisonError::into_inner);
+                    cheater.tamper(batch, &mut outputs)
+                });
+                #[cfg_attr(not(feature = "adversarial"), allow(unused_mut))]
+                let mut signature = Receipt::for_batch(&self.key, batch, &outputs).signature;
+                #[cfg(feature = "adversarial")]
+                if spoil {
+                    signature.0[0] ^= 1;
+                }
+                Outcome::Outputs { outputs, signature }
+            }
+            Err(outcome) => outcome,
+        }
     }
 
     /// Whether a batch's limits fit one of the flavors sold.
@@ -130,6 +159,33 @@ impl ProviderNode {
         sandbox: Arc<Sandbox>,
         config: ProviderNodeConfig,
     ) -> Result<Self, NodeError> {
+        Self::start_inner(
+            key,
+            sandbox,
+            config,
+            #[cfg(feature = "adversarial")]
+            None,
+        )
+    }
+
+    /// [`ProviderNode::start`] for a provider that lies as `cheat` says: for tests of
+    /// verification only.
+    #[cfg(feature = "adversarial")]
+    pub fn start_cheating(
+        key: &NodeKey,
+        sandbox: Arc<Sandbox>,
+        config: ProviderNodeConfig,
+        cheat: crate::adversarial::Cheat,
+    ) -> Result<Self, NodeError> {
+        Self::start_inner(key, sandbox, config, Some(cheat))
+    }
+
+    fn start_inner(
+        key: &NodeKey,
+        sandbox: Arc<Sandbox>,
+        config: ProviderNodeConfig,
+        #[cfg(feature = "adversarial")] cheat: Option<crate::adversarial::Cheat>,
+    ) -> Result<Self, NodeError> {
         let endpoint = Endpoint::bind(config.listen, key)?;
         let addr = endpoint.local_addr()?;
         let store = Arc::new(
@@ -149,13 +205,8 @@ impl ProviderNode {
                 .max()
                 .unwrap_or(1)
         });
-        let executor = Executor::start(
-            "golem-provider",
-            threads,
-            Arc::clone(&sandbox),
-            Arc::clone(&store),
-        )
-        .map_err(|error| NodeError::io("cannot start the worker threads", &error))?;
+        let executor = Executor::start("golem-provider", threads)
+            .map_err(|error| NodeError::io("cannot start the worker threads", &error))?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             listen: Some(config.advertise.unwrap_or(addr)),
@@ -168,6 +219,10 @@ impl ProviderNode {
             hello,
             store,
             executor,
+            sandbox,
+            key: NodeKey::from_secret(key.secret_bytes()),
+            #[cfg(feature = "adversarial")]
+            cheater: cheat.map(|cheat| Mutex::new(crate::adversarial::Cheater::new(cheat))),
             peers: Mutex::default(),
             config,
             stop,
@@ -316,9 +371,14 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
                 continue;
             }
             let events = events.clone();
-            shared.executor.submit(batch, move |outcome| {
+            let worker = Arc::clone(&shared);
+            let submitted = shared.executor.submit(move || {
+                let outcome = worker.run(&batch);
                 let _ = events.send(ConnEvent::Done(id, outcome));
             });
+            if submitted.is_err() {
+                session.handle_done(id, Outcome::Retry("the provider is shutting down".into()));
+            }
         }
         let mut failed = None;
         while let Some(reply) = session.poll_reply() {

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,16 +13,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::blobs::send_blob;
+use super::exec::{Executor, run_batch};
 use super::{Bootstrap, Handshake, NodeError, handshake};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint};
 use crate::proto::PROTOCOL_VERSION;
-use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Output, Reply, Request};
+use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
-    Event, JobFailure, JobId, RequestorSession, SchedulerConfig, Transmit,
+    Check, CheckKind, CheckResult, Event, JobFailure, JobId, JobOutput, ProviderSlot,
+    RequestorSession, SchedulerConfig, Transmit,
 };
-use crate::sandbox::{EngineFingerprint, Limits};
+use crate::reputation::{Record, ReputationStore, StoreError};
+use crate::sandbox::{EngineFingerprint, Limits, Sandbox};
+use crate::verify::{CheckFn, Verify};
 
 /// A progress callback: (subtasks settled, total).
 pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
@@ -38,6 +43,13 @@ pub struct RequestorConfig {
     /// How often connected nodes are asked for the peers they know, and lost bootstrap nodes
     /// dialed again.
     pub peer_exchange: Duration,
+    /// The requestor's own sandbox, to re-run results (spot checks, tie-breaks, confirming
+    /// failures). Jobs verified other than [`Verify::None`] need it.
+    pub checker: Option<Arc<Sandbox>>,
+    /// Threads that run checks.
+    pub check_threads: usize,
+    /// Database of provider records, kept across runs; memory only when `None`.
+    pub reputation: Option<PathBuf>,
 }
 
 impl Default for RequestorConfig {
@@ -47,6 +59,9 @@ impl Default for RequestorConfig {
             scheduler: SchedulerConfig::default(),
             demand: Demand::for_limits(&Limits::default()),
             peer_exchange: Duration::from_secs(2),
+            checker: None,
+            check_threads: 1,
+            reputation: None,
         }
     }
 }
@@ -59,6 +74,8 @@ pub struct JobRequest {
     pub blobs: Vec<Arc<[u8]>>,
     /// Inputs in order.
     pub inputs: Vec<Input>,
+    /// How results are verified.
+    pub verify: Verify,
     /// Called as subtasks settle.
     pub progress: Option<ProgressFn>,
 }
@@ -69,6 +86,7 @@ impl std::fmt::Debug for JobRequest {
             .field("spec", &self.spec)
             .field("blobs", &self.blobs.len())
             .field("inputs", &self.inputs.len())
+            .field("verify", &self.verify)
             .finish_non_exhaustive()
     }
 }
@@ -101,7 +119,7 @@ struct Stats {
     blob_bytes_sent: AtomicU64,
 }
 
-type JobResult = Result<Vec<Output>, JobFailure>;
+type JobResult = Result<JobOutput, JobFailure>;
 
 enum Command {
     Join(Bootstrap),
@@ -118,6 +136,9 @@ enum Command {
         target: Bootstrap,
     },
     Reply(NodeId, Reply),
+    Checked(u64, CheckResult),
+    Forgive(NodeId),
+    Records(oneshot::Sender<Vec<(NodeId, Record)>>),
     Down {
         node: Option<NodeId>,
         target: Bootstrap,
@@ -148,14 +169,44 @@ impl std::fmt::Debug for Requestor {
 }
 
 impl Requestor {
-    /// Binds the requestor's endpoint and starts its task.
+    /// Binds the requestor's endpoint, loads its provider records and starts its task.
     pub fn start(key: &NodeKey, config: RequestorConfig) -> Result<Self, NodeError> {
         let endpoint = Arc::new(Endpoint::bind(config.bind, key)?);
         let (commands, inbox) = mpsc::unbounded_channel();
         let (providers_tx, providers) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
+        let store = config
+            .reputation
+            .as_deref()
+            .map(ReputationStore::open)
+            .transpose()
+            .map_err(store_error)?;
+        let reputation = match &store {
+            Some(store) => store.load().map_err(store_error)?,
+            None => Default::default(),
+        };
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|error| NodeError::Io {
+            what: "cannot draw randomness for spot checks".into(),
+            message: error.to_string(),
+        })?;
+        let mut session = RequestorSession::new(config.scheduler.clone())
+            .with_reputation(reputation)
+            .with_seed(u64::from_le_bytes(seed));
+        let checks = match &config.checker {
+            Some(sandbox) => {
+                session = session.with_engine(sandbox.fingerprint());
+                let executor = Executor::start("golem-check", config.check_threads)
+                    .map_err(|error| NodeError::io("cannot start the check threads", &error))?;
+                Some(executor)
+            }
+            None => None,
+        };
         let owner = Owner {
-            session: RequestorSession::new(config.scheduler.clone()),
+            session,
+            checks,
+            store,
+            saved: Instant::now(),
             endpoint: Arc::clone(&endpoint),
             node: key.node_id(),
             conns: HashMap::new(),
@@ -231,6 +282,20 @@ impl Requestor {
         }
     }
 
+    /// Lifts the ban on a provider caught cheating; its results are checked from the initial
+    /// rate again.
+    pub fn forgive(&self, node: NodeId) {
+        let _ = self.commands.send(Command::Forgive(node));
+    }
+
+    /// Every provider record the requestor holds. The future needs the tokio runtime the
+    /// requestor was started in.
+    pub fn records(&self) -> impl Future<Output = Vec<(NodeId, Record)>> + Send + 'static {
+        let (sender, receiver) = oneshot::channel();
+        let _ = self.commands.send(Command::Records(sender));
+        async move { receiver.await.unwrap_or_default() }
+    }
+
     /// Blob traffic so far.
     pub fn transfer_stats(&self) -> TransferStats {
         TransferStats {
@@ -300,10 +365,16 @@ struct JobEntry {
     done: oneshot::Sender<JobResult>,
     progress: Option<ProgressFn>,
     blobs: Vec<BlobId>,
+    custom: Option<Arc<CheckFn>>,
 }
 
 struct Owner {
     session: RequestorSession,
+    /// Runs checks; present when the requestor has a sandbox.
+    checks: Option<Executor>,
+    store: Option<ReputationStore>,
+    /// When provider records were last saved.
+    saved: Instant,
     endpoint: Arc<Endpoint>,
     node: NodeId,
     conns: HashMap<NodeId, Conn>,
@@ -337,7 +408,27 @@ impl Owner {
             }
             self.flush();
         }
+        self.save_records();
         self.endpoint.close();
+    }
+
+    /// Saves changed provider records, at most once a second unless `now` is asked for.
+    fn save_records_soon(&mut self, urgent: bool) {
+        if self.session.reputation().is_dirty()
+            && (urgent || self.saved.elapsed() >= Duration::from_secs(1))
+        {
+            self.save_records();
+        }
+    }
+
+    fn save_records(&mut self) {
+        self.saved = Instant::now();
+        let dirty = self.session.reputation_mut().take_dirty();
+        if let Some(store) = &self.store
+            && let Err(error) = store.save(&dirty)
+        {
+            tracing::warn!(%error, "provider records not saved");
+        }
     }
 
     fn handle(&mut self, command: Command) {
@@ -351,16 +442,31 @@ impl Owner {
             }
             Command::Submit {
                 ticket,
-                request,
+                mut request,
                 done,
             } => {
+                if request.verify.reruns() && self.checks.is_none() {
+                    let _ = done.send(Err(JobFailure::Aborted(format!(
+                        "verification {:?} re-runs results, and this requestor has no sandbox",
+                        request.verify
+                    ))));
+                    return;
+                }
+                // A fresh nonce: this run is a job of its own in receipts and payments.
+                let _ = getrandom::fill(&mut request.spec.nonce);
                 let mut ids = Vec::with_capacity(request.blobs.len());
                 for bytes in request.blobs {
                     let id = BlobId::of(&bytes);
                     self.blobs.entry(id).or_insert((bytes, 0)).1 += 1;
                     ids.push(id);
                 }
-                let job = self.session.submit(request.spec, request.inputs, now);
+                let custom = match &request.verify {
+                    Verify::Custom(check) => Some(Arc::clone(check)),
+                    _ => None,
+                };
+                let job = self
+                    .session
+                    .submit(request.spec, request.inputs, request.verify, now);
                 self.tickets.insert(ticket, job);
                 self.jobs.insert(
                     job,
@@ -369,6 +475,7 @@ impl Owner {
                         done,
                         progress: request.progress,
                         blobs: ids,
+                        custom,
                     },
                 );
             }
@@ -397,6 +504,21 @@ impl Owner {
                 }
             }
             Command::Reply(node, reply) => self.session.handle_reply(node, reply, now),
+            Command::Checked(id, result) => self.session.handle_check(id, result, now),
+            Command::Forgive(node) => {
+                self.session.reputation_mut().forgive(node);
+                self.save_records();
+            }
+            Command::Records(reply) => {
+                let mut records: Vec<(NodeId, Record)> = self
+                    .session
+                    .reputation()
+                    .iter()
+                    .map(|(node, record)| (*node, *record))
+                    .collect();
+                records.sort_by_key(|(node, _)| *node);
+                let _ = reply.send(records);
+            }
             Command::Down {
                 node,
                 target,
@@ -442,10 +564,18 @@ impl Owner {
                 offer: offer.clone(),
                 engine: hello.engine,
             });
+        let slot = |info: &ProviderInfo| ProviderSlot {
+            concurrency: info.offer.concurrency,
+            engine: info.engine,
+        };
         match &info {
+            Some(info) if !self.session.add_provider(node, slot(info), now) => {
+                tracing::info!(%node, "refused a banned provider");
+                connection.quinn().close(0u32.into(), b"banned");
+                return;
+            }
             Some(info) => {
                 tracing::info!(%node, addr = %info.addr, flavor = %info.offer.flavor, "provider joined");
-                self.session.add_provider(node, info.offer.concurrency, now);
             }
             None if hello.offers.is_empty() => {
                 tracing::debug!(%node, "connected to a node that sells nothing")
@@ -570,17 +700,118 @@ impl Owner {
                         self.release(&entry.blobs);
                         let _ = entry.done.send(result);
                     }
+                    self.save_records_soon(true);
                 }
-                Event::Misbehaved { node, reason } => {
-                    if let Some(conn) = self.conns.remove(&node) {
-                        conn.connection
-                            .quinn()
-                            .close(0u32.into(), reason.as_bytes());
-                        self.publish();
-                    }
+                Event::Misbehaved { node, reason } => self.close(node, &reason),
+                Event::Caught(caught) => {
+                    self.close(caught.node, &caught.reason);
+                    self.save_records_soon(true);
                 }
             }
         }
+        while let Some(check) = self.session.poll_check() {
+            self.run_check(check);
+        }
+        self.save_records_soon(false);
+    }
+
+    fn close(&mut self, node: NodeId, reason: &str) {
+        if let Some(conn) = self.conns.remove(&node) {
+            conn.connection
+                .quinn()
+                .close(0u32.into(), reason.as_bytes());
+            self.publish();
+        }
+    }
+
+    /// Runs a check on the check threads; its result comes back as a command.
+    fn run_check(&mut self, check: Check) {
+        let id = check.id;
+        let Some(commands) = self.commands.upgrade() else {
+            return;
+        };
+        let blobs: HashMap<BlobId, Arc<[u8]>> = check
+            .batch
+            .blobs()
+            .filter_map(|blob| {
+                self.blobs
+                    .get(&blob)
+                    .map(|(bytes, _)| (blob, Arc::clone(bytes)))
+            })
+            .collect();
+        let sandbox = self.config.checker.clone();
+        let custom = self
+            .jobs
+            .get(&check.job)
+            .and_then(|entry| entry.custom.clone());
+        let work = move || {
+            let lookup = |blob: &BlobId| blobs.get(blob).cloned();
+            let result = match (check.kind, sandbox, custom) {
+                (CheckKind::Rerun, Some(sandbox), _) => {
+                    CheckResult::Ran(run_batch(&sandbox, lookup, &check.batch))
+                }
+                (CheckKind::Custom, _, Some(custom)) => run_custom(&*custom, &check, lookup),
+                _ => CheckResult::Failed("the requestor cannot run this check".into()),
+            };
+            let _ = commands.send(Command::Checked(id, result));
+        };
+        let refused = match &self.checks {
+            Some(executor) => executor.submit(work).is_err(),
+            None => true,
+        };
+        if refused {
+            let result = CheckResult::Failed("the check threads stopped".into());
+            self.session.handle_check(id, result, Instant::now());
+        }
+    }
+}
+
+/// Passes every item of a custom check to the user's function; a panic in it is reported as
+/// the check failing to run, never as the provider's fault.
+fn run_custom(
+    custom: &CheckFn,
+    check: &Check,
+    lookup: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
+) -> CheckResult {
+    for (item, claimed) in check.batch.items.iter().zip(&check.claimed) {
+        let blob;
+        let input: &[u8] = match &item.input {
+            Input::Inline(bytes) => bytes,
+            Input::Blob(id) => match lookup(id) {
+                Some(bytes) => {
+                    blob = bytes;
+                    &blob
+                }
+                None => {
+                    return CheckResult::Failed(format!(
+                        "the input of subtask {} is not held by the requestor",
+                        item.index
+                    ));
+                }
+            },
+        };
+        let call = std::panic::AssertUnwindSafe(|| custom(item.index, input, &claimed.bytes));
+        match std::panic::catch_unwind(call) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return CheckResult::Custom(Err((item.index, reason))),
+            Err(_) => {
+                return CheckResult::Failed(format!(
+                    "the job's check panicked on subtask {}",
+                    item.index
+                ));
+            }
+        }
+    }
+    CheckResult::Custom(Ok(()))
+}
+
+fn store_error(error: StoreError) -> NodeError {
+    NodeError::Io {
+        what: format!(
+            "cannot use the reputation database {}",
+            error.path.display()
+        ),
+        message: error.message,
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::NodeId;
+use crate::identity::{NodeId, Signature};
 use crate::sandbox::{EngineFingerprint, Limits, ModuleError, ModuleHash, SubtaskError};
 
 /// A content address: the blake3 hash of a blob's bytes.
@@ -101,6 +101,8 @@ pub struct JobSpec {
     pub context: BlobId,
     /// Seed of the job; subtask `i` is seeded from (seed, `i`).
     pub seed: [u8; 32],
+    /// Random per job, so two runs of the same work are two jobs in receipts and payments.
+    pub nonce: [u8; 16],
     /// Limits of every call.
     pub limits: Limits,
 }
@@ -115,6 +117,14 @@ pub enum Input {
 }
 
 impl Input {
+    /// blake3 of the input's bytes (for a blob, its id), as receipts name it.
+    pub fn hash(&self) -> [u8; 32] {
+        match self {
+            Self::Inline(bytes) => *blake3::hash(bytes).as_bytes(),
+            Self::Blob(id) => id.0,
+        }
+    }
+
     /// Bytes this input adds to a batch frame.
     pub fn inline_len(&self) -> usize {
         match self {
@@ -184,8 +194,14 @@ pub struct Output {
 /// How a batch ended on the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Every subtask ran; outputs in the batch's item order.
-    Outputs(Vec<Output>),
+    /// Every subtask ran.
+    Outputs {
+        /// Outputs in the batch's item order.
+        outputs: Vec<Output>,
+        /// The provider's signature over the batch's [`Receipt`](crate::receipt::Receipt),
+        /// which the requestor rebuilds from its inputs and these outputs.
+        signature: Signature,
+    },
     /// A subtask failed in the sandbox (the first one that did, in item order).
     Failed {
         /// Index of the subtask in the job.
@@ -256,6 +272,7 @@ mod tests {
                 task: "render".into(),
                 context: BlobId::of(b"scene"),
                 seed: [3; 32],
+                nonce: [4; 16],
                 limits: Limits::default(),
             },
             items: vec![

@@ -264,6 +264,7 @@ mod tests {
                 task: "t".into(),
                 context: BlobId::of(context),
                 seed: [0; 32],
+                nonce: [0; 16],
                 limits: Limits::default(),
             },
             items: vec![Item {
@@ -296,10 +297,13 @@ mod tests {
         assert_eq!(session.poll_work().map(|b| b.id), Some(2));
         session.handle_done(
             1,
-            Outcome::Outputs(vec![Output {
-                bytes: vec![],
-                fuel: 1,
-            }]),
+            Outcome::Outputs {
+                outputs: vec![Output {
+                    bytes: vec![],
+                    fuel: 1,
+                }],
+                signature: crate::identity::Signature([0; 64]),
+            },
         );
         assert!(matches!(
             session.poll_reply(),

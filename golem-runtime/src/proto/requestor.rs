@@ -22,6 +22,21 @@
 //!   straggler; the first result wins and the other copy is cancelled.
 //! * A result is accepted once per subtask: late copies and duplicates are dropped, so no
 //!   subtask is lost or returned twice.
+//!
+//! Verification (see [`crate::verify`]):
+//! * Every result arrives with the provider's signature over its [`Receipt`]; the session
+//!   rebuilds the receipt from its own inputs and the outputs received, and a result whose
+//!   receipt does not verify is rejected and its provider caught.
+//! * Under redundancy a batch wants `copies` copies on distinct providers and is accepted when
+//!   they agree; when they disagree the session asks the driver to re-run the disputed
+//!   subtasks ([`poll_check`](RequestorSession::poll_check)) and catches every provider that
+//!   disagrees with the re-run.
+//! * Under spot checks a random sample of each accepted batch is re-run, at the provider's
+//!   rate; under a custom check every accepted batch goes to the job's check. A job finishes
+//!   only when its checks are answered.
+//! * A caught provider is banned in the session's [`Reputation`] and dropped; every batch it
+//!   returned in a running job is computed again by others.
+//! * Providers with longer records of accepted results are served first.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -29,7 +44,10 @@ use std::time::{Duration, Instant};
 
 use super::message::{Batch, BlobId, Input, Item, JobSpec, Outcome, Output, Reply, Request};
 use crate::identity::NodeId;
-use crate::sandbox::{ModuleError, SubtaskError};
+use crate::receipt::{Digest, Receipt, ReceiptEntry};
+use crate::reputation::Reputation;
+use crate::sandbox::{EngineFingerprint, ModuleError, SubtaskError};
+use crate::verify::Verify;
 
 /// A job's id within a session.
 pub type JobId = u64;
@@ -90,7 +108,7 @@ pub enum JobFailure {
     },
     /// The module was refused.
     Module(ModuleError),
-    /// The job could not go on: the requestor stopped.
+    /// The job could not go on: the requestor stopped, or could not check results.
     Aborted(String),
 }
 
@@ -103,14 +121,68 @@ pub enum Transmit {
     Blob(BlobId),
 }
 
+/// A provider caught with a wrong result or a receipt that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caught {
+    /// The provider.
+    pub node: NodeId,
+    /// What it did.
+    pub reason: String,
+}
+
+/// What verifying a job cost and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    /// Subtasks in the job.
+    pub subtasks: u64,
+    /// Subtask results providers returned under a valid receipt, every copy counted (redundant
+    /// copies, backups, results later rejected).
+    pub provider_runs: u64,
+    /// Subtasks the requestor re-ran in its own sandbox: spot checks, tie-breaks, failures
+    /// confirmed.
+    pub reruns: u64,
+    /// Results passed to a custom check.
+    pub custom_checks: u64,
+    /// Subtasks computed again because the provider that returned them was caught.
+    pub recomputed: u64,
+    /// Providers caught during the job, with what they did.
+    pub caught: Vec<Caught>,
+    /// Receipts of the accepted results, by batch: what the providers are owed.
+    pub receipts: Vec<Receipt>,
+}
+
+impl JobReport {
+    /// Compute spent beyond one run per subtask, as a fraction of the job: redundant copies,
+    /// backups, rejected results and the requestor's re-runs.
+    pub fn overhead(&self) -> f64 {
+        let total = self.provider_runs + self.reruns;
+        total.saturating_sub(self.subtasks) as f64 / self.subtasks.max(1) as f64
+    }
+
+    /// The requestor's re-runs as a fraction of the job.
+    pub fn rerun_fraction(&self) -> f64 {
+        self.reruns as f64 / self.subtasks.max(1) as f64
+    }
+}
+
+/// A finished job: outputs in input order, and its report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutput {
+    /// One output per subtask, in input order.
+    pub outputs: Vec<Output>,
+    /// What verification cost and found.
+    pub report: JobReport,
+}
+
 /// What the session reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Subtasks of a job settled.
+    /// Subtasks of a job settled. `settled` falls back when a caught provider's results are
+    /// computed again.
     Progress {
         /// The job.
         job: JobId,
-        /// Subtasks with a result.
+        /// Subtasks with an accepted result.
         settled: usize,
         /// All subtasks.
         total: usize,
@@ -120,7 +192,7 @@ pub enum Event {
         /// The job.
         job: JobId,
         /// The outcome.
-        result: Result<Vec<Output>, JobFailure>,
+        result: Result<JobOutput, JobFailure>,
     },
     /// A provider broke the protocol; the driver should close its connection.
     Misbehaved {
@@ -129,16 +201,66 @@ pub enum Event {
         /// What it did.
         reason: String,
     },
+    /// A provider was caught cheating and is banned (see the session's
+    /// [`Reputation`]); the driver should close its connection.
+    Caught(Caught),
+}
+
+/// How a check is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// Run the batch in the requestor's sandbox and report its outcome.
+    Rerun,
+    /// Pass each item's input and claimed output to the job's custom check.
+    Custom,
+}
+
+/// Work the session asks the driver to do on the requestor's side to check results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Answer with [`RequestorSession::handle_check`] and this id.
+    pub id: u64,
+    /// The job.
+    pub job: JobId,
+    /// What to do.
+    pub kind: CheckKind,
+    /// The subtasks to check (the batch id is the check id).
+    pub batch: Batch,
+    /// For [`CheckKind::Custom`]: the claimed outputs, in item order.
+    pub claimed: Vec<Output>,
+}
+
+/// How a check ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckResult {
+    /// A re-run's outputs, or how it failed (any outcome but `Outputs`).
+    Ran(Result<Vec<Output>, Outcome>),
+    /// A custom check: `Ok`, or the first item (subtask index) found wrong and why.
+    Custom(Result<(), (u64, String)>),
+    /// The check could not be carried out on the requestor's side (its sandbox or the user's
+    /// check failed): no verdict. It is tried again a few times, then the job fails.
+    Failed(String),
+}
+
+/// A provider's connection, as the scheduler needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderSlot {
+    /// Subtasks it runs at once.
+    pub concurrency: u32,
+    /// Its sandbox engine, when it said.
+    pub engine: Option<EngineFingerprint>,
 }
 
 struct JobState {
     spec: JobSpec,
+    digest: Digest,
+    verify: Verify,
     inputs: Vec<Input>,
     outputs: Vec<Option<Output>>,
     settled: usize,
     /// Next index not yet cut into a batch.
     cursor: usize,
-    /// Batches without a live copy, to hand out before cutting new ones.
+    /// Batches that want copies, to hand out before cutting new ones.
     requeued: VecDeque<u64>,
     /// Measured time per item, smoothed.
     per_item: Option<Duration>,
@@ -147,6 +269,13 @@ struct JobState {
     /// The failure with the lowest index seen; the job fails with it once every batch before
     /// it has settled, so the same job always reports the same failure.
     failure: Option<(usize, SubtaskError)>,
+    /// Batches accepted, with the receipts of the providers that returned them.
+    accepted: BTreeMap<u64, Accepted>,
+    /// Checks sent to the driver and not answered.
+    checks: usize,
+    /// Providers that got a copy of any batch.
+    providers: HashSet<NodeId>,
+    report: JobReport,
 }
 
 impl JobState {
@@ -155,22 +284,114 @@ impl JobState {
     }
 }
 
+struct Accepted {
+    range: Range<usize>,
+    receipts: Vec<Receipt>,
+}
+
 struct Copy {
     provider: NodeId,
     sent: Instant,
     deadline: Instant,
 }
 
+/// One provider's answer to a batch, under a verified receipt.
+struct Returned {
+    outputs: Vec<Output>,
+    receipt: Receipt,
+}
+
 struct BatchState {
     job: JobId,
     range: Range<usize>,
     copies: Vec<Copy>,
+    /// Results awaiting agreement.
+    results: Vec<Returned>,
+    /// Results that must agree.
+    quorum: usize,
+    /// A check that must end before the batch moves on (a tie-break or a failure).
+    check: Option<u64>,
     attempts: u32,
     backed_up: bool,
 }
 
+impl BatchState {
+    fn new(job: JobId, range: Range<usize>, quorum: usize) -> Self {
+        Self {
+            job,
+            range,
+            copies: Vec::new(),
+            results: Vec::new(),
+            quorum,
+            check: None,
+            attempts: 0,
+            backed_up: false,
+        }
+    }
+
+    /// Copies still to hand out.
+    fn wants(&self) -> usize {
+        if self.check.is_some() {
+            return 0;
+        }
+        self.quorum
+            .saturating_sub(self.copies.len() + self.results.len())
+    }
+
+    /// Whether `node` has a copy or a result of this batch.
+    fn holds(&self, node: NodeId) -> bool {
+        self.copies.iter().any(|copy| copy.provider == node)
+            || self.results.iter().any(|r| r.receipt.provider == node)
+    }
+
+    /// Items (offsets in the batch) where the results differ.
+    fn disputed(&self) -> Vec<usize> {
+        let Some(first) = self.results.first() else {
+            return Vec::new();
+        };
+        (0..first.receipt.entries.len())
+            .filter(|&offset| {
+                self.results[1..].iter().any(|other| {
+                    !other.receipt.entries[offset].same_result(&first.receipt.entries[offset])
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why the session asked for a check.
+enum Purpose {
+    /// A sample of an accepted batch's results, from `provider`.
+    Sample {
+        batch: u64,
+        provider: NodeId,
+        claimed: Vec<Output>,
+    },
+    /// Results of copies that disagree at the checked items.
+    TieBreak { batch: u64 },
+    /// A failure `provider` reported at the checked item.
+    Failure {
+        batch: u64,
+        provider: NodeId,
+        error: SubtaskError,
+    },
+}
+
+struct CheckState {
+    job: JobId,
+    purpose: Purpose,
+    /// Offsets in the batch of the items checked.
+    offsets: Vec<usize>,
+    check: Check,
+    attempts: u32,
+}
+
+/// Times an inconclusive re-run (the requestor's own sandbox busy or failing) is tried again.
+const CHECK_ATTEMPTS: u32 = 3;
+
 struct ProviderState {
     window: usize,
+    engine: Option<EngineFingerprint>,
     in_flight: HashSet<u64>,
     /// Blobs sent to this provider, and how many times each was asked for again.
     sent: HashMap<BlobId, u32>,
@@ -184,6 +405,12 @@ pub struct RequestorSession {
     providers: BTreeMap<NodeId, ProviderState>,
     transmits: VecDeque<(NodeId, Transmit)>,
     events: VecDeque<Event>,
+    checks: HashMap<u64, CheckState>,
+    pending_checks: VecDeque<u64>,
+    reputation: Reputation,
+    /// The engine of the requestor's own sandbox: re-runs compare only with equal engines.
+    engine: Option<EngineFingerprint>,
+    rng: u64,
     next_job: JobId,
     next_batch: u64,
     /// Rotates which provider is served first.
@@ -196,12 +423,13 @@ impl std::fmt::Debug for RequestorSession {
             .field("jobs", &self.jobs.len())
             .field("batches", &self.batches.len())
             .field("providers", &self.providers.len())
+            .field("checks", &self.checks.len())
             .finish_non_exhaustive()
     }
 }
 
 impl RequestorSession {
-    /// An empty session.
+    /// An empty session with no provider records.
     pub fn new(config: SchedulerConfig) -> Self {
         Self {
             config,
@@ -210,10 +438,45 @@ impl RequestorSession {
             providers: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            checks: HashMap::new(),
+            pending_checks: VecDeque::new(),
+            reputation: Reputation::new(),
+            engine: None,
+            rng: 0x5EED,
             next_job: 0,
             next_batch: 0,
             turn: 0,
         }
+    }
+
+    /// Starts from these provider records.
+    pub fn with_reputation(mut self, reputation: Reputation) -> Self {
+        self.reputation = reputation;
+        self
+    }
+
+    /// The requestor re-runs results in a sandbox with this engine: jobs that re-run go only
+    /// to providers with the same one.
+    pub fn with_engine(mut self, engine: EngineFingerprint) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Seeds the choice of spot checks; give it fresh randomness, so providers cannot guess
+    /// which results are checked.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = seed;
+        self
+    }
+
+    /// The provider records.
+    pub fn reputation(&self) -> &Reputation {
+        &self.reputation
+    }
+
+    /// The provider records, to save changed ones or lift a ban.
+    pub fn reputation_mut(&mut self) -> &mut Reputation {
+        &mut self.reputation
     }
 
     /// Providers the session schedules on.
@@ -226,29 +489,46 @@ impl RequestorSession {
         self.jobs.len()
     }
 
-    /// A provider is connected and runs `concurrency` subtasks at once.
-    pub fn add_provider(&mut self, node: NodeId, concurrency: u32, now: Instant) {
-        let window = (concurrency.max(1) as usize).saturating_mul(self.config.batches_per_slot);
+    /// A provider is connected. Returns `false`, and schedules nothing on it, when it is
+    /// banned.
+    pub fn add_provider(&mut self, node: NodeId, slot: ProviderSlot, now: Instant) -> bool {
+        if self.reputation.is_banned(&node) {
+            return false;
+        }
+        let window =
+            (slot.concurrency.max(1) as usize).saturating_mul(self.config.batches_per_slot);
         self.providers.entry(node).or_insert(ProviderState {
             window: window.max(1),
+            engine: slot.engine,
             in_flight: HashSet::new(),
             sent: HashMap::new(),
         });
         self.dispatch(now);
+        true
     }
 
     /// A provider is gone: its batches go back to the queue.
     pub fn remove_provider(&mut self, node: NodeId, now: Instant) {
+        self.drop_provider(node);
+        self.dispatch(now);
+    }
+
+    fn drop_provider(&mut self, node: NodeId) {
         if let Some(provider) = self.providers.remove(&node) {
             for batch in provider.in_flight {
                 self.drop_copy(batch, node, false);
             }
         }
-        self.dispatch(now);
     }
 
-    /// Submits a job over `inputs`; `blobs` lists the large inputs sent as blobs.
-    pub fn submit(&mut self, spec: JobSpec, inputs: Vec<Input>, now: Instant) -> JobId {
+    /// Submits a job over `inputs`, verified with `verify`.
+    pub fn submit(
+        &mut self,
+        spec: JobSpec,
+        inputs: Vec<Input>,
+        verify: Verify,
+        now: Instant,
+    ) -> JobId {
         let job = self.next_job;
         self.next_job += 1;
         let total = inputs.len();
@@ -260,7 +540,9 @@ impl RequestorSession {
         self.jobs.insert(
             job,
             JobState {
+                digest: spec.digest(),
                 spec,
+                verify,
                 outputs: (0..total).map(|_| None).collect(),
                 inputs,
                 settled: 0,
@@ -269,11 +551,16 @@ impl RequestorSession {
                 per_item: None,
                 blobs,
                 failure: None,
+                accepted: BTreeMap::new(),
+                checks: 0,
+                providers: HashSet::new(),
+                report: JobReport {
+                    subtasks: total as u64,
+                    ..JobReport::default()
+                },
             },
         );
-        if total == 0 {
-            self.finish(job, Ok(()));
-        }
+        self.try_finish(job);
         self.dispatch(now);
         job
     }
@@ -332,21 +619,25 @@ impl RequestorSession {
     }
 
     fn handle_done(&mut self, node: NodeId, batch: u64, outcome: Outcome, now: Instant) {
-        if let Some(provider) = self.providers.get_mut(&node) {
-            provider.in_flight.remove(&batch);
-        }
+        let Some(provider) = self.providers.get_mut(&node) else {
+            return; // gone, dropped or caught: what it still sends is not used
+        };
+        provider.in_flight.remove(&batch);
         let Some(state) = self.batches.get(&batch) else {
-            return; // already settled by another copy, or its job is over
+            return; // already settled by other copies, or its job is over
         };
         let range = state.range.clone();
         let job_id = state.job;
+        if state.results.iter().any(|r| r.receipt.provider == node) {
+            return; // a second answer from the same provider counts once
+        }
         let sent = state
             .copies
             .iter()
             .find(|copy| copy.provider == node)
             .map(|copy| copy.sent);
         match outcome {
-            Outcome::Outputs(outputs) => {
+            Outcome::Outputs { outputs, signature } => {
                 if outputs.len() != range.len() {
                     let reason = format!(
                         "returned {} outputs for a batch of {}",
@@ -357,7 +648,45 @@ impl RequestorSession {
                     self.misbehaved(node, reason);
                     return;
                 }
-                self.settle(batch, node, outputs, sent.map(|sent| now - sent));
+                let Some(job) = self.jobs.get_mut(&job_id) else {
+                    return;
+                };
+                let entries = range
+                    .clone()
+                    .zip(&outputs)
+                    .map(|(index, output)| {
+                        ReceiptEntry::new(index as u64, job.inputs[index].hash(), output)
+                    })
+                    .collect();
+                let receipt = Receipt {
+                    provider: node,
+                    job: job.digest,
+                    entries,
+                    signature,
+                };
+                if receipt.verify().is_err() {
+                    self.drop_copy(batch, node, false);
+                    self.catch(
+                        node,
+                        format!("its receipt for subtasks {range:?} does not verify"),
+                        now,
+                    );
+                    return;
+                }
+                job.report.provider_runs += range.len() as u64;
+                if let Some(sent) = sent {
+                    let items = u32::try_from(range.len()).unwrap_or(u32::MAX).max(1);
+                    let sample = (now - sent) / items;
+                    job.per_item = Some(match job.per_item {
+                        Some(old) => (old * 3 + sample) / 4,
+                        None => sample,
+                    });
+                }
+                if let Some(state) = self.batches.get_mut(&batch) {
+                    state.copies.retain(|copy| copy.provider != node);
+                    state.results.push(Returned { outputs, receipt });
+                }
+                self.evaluate(batch, now);
             }
             Outcome::Failed { index, error } => {
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
@@ -369,11 +698,33 @@ impl RequestorSession {
                             "reported a failure of subtask {index}, which its batch does not hold"
                         ),
                     );
-                } else if error.is_deterministic() {
-                    self.record_failure(job_id, batch, index, error);
-                } else {
+                } else if !error.is_deterministic() {
                     self.drop_copy(batch, node, true);
                     self.check_attempts(batch, index, error);
+                } else if self
+                    .jobs
+                    .get(&job_id)
+                    .is_some_and(|job| job.verify.reruns())
+                {
+                    // Confirm the failure before it ends the job.
+                    self.drop_copy(batch, node, false);
+                    let purpose = Purpose::Failure {
+                        batch,
+                        provider: node,
+                        error,
+                    };
+                    let id = self.request_check(
+                        batch,
+                        vec![index - range.start],
+                        purpose,
+                        CheckKind::Rerun,
+                        Vec::new(),
+                    );
+                    if let Some(state) = self.batches.get_mut(&batch) {
+                        state.check = id;
+                    }
+                } else {
+                    self.record_failure(job_id, batch, index, error);
                 }
             }
             Outcome::Refused(error) => self.fail(job_id, JobFailure::Module(error)),
@@ -383,6 +734,446 @@ impl RequestorSession {
                 self.check_attempts(batch, range.start, SubtaskError::Internal(reason));
             }
         }
+    }
+
+    /// Moves a batch on after a result: accepts it when enough results agree, breaks a tie
+    /// when they disagree, or waits for more copies.
+    fn evaluate(&mut self, batch: u64, now: Instant) {
+        let Some(state) = self.batches.get(&batch) else {
+            return;
+        };
+        if state.check.is_some() {
+            return;
+        }
+        let disputed = state.disputed();
+        if !disputed.is_empty() {
+            let id = self.request_check(
+                batch,
+                disputed,
+                Purpose::TieBreak { batch },
+                CheckKind::Rerun,
+                Vec::new(),
+            );
+            if let Some(state) = self.batches.get_mut(&batch) {
+                state.check = id;
+            }
+            return;
+        }
+        if state.results.len() >= state.quorum {
+            self.accept(batch, now);
+        } else if state.wants() > 0 {
+            let job = state.job;
+            if let Some(job) = self.jobs.get_mut(&job) {
+                job.requeued.push_back(batch);
+            }
+        }
+    }
+
+    /// Enough copies agree: the batch's outputs are the job's, provisionally under spot and
+    /// custom checks.
+    fn accept(&mut self, batch: u64, _now: Instant) {
+        let Some(state) = self.batches.remove(&batch) else {
+            return;
+        };
+        for copy in &state.copies {
+            self.cancel_copy(copy.provider, batch);
+        }
+        let Some(job) = self.jobs.get_mut(&state.job) else {
+            return;
+        };
+        let count = state.range.len() as u64;
+        let agreed = state.results.len() > 1;
+        let mut results = state.results.into_iter();
+        let Some(first) = results.next() else {
+            return;
+        };
+        let mut receipts = vec![first.receipt.clone()];
+        receipts.extend(results.map(|other| other.receipt));
+        for receipt in &receipts {
+            self.reputation.accepted(receipt.provider, count);
+            if agreed {
+                self.reputation.verified(receipt.provider, count);
+            }
+        }
+        let provider = first.receipt.provider;
+        let check = match &job.verify {
+            Verify::SpotCheck(spot) => {
+                let rate = spot.rate(self.reputation.get(&provider).streak.saturating_sub(count));
+                let offsets: Vec<usize> = (0..state.range.len())
+                    .filter(|_| next_unit(&mut self.rng) < rate)
+                    .collect();
+                (!offsets.is_empty()).then_some((offsets, CheckKind::Rerun))
+            }
+            Verify::Custom(_) => Some(((0..state.range.len()).collect(), CheckKind::Custom)),
+            _ => None,
+        };
+        for (slot, output) in job.outputs[state.range.clone()]
+            .iter_mut()
+            .zip(first.outputs.iter())
+        {
+            *slot = Some(output.clone());
+        }
+        job.settled += state.range.len();
+        job.accepted.insert(
+            batch,
+            Accepted {
+                range: state.range.clone(),
+                receipts,
+            },
+        );
+        let job_id = state.job;
+        if let Some((offsets, kind)) = check {
+            let claimed = offsets
+                .iter()
+                .map(|&o| first.outputs[o].clone())
+                .collect::<Vec<_>>();
+            let custom_claimed = if kind == CheckKind::Custom {
+                claimed.clone()
+            } else {
+                Vec::new()
+            };
+            let purpose = Purpose::Sample {
+                batch,
+                provider,
+                claimed,
+            };
+            self.request_check_range(
+                job_id,
+                state.range.clone(),
+                offsets,
+                purpose,
+                kind,
+                custom_claimed,
+            );
+        }
+        self.progressed(job_id);
+    }
+
+    fn progressed(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return;
+        };
+        if job.failure.is_some() {
+            self.finish_failed(job_id);
+            return;
+        }
+        self.events.push_back(Event::Progress {
+            job: job_id,
+            settled: job.settled,
+            total: job.total(),
+        });
+        self.try_finish(job_id);
+    }
+
+    fn try_finish(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get(&job_id) else {
+            return;
+        };
+        if job.failure.is_none() && job.settled == job.total() && job.checks == 0 {
+            self.finish(job_id, Ok(()));
+        }
+    }
+
+    /// Asks the driver to check items (`offsets` in `batch`'s range).
+    fn request_check(
+        &mut self,
+        batch: u64,
+        offsets: Vec<usize>,
+        purpose: Purpose,
+        kind: CheckKind,
+        claimed: Vec<Output>,
+    ) -> Option<u64> {
+        let state = self.batches.get(&batch)?;
+        let (job, range) = (state.job, state.range.clone());
+        self.request_check_range(job, range, offsets, purpose, kind, claimed)
+    }
+
+    fn request_check_range(
+        &mut self,
+        job_id: JobId,
+        range: Range<usize>,
+        offsets: Vec<usize>,
+        purpose: Purpose,
+        kind: CheckKind,
+        claimed: Vec<Output>,
+    ) -> Option<u64> {
+        let job = self.jobs.get_mut(&job_id)?;
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let items = offsets
+            .iter()
+            .map(|&offset| {
+                let index = range.start + offset;
+                Item {
+                    index: index as u64,
+                    input: job.inputs[index].clone(),
+                }
+            })
+            .collect();
+        let check = Check {
+            id,
+            job: job_id,
+            kind,
+            batch: Batch {
+                id,
+                job: job.spec.clone(),
+                items,
+            },
+            claimed,
+        };
+        job.checks += 1;
+        self.checks.insert(
+            id,
+            CheckState {
+                job: job_id,
+                purpose,
+                offsets,
+                check,
+                attempts: 0,
+            },
+        );
+        self.pending_checks.push_back(id);
+        Some(id)
+    }
+
+    /// The next check to carry out; answer with [`handle_check`](Self::handle_check).
+    pub fn poll_check(&mut self) -> Option<Check> {
+        while let Some(id) = self.pending_checks.pop_front() {
+            if let Some(state) = self.checks.get(&id) {
+                return Some(state.check.clone());
+            }
+        }
+        None
+    }
+
+    /// A check ended.
+    pub fn handle_check(&mut self, id: u64, result: CheckResult, now: Instant) {
+        let Some(state) = self.checks.remove(&id) else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&state.job) else {
+            return;
+        };
+        job.checks -= 1;
+        let items = state.check.batch.items.len() as u64;
+        match &result {
+            CheckResult::Ran(_) => job.report.reruns += items,
+            CheckResult::Custom(_) => job.report.custom_checks += items,
+            CheckResult::Failed(_) => {}
+        }
+        let job_id = state.job;
+        let ran = match result {
+            CheckResult::Ran(ran) => ran,
+            CheckResult::Custom(verdict) => {
+                if let Purpose::Sample {
+                    batch, provider, ..
+                } = state.purpose
+                {
+                    match verdict {
+                        Ok(()) => self.reputation.verified(provider, items),
+                        Err((index, reason)) => {
+                            let reason =
+                                format!("subtask {index} failed the job's check: {reason}");
+                            self.catch_if_accepted(job_id, batch, provider, reason, now);
+                        }
+                    }
+                }
+                return self.checked(job_id, now);
+            }
+            CheckResult::Failed(reason) => return self.retry_check(state, &reason, now),
+        };
+        match &state.purpose {
+            Purpose::Sample {
+                batch,
+                provider,
+                claimed,
+            } => match compare(&state.check.batch, claimed, ran) {
+                Verdict::Right => self.reputation.verified(*provider, items),
+                Verdict::Wrong(reason) => {
+                    self.catch_if_accepted(job_id, *batch, *provider, reason, now);
+                }
+                Verdict::Unknown(reason) => return self.retry_check(state, &reason, now),
+            },
+            Purpose::TieBreak { batch } => {
+                let batch = *batch;
+                let Some(batch_state) = self.batches.get(&batch) else {
+                    return self.checked(job_id, now);
+                };
+                let mut wrong = Vec::new();
+                for result in &batch_state.results {
+                    let claimed: Vec<Output> = state
+                        .offsets
+                        .iter()
+                        .map(|&offset| result.outputs[offset].clone())
+                        .collect();
+                    match compare(&state.check.batch, &claimed, ran.clone()) {
+                        Verdict::Right => {}
+                        Verdict::Wrong(reason) => wrong.push((result.receipt.provider, reason)),
+                        Verdict::Unknown(reason) => return self.retry_check(state, &reason, now),
+                    }
+                }
+                if let Some(batch_state) = self.batches.get_mut(&batch) {
+                    batch_state.check = None;
+                }
+                for (node, reason) in wrong {
+                    self.catch(node, reason, now);
+                }
+                self.evaluate(batch, now);
+            }
+            Purpose::Failure {
+                batch,
+                provider,
+                error,
+            } => {
+                let (batch, provider) = (*batch, *provider);
+                let index = state
+                    .check
+                    .batch
+                    .items
+                    .first()
+                    .map_or(0, |item| item.index as usize);
+                match ran {
+                    Err(Outcome::Failed { error: local, .. }) if local.is_deterministic() => {
+                        if let Some(batch_state) = self.batches.get_mut(&batch) {
+                            batch_state.check = None;
+                        }
+                        self.reputation.verified(provider, 1);
+                        self.record_failure(job_id, batch, index, local);
+                    }
+                    Ok(_) => {
+                        if let Some(batch_state) = self.batches.get_mut(&batch) {
+                            batch_state.check = None;
+                        }
+                        let reason =
+                            format!("reported subtask {index} as failed ({error}), but it runs");
+                        self.catch(provider, reason, now);
+                        self.evaluate(batch, now);
+                    }
+                    Err(outcome) => return self.retry_check(state, &format!("{outcome:?}"), now),
+                }
+            }
+        }
+        self.checked(job_id, now);
+    }
+
+    /// After a check: the job may be over, and caught providers' batches handed out again.
+    fn checked(&mut self, job: JobId, now: Instant) {
+        self.try_finish(job);
+        self.dispatch(now);
+    }
+
+    /// Sends an inconclusive check again, or fails its job after a few tries.
+    fn retry_check(&mut self, mut state: CheckState, reason: &str, now: Instant) {
+        let job = state.job;
+        state.attempts += 1;
+        if state.attempts >= CHECK_ATTEMPTS {
+            self.fail(
+                job,
+                JobFailure::Aborted(format!(
+                    "the requestor could not check results of the job: {reason}"
+                )),
+            );
+            return self.checked(job, now);
+        }
+        tracing::debug!(job, %reason, "check tried again");
+        if let Some(job) = self.jobs.get_mut(&job) {
+            job.checks += 1;
+        }
+        let id = state.check.id;
+        self.checks.insert(id, state);
+        self.pending_checks.push_back(id);
+    }
+
+    /// Catches `provider` if the sampled batch still stands on its result.
+    fn catch_if_accepted(
+        &mut self,
+        job: JobId,
+        batch: u64,
+        provider: NodeId,
+        reason: String,
+        now: Instant,
+    ) {
+        let stands = self
+            .jobs
+            .get(&job)
+            .and_then(|job| job.accepted.get(&batch))
+            .is_some_and(|accepted| {
+                accepted
+                    .receipts
+                    .iter()
+                    .any(|receipt| receipt.provider == provider)
+            });
+        if stands {
+            self.catch(provider, reason, now);
+        }
+    }
+
+    /// `node` returned a wrong result or a bad receipt: it is banned and dropped, and every
+    /// result it returned in a running job is computed again.
+    fn catch(&mut self, node: NodeId, reason: String, now: Instant) {
+        tracing::warn!(%node, %reason, "provider caught");
+        self.reputation.caught(node);
+        self.drop_provider(node);
+        let caught = Caught { node, reason };
+        let job_ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job_id in job_ids {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if !job.providers.contains(&node) {
+                continue;
+            }
+            if !job.report.caught.iter().any(|seen| seen.node == node) {
+                job.report.caught.push(caught.clone());
+            }
+            let tainted: Vec<u64> = job
+                .accepted
+                .iter()
+                .filter(|(_, accepted)| accepted.receipts.iter().any(|r| r.provider == node))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut redo = Vec::new();
+            for id in tainted {
+                if let Some(accepted) = job.accepted.remove(&id) {
+                    for slot in &mut job.outputs[accepted.range.clone()] {
+                        *slot = None;
+                    }
+                    job.settled -= accepted.range.len();
+                    job.report.recomputed += accepted.range.len() as u64;
+                    redo.push(accepted.range);
+                }
+            }
+            let quorum = job.verify.copies();
+            let changed = !redo.is_empty();
+            for range in redo {
+                let id = self.next_batch;
+                self.next_batch += 1;
+                self.batches
+                    .insert(id, BatchState::new(job_id, range, quorum));
+                job.requeued.push_back(id);
+            }
+            if changed {
+                self.events.push_back(Event::Progress {
+                    job: job_id,
+                    settled: job.settled,
+                    total: job.total(),
+                });
+            }
+        }
+        // Results it gave to batches still awaiting agreement no longer count.
+        let waiting: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, state)| state.results.iter().any(|r| r.receipt.provider == node))
+            .map(|(id, _)| *id)
+            .collect();
+        for batch in waiting {
+            if let Some(state) = self.batches.get_mut(&batch) {
+                state.results.retain(|r| r.receipt.provider != node);
+            }
+            self.evaluate(batch, now);
+        }
+        self.events.push_back(Event::Caught(caught));
     }
 
     /// Records a deterministic failure at `index`: batches after it no longer matter, and the
@@ -435,59 +1226,27 @@ impl RequestorSession {
         }
     }
 
-    fn settle(&mut self, batch: u64, node: NodeId, outputs: Vec<Output>, took: Option<Duration>) {
-        let Some(state) = self.batches.remove(&batch) else {
-            return;
-        };
-        for copy in &state.copies {
-            if copy.provider != node {
-                self.cancel_copy(copy.provider, batch);
-            }
-        }
-        let Some(job) = self.jobs.get_mut(&state.job) else {
-            return;
-        };
-        if let Some(took) = took {
-            let items = u32::try_from(state.range.len()).unwrap_or(u32::MAX).max(1);
-            let sample = took / items;
-            job.per_item = Some(match job.per_item {
-                Some(old) => (old * 3 + sample) / 4,
-                None => sample,
-            });
-        }
-        for (slot, output) in job.outputs[state.range.clone()].iter_mut().zip(outputs) {
-            *slot = Some(output);
-        }
-        job.settled += state.range.len();
-        if job.failure.is_some() {
-            self.finish_failed(state.job);
-            return;
-        }
-        let (settled, total) = (job.settled, job.total());
-        self.events.push_back(Event::Progress {
-            job: state.job,
-            settled,
-            total,
-        });
-        if settled == total {
-            self.finish(state.job, Ok(()));
-        }
-    }
-
     fn finish(&mut self, job: JobId, result: Result<(), JobFailure>) {
-        let Some(state) = self.jobs.remove(&job) else {
+        let Some(mut state) = self.jobs.remove(&job) else {
             return;
         };
         self.forget_batches_of(job);
+        self.checks.retain(|_, check| check.job != job);
         let result = result.and_then(|()| {
-            state
+            let outputs = state
                 .outputs
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| JobFailure::Subtask {
-                    index: 0,
-                    error: SubtaskError::Internal("a settled job lacks outputs".into()),
-                })
+                .ok_or_else(|| JobFailure::Aborted("a settled job lacks outputs".into()))?;
+            state.report.receipts = state
+                .accepted
+                .into_values()
+                .flat_map(|accepted| accepted.receipts)
+                .collect();
+            Ok(JobOutput {
+                outputs,
+                report: state.report,
+            })
         });
         self.events.push_back(Event::Finished { job, result });
     }
@@ -521,7 +1280,7 @@ impl RequestorSession {
         }
     }
 
-    /// Removes `node`'s copy of `batch`; a batch left without copies goes back to the queue.
+    /// Removes `node`'s copy of `batch`; a batch that wants copies goes back to the queue.
     fn drop_copy(&mut self, batch: u64, node: NodeId, count_attempt: bool) {
         let Some(state) = self.batches.get_mut(&batch) else {
             return;
@@ -530,7 +1289,7 @@ impl RequestorSession {
         if count_attempt {
             state.attempts += 1;
         }
-        if state.copies.is_empty() {
+        if state.wants() > 0 {
             let job = state.job;
             if let Some(job) = self.jobs.get_mut(&job) {
                 job.requeued.push_back(batch);
@@ -540,11 +1299,7 @@ impl RequestorSession {
 
     fn misbehaved(&mut self, node: NodeId, reason: String) {
         tracing::warn!(%node, %reason, "provider dropped");
-        if let Some(provider) = self.providers.remove(&node) {
-            for batch in provider.in_flight {
-                self.drop_copy(batch, node, false);
-            }
-        }
+        self.drop_provider(node);
         self.events.push_back(Event::Misbehaved { node, reason });
     }
 
@@ -607,12 +1362,17 @@ impl RequestorSession {
         self.events.pop_front()
     }
 
-    /// Batches with a single copy, and when each becomes worth a backup.
+    /// Batches with a single copy and no result, and when each becomes worth a backup.
     fn backup_candidates(&self) -> impl Iterator<Item = (u64, Instant)> + '_ {
         self.batches
             .iter()
             .filter(|_| self.config.backups)
-            .filter(|(_, state)| state.copies.len() == 1 && !state.backed_up)
+            .filter(|(_, state)| {
+                state.copies.len() == 1
+                    && state.results.is_empty()
+                    && state.quorum == 1
+                    && !state.backed_up
+            })
             .filter_map(|(id, state)| {
                 let job = self.jobs.get(&state.job)?;
                 // Only near the end of a job: nothing of it left to hand out.
@@ -626,19 +1386,22 @@ impl RequestorSession {
             })
     }
 
-    /// Hands out work to every provider with room.
+    /// Hands out work to every provider with room, providers with the longest record of
+    /// accepted results first.
     fn dispatch(&mut self, now: Instant) {
-        let nodes: Vec<NodeId> = self.providers.keys().copied().collect();
+        let mut nodes: Vec<NodeId> = self.providers.keys().copied().collect();
         if nodes.is_empty() {
             return;
         }
         self.turn = self.turn.wrapping_add(1);
         let start = self.turn % nodes.len();
+        nodes.rotate_left(start);
+        // Stable: providers with equal records keep the rotation.
+        nodes.sort_by_key(|node| std::cmp::Reverse(trust_level(self.reputation.get(node).streak)));
         // Round robin, one batch per provider per pass, so providers share what is left.
         loop {
             let mut progressed = false;
-            for offset in 0..nodes.len() {
-                let node = nodes[(start + offset) % nodes.len()];
+            for &node in &nodes {
                 let has_room = self
                     .providers
                     .get(&node)
@@ -653,11 +1416,24 @@ impl RequestorSession {
         }
     }
 
+    /// Whether `node` may run batches of `job`: results that are re-run must come from an
+    /// engine equal to the requestor's.
+    fn eligible(&self, node: NodeId, job: &JobState) -> bool {
+        if !job.verify.reruns() {
+            return true;
+        }
+        let theirs = self.providers.get(&node).and_then(|p| p.engine);
+        match (self.engine, theirs) {
+            (Some(ours), Some(theirs)) => ours == theirs,
+            _ => true,
+        }
+    }
+
     /// Gives `node` one batch: a requeued one, a new one, or a backup copy.
     fn assign_one(&mut self, node: NodeId, now: Instant) -> bool {
         let job_ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for job in job_ids {
-            if let Some(batch) = self.next_batch_of(job) {
+            if let Some(batch) = self.next_batch_for(job, node) {
                 self.send_copy(batch, node, now);
                 return true;
             }
@@ -666,10 +1442,11 @@ impl RequestorSession {
             .backup_candidates()
             .filter(|(id, ready)| {
                 *ready <= now
-                    && self.batches[id]
-                        .copies
-                        .iter()
-                        .all(|copy| copy.provider != node)
+                    && !self.batches[id].holds(node)
+                    && self
+                        .jobs
+                        .get(&self.batches[id].job)
+                        .is_some_and(|job| self.eligible(node, job))
             })
             .min_by_key(|(_, ready)| *ready)
             .map(|(id, _)| id);
@@ -684,17 +1461,28 @@ impl RequestorSession {
         false
     }
 
-    /// A requeued batch of `job`, or a new one.
-    fn next_batch_of(&mut self, job_id: JobId) -> Option<u64> {
+    /// A batch of `job` that wants a copy `node` may take, or a new one.
+    fn next_batch_for(&mut self, job_id: JobId, node: NodeId) -> Option<u64> {
+        let job = self.jobs.get(&job_id)?;
+        if !self.eligible(node, job) {
+            return None;
+        }
         let job = self.jobs.get_mut(&job_id)?;
-        while let Some(batch) = job.requeued.pop_front() {
-            // Skip batches settled or handed out again since they were requeued.
-            if self
-                .batches
-                .get(&batch)
-                .is_some_and(|state| state.copies.is_empty())
-            {
-                return Some(batch);
+        let mut position = 0;
+        while position < job.requeued.len() {
+            let id = job.requeued[position];
+            match self.batches.get(&id) {
+                Some(state) if state.wants() > 0 => {
+                    if !state.holds(node) {
+                        job.requeued.remove(position);
+                        return Some(id);
+                    }
+                    position += 1;
+                }
+                // Settled, or copied enough since it was queued.
+                _ => {
+                    job.requeued.remove(position);
+                }
             }
         }
         if job.cursor >= job.total() || job.failure.is_some() {
@@ -706,16 +1494,8 @@ impl RequestorSession {
         job.cursor = range.end;
         let id = self.next_batch;
         self.next_batch += 1;
-        self.batches.insert(
-            id,
-            BatchState {
-                job: job_id,
-                range,
-                copies: Vec::new(),
-                attempts: 0,
-                backed_up: false,
-            },
-        );
+        self.batches
+            .insert(id, BatchState::new(job_id, range, job.verify.copies()));
         Some(id)
     }
 
@@ -723,7 +1503,7 @@ impl RequestorSession {
         let Some(state) = self.batches.get_mut(&batch) else {
             return;
         };
-        let Some(job) = self.jobs.get(&state.job) else {
+        let Some(job) = self.jobs.get_mut(&state.job) else {
             return;
         };
         let items: Vec<Item> = state
@@ -747,6 +1527,11 @@ impl RequestorSession {
             sent: now,
             deadline,
         });
+        job.providers.insert(node);
+        if state.wants() > 0 {
+            // More copies wanted: offer it to the next provider first.
+            job.requeued.push_front(batch);
+        }
         if let Some(provider) = self.providers.get_mut(&node) {
             provider.in_flight.insert(batch);
         }
@@ -757,6 +1542,57 @@ impl RequestorSession {
         });
         self.transmits.push_back((node, Transmit::Request(request)));
     }
+}
+
+/// Compares claimed outputs with a re-run's.
+fn compare(batch: &Batch, claimed: &[Output], ran: Result<Vec<Output>, Outcome>) -> Verdict {
+    match ran {
+        Ok(outputs) => {
+            for ((item, claim), actual) in batch.items.iter().zip(claimed).zip(&outputs) {
+                if claim.bytes != actual.bytes {
+                    return Verdict::Wrong(format!(
+                        "subtask {}: its output differs from the requestor's re-run",
+                        item.index
+                    ));
+                }
+                if claim.fuel != actual.fuel {
+                    return Verdict::Wrong(format!(
+                        "subtask {}: it claimed {} fuel, the requestor's re-run used {}",
+                        item.index, claim.fuel, actual.fuel
+                    ));
+                }
+            }
+            Verdict::Right
+        }
+        Err(Outcome::Failed { index, error }) if error.is_deterministic() => {
+            Verdict::Wrong(format!(
+                "subtask {index}: it returned an output, but the requestor's re-run fails: {error}"
+            ))
+        }
+        Err(outcome) => Verdict::Unknown(format!("{outcome:?}")),
+    }
+}
+
+enum Verdict {
+    Right,
+    Wrong(String),
+    /// The re-run itself could not finish (the requestor's side).
+    Unknown(String),
+}
+
+/// A provider's standing for the dispatch order: doubles of accepted results.
+fn trust_level(streak: u64) -> u32 {
+    64 - streak.leading_zeros()
+}
+
+/// A uniform number in [0, 1) from a splitmix64 state.
+fn next_unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Subtasks in the next batch of `job`: what fills the target time at the measured cost, never

@@ -7,9 +7,15 @@ use std::time::{Duration, Instant};
 
 use super::message::{BlobId, Hello, Input, JobSpec, Outcome, Output, Reply, Request};
 use super::provider::{ProviderSession, ProviderSessionConfig};
-use super::requestor::{Event, JobFailure, RequestorSession, SchedulerConfig, Transmit};
+use super::requestor::{
+    Check, CheckKind, CheckResult, Event, JobFailure, JobOutput, ProviderSlot, RequestorSession,
+    SchedulerConfig, Transmit,
+};
+use crate::adversarial::{Cheat, Cheater};
 use crate::identity::{NodeId, NodeKey};
+use crate::receipt::Receipt;
 use crate::sandbox::{Limits, SubtaskError};
+use crate::verify::Verify;
 
 /// splitmix64: a small, deterministic generator.
 struct Rng(u64);
@@ -47,10 +53,13 @@ enum Deliver {
     Blob(usize, BlobId),
     WorkDone(usize, u64, Outcome),
     Kill(usize),
+    Checked(u64, CheckResult),
 }
 
 struct SimProvider {
+    key: NodeKey,
     node: NodeId,
+    cheater: Option<Cheater>,
     session: ProviderSession,
     store: HashSet<BlobId>,
     behavior: Behavior,
@@ -75,6 +84,8 @@ struct Sim {
     blobs_sent: HashMap<(usize, BlobId), u32>,
     /// Subtask indices whose failure is deterministic (the task "panics").
     poisoned: HashSet<u64>,
+    /// How jobs are verified.
+    verify: Verify,
 }
 
 fn expected_output(index: u64, input: &[u8]) -> Vec<u8> {
@@ -90,7 +101,9 @@ impl Sim {
             .iter()
             .enumerate()
             .map(|(index, behavior)| SimProvider {
+                key: NodeKey::from_secret([index as u8 + 1; 32]),
                 node: NodeKey::from_secret([index as u8 + 1; 32]).node_id(),
+                cheater: None,
                 session: ProviderSession::new(
                     Hello {
                         version: 1,
@@ -115,11 +128,12 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             pending: HashMap::new(),
-            requestor: RequestorSession::new(config),
+            requestor: RequestorSession::new(config).with_seed(seed),
             providers,
             network,
             blobs_sent: HashMap::new(),
             poisoned: HashSet::new(),
+            verify: Verify::None,
         };
         for (index, behavior) in behaviors.iter().enumerate() {
             if let Behavior::DiesAt(at) = behavior {
@@ -156,16 +170,72 @@ impl Sim {
             .expect("a known provider")
     }
 
+    /// Makes provider `index` lie as `cheat` says.
+    fn cheat(&mut self, index: usize, cheat: Cheat) {
+        self.providers[index].cheater = Some(Cheater::new(cheat));
+    }
+
+    fn connect(&mut self, index: usize, concurrency: u32) {
+        let node = self.providers[index].node;
+        let slot = ProviderSlot {
+            concurrency,
+            engine: None,
+        };
+        self.requestor.add_provider(node, slot, self.now());
+    }
+
     fn connect_all(&mut self) {
         for index in 0..self.providers.len() {
-            let node = self.providers[index].node;
-            self.requestor.add_provider(node, 2, self.now());
+            self.connect(index, 2);
         }
         self.flush();
     }
 
+    /// The requestor's side of a check: a re-run computes the true outputs.
+    fn run_check(&self, check: &Check) -> CheckResult {
+        let mut outputs = Vec::new();
+        for item in &check.batch.items {
+            let Input::Inline(input) = &item.input else {
+                panic!("the simulation sends inline inputs only");
+            };
+            if self.poisoned.contains(&item.index) {
+                return CheckResult::Ran(Err(Outcome::Failed {
+                    index: item.index,
+                    error: SubtaskError::Panic {
+                        message: "poisoned".into(),
+                    },
+                }));
+            }
+            outputs.push(Output {
+                bytes: expected_output(item.index, input),
+                fuel: 1,
+            });
+        }
+        match check.kind {
+            CheckKind::Rerun => CheckResult::Ran(Ok(outputs)),
+            CheckKind::Custom => {
+                let wrong = check
+                    .batch
+                    .items
+                    .iter()
+                    .zip(&check.claimed)
+                    .zip(&outputs)
+                    .find(|((_, claimed), right)| claimed.bytes != right.bytes);
+                CheckResult::Custom(match wrong {
+                    Some(((item, _), _)) => Err((item.index, "not the expected bytes".into())),
+                    None => Ok(()),
+                })
+            }
+        }
+    }
+
     /// Moves everything the state machines want to send onto the network.
     fn flush(&mut self) {
+        while let Some(check) = self.requestor.poll_check() {
+            let result = self.run_check(&check);
+            let cost = Duration::from_micros(check.batch.items.len() as u64 * 700);
+            self.schedule(self.time + cost, Deliver::Checked(check.id, result));
+        }
         while let Some((node, transmit)) = self.requestor.poll_transmit() {
             let to = self.provider_index(node);
             match transmit {
@@ -209,7 +279,19 @@ impl Sim {
                 }
                 let cost =
                     Duration::from_micros(batch.items.len() as u64 * (500 + self.rng.below(1000)));
-                let outcome = outcome.unwrap_or(Outcome::Outputs(outputs));
+                let provider = &mut self.providers[index];
+                let outcome = outcome.unwrap_or_else(|| {
+                    let spoil = provider
+                        .cheater
+                        .as_mut()
+                        .is_some_and(|cheater| cheater.tamper(&batch, &mut outputs));
+                    let mut signature =
+                        Receipt::for_batch(&provider.key, &batch, &outputs).signature;
+                    if spoil {
+                        signature.0[0] ^= 1;
+                    }
+                    Outcome::Outputs { outputs, signature }
+                });
                 self.schedule(
                     self.time + cost,
                     Deliver::WorkDone(index, batch.id, outcome),
@@ -219,7 +301,7 @@ impl Sim {
     }
 
     /// Runs until the job finishes; returns its result and the events seen.
-    fn run(&mut self, inputs: Vec<Vec<u8>>) -> (Result<Vec<Output>, JobFailure>, Vec<Event>) {
+    fn run(&mut self, inputs: Vec<Vec<u8>>) -> (Result<JobOutput, JobFailure>, Vec<Event>) {
         self.run_with(inputs, |_| {})
     }
 
@@ -228,16 +310,18 @@ impl Sim {
         &mut self,
         inputs: Vec<Vec<u8>>,
         mut step: impl FnMut(&mut Self),
-    ) -> (Result<Vec<Output>, JobFailure>, Vec<Event>) {
+    ) -> (Result<JobOutput, JobFailure>, Vec<Event>) {
         let spec = JobSpec {
             module: BlobId::of(b"module"),
             task: "t".into(),
             context: BlobId::of(b"context"),
             seed: [0; 32],
+            nonce: [0; 16],
             limits: Limits::default(),
         };
         let inputs = inputs.into_iter().map(Input::Inline).collect();
-        let job = self.requestor.submit(spec, inputs, self.now());
+        let verify = self.verify.clone();
+        let job = self.requestor.submit(spec, inputs, verify, self.now());
         self.flush();
         let mut events = Vec::new();
         for _ in 0..10_000_000 {
@@ -316,6 +400,7 @@ impl Sim {
                 let node = self.providers[index].node;
                 self.requestor.remove_provider(node, now);
             }
+            Deliver::Checked(id, result) => self.requestor.handle_check(id, result, now),
             // Anything to or from a dead provider is lost.
             _ => {}
         }
@@ -328,8 +413,8 @@ fn inputs(count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn check_outputs(result: Result<Vec<Output>, JobFailure>, inputs: &[Vec<u8>]) {
-    let outputs = result.expect("the job succeeds");
+fn check_outputs(result: Result<JobOutput, JobFailure>, inputs: &[Vec<u8>]) {
+    let outputs = result.expect("the job succeeds").outputs;
     assert_eq!(outputs.len(), inputs.len());
     for (index, (output, input)) in outputs.iter().zip(inputs).enumerate() {
         assert_eq!(
@@ -459,9 +544,7 @@ fn a_job_waits_for_providers_and_survives_all_of_them_leaving() {
     ];
     let mut sim = Sim::new(3, &behaviors, network, SchedulerConfig::default());
     // Only the first provider is known when the job starts; it dies, and the second joins later.
-    let first = sim.providers[0].node;
-    sim.requestor.add_provider(first, 1, sim.now());
-    let second = sim.providers[1].node;
+    sim.connect(0, 1);
     // Something must be on the clock for virtual time to reach the join.
     sim.schedule(
         Duration::from_millis(100),
@@ -472,10 +555,293 @@ fn a_job_waits_for_providers_and_survives_all_of_them_leaving() {
     let (result, events) = sim.run_with(items.clone(), |sim| {
         if !joined && sim.time >= Duration::from_millis(100) {
             joined = true;
-            sim.requestor.add_provider(second, 1, sim.now());
+            sim.connect(1, 1);
         }
     });
     assert!(joined);
     check_outputs(result, &items);
     check_progress(&events, items.len());
+}
+
+/// Ten honest providers' worth of network, three of which lie as `cheats` say.
+fn adversarial_sim(seed: u64, cheats: [Cheat; 3], verify: Verify) -> Sim {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 3,
+    };
+    let mut sim = Sim::new(
+        seed,
+        &[Behavior::Honest; 10],
+        network,
+        SchedulerConfig::default(),
+    );
+    // Cheaters at scattered places in the dispatch order.
+    for (index, cheat) in [1, 4, 8].into_iter().zip(cheats) {
+        sim.cheat(index, cheat);
+    }
+    sim.verify = verify;
+    sim.connect_all();
+    sim
+}
+
+/// Outputs that differ from the truth.
+fn wrong_outputs(output: &JobOutput, inputs: &[Vec<u8>]) -> usize {
+    output
+        .outputs
+        .iter()
+        .zip(inputs)
+        .enumerate()
+        .filter(|(index, (output, input))| {
+            output.bytes != expected_output(*index as u64, input) || output.fuel != 1
+        })
+        .count()
+}
+
+fn caught_nodes(output: &JobOutput) -> HashSet<NodeId> {
+    output
+        .report
+        .caught
+        .iter()
+        .map(|caught| caught.node)
+        .collect()
+}
+
+fn cheater_nodes(sim: &Sim) -> HashSet<NodeId> {
+    sim.providers
+        .iter()
+        .filter(|provider| provider.cheater.is_some())
+        .map(|provider| provider.node)
+        .collect()
+}
+
+use crate::adversarial::{Lie, When};
+
+fn cheat(lie: Lie, when: When) -> Cheat {
+    Cheat { lie, when }
+}
+
+#[test]
+fn redundancy_leaves_no_wrong_result_with_thirty_percent_of_cheaters() {
+    let items = inputs(10_000);
+    for (seed, when) in [
+        (1, When::Always),
+        (2, When::Sometimes { percent: 10 }),
+        (3, When::AfterTrust { honest: 200 }),
+    ] {
+        let cheats = [0, 1, 2].map(|group| cheat(Lie::WrongOutput { group }, when));
+        let mut sim = adversarial_sim(seed, cheats, Verify::redundant(2));
+        let (result, _) = sim.run(items.clone());
+        let output = result.expect("the job completes");
+        let wrong = wrong_outputs(&output, &items);
+        let report = &output.report;
+        println!(
+            "redundancy, cheaters {when:?}: {wrong} wrong of {}, caught {}, overhead {:.1} %",
+            items.len(),
+            report.caught.len(),
+            report.overhead() * 100.0
+        );
+        assert_eq!(wrong, 0);
+        assert_eq!(
+            caught_nodes(&output),
+            cheater_nodes(&sim),
+            "every cheater named"
+        );
+        assert!(report.overhead() >= 1.0, "two copies of everything");
+        // Receipts of two agreeing providers for every subtask, none from a cheater.
+        let paid: u64 = report.receipts.iter().map(|r| r.entries.len() as u64).sum();
+        assert_eq!(paid, 2 * items.len() as u64);
+        let cheaters = cheater_nodes(&sim);
+        assert!(
+            report
+                .receipts
+                .iter()
+                .all(|r| !cheaters.contains(&r.provider))
+        );
+    }
+}
+
+#[test]
+fn spot_checks_catch_every_kind_of_cheater_and_stay_within_their_bound() {
+    let items = inputs(10_000);
+    let spot = crate::verify::SpotCheck::default();
+    let line_ups = [
+        // Alone: always, sometimes, once trusted.
+        [
+            cheat(Lie::WrongOutput { group: 0 }, When::Always),
+            cheat(
+                Lie::WrongOutput { group: 1 },
+                When::Sometimes { percent: 10 },
+            ),
+            cheat(
+                Lie::WrongOutput { group: 2 },
+                When::AfterTrust { honest: 300 },
+            ),
+        ],
+        // A colluding pair, and a provider that bills double fuel.
+        [
+            cheat(
+                Lie::WrongOutput { group: 5 },
+                When::Sometimes { percent: 20 },
+            ),
+            cheat(
+                Lie::WrongOutput { group: 5 },
+                When::Sometimes { percent: 20 },
+            ),
+            cheat(Lie::WrongFuel, When::Sometimes { percent: 5 }),
+        ],
+        // Signed garbage, and cheaters that lie rarely.
+        [
+            cheat(Lie::BadSignature, When::Sometimes { percent: 30 }),
+            cheat(
+                Lie::WrongOutput { group: 3 },
+                When::Sometimes { percent: 2 },
+            ),
+            cheat(Lie::WrongFuel, When::AfterTrust { honest: 500 }),
+        ],
+        // Rare liars, and one that waits until the end of its share: the ones most likely to
+        // slip through.
+        [
+            cheat(
+                Lie::WrongOutput { group: 0 },
+                When::Sometimes { percent: 1 },
+            ),
+            cheat(
+                Lie::WrongOutput { group: 1 },
+                When::Sometimes { percent: 1 },
+            ),
+            cheat(
+                Lie::WrongOutput { group: 2 },
+                When::AfterTrust { honest: 950 },
+            ),
+        ],
+    ];
+    let mut runs = 0;
+    let mut total_wrong = 0;
+    for (line_up, cheats) in line_ups.into_iter().enumerate() {
+        for seed in 0..4 {
+            let mut sim = adversarial_sim(10 + seed, cheats, Verify::SpotCheck(spot));
+            let (result, _) = sim.run(items.clone());
+            let output = result.expect("the job completes");
+            let wrong = wrong_outputs(&output, &items);
+            let caught = caught_nodes(&output);
+            let cheaters = cheater_nodes(&sim);
+            println!(
+                "spot checks, line-up {line_up} seed {seed}: {wrong} wrong of {}, caught {} of {}, \
+                 re-ran {:.1} %, recomputed {}",
+                items.len(),
+                caught.len(),
+                cheaters.len(),
+                output.report.rerun_fraction() * 100.0,
+                output.report.recomputed,
+            );
+            assert!(caught.is_subset(&cheaters), "an honest provider was caught");
+            if caught == cheaters {
+                assert_eq!(
+                    wrong, 0,
+                    "every cheater was caught, so no wrong result stands"
+                );
+            }
+            runs += 1;
+            total_wrong += wrong;
+        }
+    }
+    let measured = total_wrong as f64 / (runs * 3) as f64;
+    let bound = spot.expected_wrong_bound();
+    println!(
+        "spot checks: {measured:.2} wrong results per cheater per job measured, {bound:.2} bound"
+    );
+    assert!(measured <= bound, "{measured} > {bound}");
+}
+
+#[test]
+fn receipts_that_do_not_verify_are_rejected_even_without_verification() {
+    let items = inputs(3_000);
+    let cheats = [cheat(Lie::BadSignature, When::Always); 3];
+    let mut sim = adversarial_sim(5, cheats, Verify::None);
+    let (result, _) = sim.run(items.clone());
+    let output = result.expect("the job completes");
+    assert_eq!(wrong_outputs(&output, &items), 0);
+    assert_eq!(caught_nodes(&output), cheater_nodes(&sim));
+    assert!(output.report.receipts.iter().all(|r| r.verify().is_ok()));
+    // The cheaters are banned: connecting again schedules nothing on them.
+    let cheaters = cheater_nodes(&sim);
+    for index in [1, 4, 8] {
+        assert!(
+            sim.requestor
+                .reputation()
+                .is_banned(&sim.providers[index].node)
+        );
+    }
+    let now = sim.now();
+    let slot = ProviderSlot {
+        concurrency: 1,
+        engine: None,
+    };
+    for node in cheaters {
+        assert!(!sim.requestor.add_provider(node, slot, now));
+    }
+}
+
+#[test]
+fn a_custom_check_catches_cheaters_on_every_result() {
+    let items = inputs(2_000);
+    let cheats =
+        [0, 1, 2].map(|group| cheat(Lie::WrongOutput { group }, When::Sometimes { percent: 3 }));
+    // The simulation's driver checks against the true outputs; the function itself is not
+    // called by the session.
+    let verify = Verify::custom(|_, _, _| Ok(()));
+    let mut sim = adversarial_sim(6, cheats, verify);
+    let (result, _) = sim.run(items.clone());
+    let output = result.expect("the job completes");
+    assert_eq!(wrong_outputs(&output, &items), 0);
+    assert_eq!(caught_nodes(&output), cheater_nodes(&sim));
+    assert!(output.report.custom_checks as usize >= items.len());
+    assert_eq!(output.report.reruns, 0);
+}
+
+#[test]
+fn failures_are_confirmed_by_a_re_run_before_they_fail_a_verified_job() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let mut sim = Sim::new(
+        4,
+        &[Behavior::Honest; 3],
+        network,
+        SchedulerConfig::default(),
+    );
+    sim.verify = Verify::spot_check();
+    sim.poisoned.extend([2_500, 777]);
+    sim.connect_all();
+    let (result, _) = sim.run(inputs(4_000));
+    match result {
+        Err(JobFailure::Subtask { index, .. }) => assert_eq!(index, 777),
+        other => panic!("expected subtask 777 to fail the job, got {other:?}"),
+    }
+}
+
+#[test]
+fn providers_with_longer_records_are_served_first() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 1,
+    };
+    let mut sim = Sim::new(
+        7,
+        &[Behavior::Honest; 4],
+        network,
+        SchedulerConfig::default(),
+    );
+    let trusted = sim.providers[2].node;
+    sim.requestor.reputation_mut().accepted(trusted, 10_000);
+    for index in 0..4 {
+        sim.connect(index, 1);
+    }
+    // One subtask: one batch, for one provider.
+    let (result, events) = sim.run(inputs(1));
+    let output = result.expect("the job completes");
+    assert!(events.iter().any(|e| matches!(e, Event::Finished { .. })));
+    assert_eq!(output.report.receipts.len(), 1);
+    assert_eq!(output.report.receipts[0].provider, trusted);
 }

@@ -1,0 +1,119 @@
+//! Providers that lie, for tests of verification only (the `adversarial` feature).
+//!
+//! A [`Cheater`] alters a batch's results before the provider signs them, or spoils the
+//! signature after: wrong outputs (alone, or shared by a colluding group so that copies on
+//! colluders agree), inflated fuel figures, or receipts that do not verify; always, on a
+//! fraction of results, or only once the provider has returned enough honest results to be
+//! trusted.
+
+use crate::proto::message::{Batch, Output};
+
+/// What a cheater lies about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// A wrong output: one bit of its first byte flipped, the bit chosen by `group`. Cheaters of
+    /// the same group return the same wrong output for the same subtask, and decide alike which
+    /// subtasks to lie about: a colluding group.
+    WrongOutput {
+        /// The collusion group.
+        group: u8,
+    },
+    /// The right output with double the fuel, to be paid more.
+    WrongFuel,
+    /// The right results under a signature that does not verify.
+    BadSignature,
+}
+
+/// When a cheater lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// On every result.
+    Always,
+    /// On about this percentage of results.
+    Sometimes {
+        /// Percent of results, 0 to 100.
+        percent: u8,
+    },
+    /// On every result after this many honest ones.
+    AfterTrust {
+        /// Honest results first.
+        honest: u64,
+    },
+}
+
+/// How a provider cheats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cheat {
+    /// What it lies about.
+    pub lie: Lie,
+    /// When.
+    pub when: When,
+}
+
+/// A cheating provider's state.
+#[derive(Debug, Clone)]
+pub struct Cheater {
+    cheat: Cheat,
+    results: u64,
+    lies: u64,
+}
+
+impl Cheater {
+    /// A provider that cheats as `cheat` says.
+    pub fn new(cheat: Cheat) -> Self {
+        Self {
+            cheat,
+            results: 0,
+            lies: 0,
+        }
+    }
+
+    /// Results it lied about so far.
+    pub fn lies(&self) -> u64 {
+        self.lies
+    }
+
+    /// Alters `outputs` of `batch` before they are signed; returns whether to spoil the
+    /// signature afterwards.
+    pub fn tamper(&mut self, batch: &Batch, outputs: &mut [Output]) -> bool {
+        let mut spoil = false;
+        for (item, output) in batch.items.iter().zip(outputs.iter_mut()) {
+            self.results += 1;
+            if !self.lies_about(item.index) {
+                continue;
+            }
+            self.lies += 1;
+            match self.cheat.lie {
+                Lie::WrongOutput { group } => {
+                    let mask = 1u8 << (group % 7);
+                    match output.bytes.first_mut() {
+                        Some(byte) => *byte ^= mask,
+                        None => output.bytes.push(mask),
+                    }
+                }
+                Lie::WrongFuel => output.fuel = output.fuel.saturating_mul(2).max(1),
+                Lie::BadSignature => spoil = true,
+            }
+        }
+        spoil
+    }
+
+    fn lies_about(&self, index: u64) -> bool {
+        match self.cheat.when {
+            When::Always => true,
+            When::Sometimes { percent } => {
+                // Decided by the subtask and the group alone, so colluders lie alike.
+                let group = match self.cheat.lie {
+                    Lie::WrongOutput { group } => group,
+                    _ => 0,
+                };
+                let mut key = [0u8; 9];
+                key[..8].copy_from_slice(&index.to_le_bytes());
+                key[8] = group;
+                let roll = blake3::hash(&key).as_bytes()[0] as u64 * 100 / 256;
+                roll < u64::from(percent)
+            }
+            When::AfterTrust { honest } => self.results > honest,
+        }
+    }
+}
