@@ -3,12 +3,13 @@
 //!
 //! Run: `cargo run --release --example render [-- OUTPUT.png [WIDTH HEIGHT]]`
 //! (writes `mandelbrot.png` by default). With `GOLEM_JOIN=HOST:PORT` (or `NODE_ID@HOST:PORT`)
-//! the tiles run on the provider daemons of that network instead of in-process providers.
+//! the tiles run on the provider daemons of that network instead of in-process providers, and
+//! each tile they return is checked by re-rendering 16 random pixels of it here.
 
 use std::time::Instant;
 
 use golem::Golem;
-use golem_examples::mandelbrot::{Scene, render};
+use golem_examples::mandelbrot::{Scene, render, spot_pixels};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,9 +20,10 @@ async fn main() -> anyhow::Result<()> {
         (scene.width, scene.height) = (width.parse()?, height.parse()?);
     }
 
-    let golem = match std::env::var("GOLEM_JOIN") {
-        Ok(addr) => Golem::builder().join(addr).build().await?,
-        Err(_) => Golem::local().await?,
+    let joined = std::env::var("GOLEM_JOIN").ok();
+    let golem = match &joined {
+        Some(addr) => Golem::builder().join(addr).build().await?,
+        None => Golem::local().await?,
     };
     let tiles = scene.tiles(64);
     println!(
@@ -32,12 +34,23 @@ async fn main() -> anyhow::Result<()> {
         golem.providers()
     );
     let started = Instant::now();
-    let pixels = golem
+    let mut job = golem
         .par_for(tiles.clone(), render)
         .with(&scene)
-        .progress(|done, total| eprint!("\r{done}/{total} tiles"))
-        .await?;
+        .progress(|done, total| eprint!("\r{done}/{total} tiles"));
+    if joined.is_some() {
+        // Providers on a network are not trusted: spot-check each tile natively.
+        let checked = scene.clone();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        job = job.verify_with(move |_, tile, rgb| spot_pixels(&checked, tile, rgb, 16, seed));
+    }
+    let (pixels, report) = job.with_report().await?;
     eprintln!();
+    for caught in &report.caught {
+        println!("provider {} caught: {}", caught.node, caught.reason);
+    }
     let image = scene.assemble(&tiles, &pixels);
     println!("rendered in {:.2?}", started.elapsed());
 

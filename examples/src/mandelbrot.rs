@@ -85,20 +85,63 @@ impl Scene {
 #[golem::task]
 pub fn render(scene: &Scene, tile: Tile) -> Vec<u8> {
     let mut rgb = Vec::with_capacity(tile.width as usize * tile.height as usize * 3);
-    let pixel = scene.view_width / f64::from(scene.width);
-    let left = scene.center_re - scene.view_width / 2.0;
-    let top = scene.center_im + pixel * f64::from(scene.height) / 2.0;
     for y in tile.y0..tile.y0 + tile.height {
-        let im = top - f64::from(y) * pixel;
         for x in tile.x0..tile.x0 + tile.width {
-            let re = left + f64::from(x) * pixel;
-            rgb.extend_from_slice(&colour(
-                escape_time(re, im, scene.max_iterations),
-                scene.max_iterations,
-            ));
+            rgb.extend_from_slice(&scene.pixel(x, y));
         }
     }
     rgb
+}
+
+impl Scene {
+    /// The colour of pixel (`x`, `y`).
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        let step = self.view_width / f64::from(self.width);
+        let left = self.center_re - self.view_width / 2.0;
+        let top = self.center_im + step * f64::from(self.height) / 2.0;
+        let re = left + f64::from(x) * step;
+        let im = top - f64::from(y) * step;
+        colour(
+            escape_time(re, im, self.max_iterations),
+            self.max_iterations,
+        )
+    }
+}
+
+/// A cheap check of a rendered tile, for [`ParFor::verify_with`](golem::ParFor::verify_with):
+/// the size must be right and `samples` pixels, chosen from `seed` and the tile, rendered
+/// here must match. A provider cannot tell which pixels are looked at, so one that fills in
+/// tiles without rendering them is caught.
+pub fn spot_pixels(
+    scene: &Scene,
+    tile: &Tile,
+    rgb: &[u8],
+    samples: u32,
+    seed: u64,
+) -> Result<(), String> {
+    let expected = tile.width as usize * tile.height as usize * 3;
+    if rgb.len() != expected {
+        return Err(format!("{} bytes for a tile of {expected}", rgb.len()));
+    }
+    let mut state = seed ^ (u64::from(tile.x0) << 32 | u64::from(tile.y0));
+    for _ in 0..samples.min(tile.width * tile.height) {
+        state = splitmix64(state);
+        let dx = (state % u64::from(tile.width)) as u32;
+        let dy = ((state >> 32) % u64::from(tile.height)) as u32;
+        let at = (dy as usize * tile.width as usize + dx as usize) * 3;
+        let (x, y) = (tile.x0 + dx, tile.y0 + dy);
+        if rgb[at..at + 3] != scene.pixel(x, y) {
+            return Err(format!("pixel ({x}, {y}) is not the scene's"));
+        }
+    }
+    Ok(())
+}
+
+fn splitmix64(state: u64) -> u64 {
+    let mut z = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Iterations before `z² + c` leaves the radius-2 disc, or `max` if it never does.
@@ -139,4 +182,26 @@ pub fn render_native(scene: &Scene, tile_size: u32) -> Vec<u8> {
     let tiles = scene.tiles(tile_size);
     let pixels: Vec<Vec<u8>> = tiles.iter().map(|tile| render(scene, *tile)).collect();
     scene.assemble(&tiles, &pixels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spot_pixels_accepts_a_true_tile_and_rejects_a_filled_in_one() {
+        let scene = Scene {
+            width: 128,
+            height: 96,
+            max_iterations: 200,
+            ..Scene::default()
+        };
+        let tile = scene.tiles(32)[5];
+        let rgb = render(&scene, tile);
+        assert_eq!(spot_pixels(&scene, &tile, &rgb, 16, 7), Ok(()));
+        assert!(spot_pixels(&scene, &tile, &rgb[3..], 16, 7).is_err());
+        let filled = vec![0u8; rgb.len()];
+        assert_ne!(filled, rgb, "the tile is not all black");
+        assert!(spot_pixels(&scene, &tile, &filled, 16, 7).is_err());
+    }
 }

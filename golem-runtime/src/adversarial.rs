@@ -117,3 +117,29 @@ impl Cheater {
         }
     }
 }
+
+/// Starts one provider per entry of `cheats` on 127.0.0.1, honest where the entry is `None`,
+/// each serving one subtask at a time in `sandbox`. Call it inside a tokio runtime. Keys
+/// derive from the position, so provider `i` has the same node id in every call.
+#[cfg(feature = "adversarial")]
+pub fn start_providers(
+    sandbox: &std::sync::Arc<crate::sandbox::Sandbox>,
+    cheats: &[Option<Cheat>],
+) -> Result<Vec<crate::node::ProviderNode>, crate::node::NodeError> {
+    use crate::node::{ProviderNode, ProviderNodeConfig};
+    cheats
+        .iter()
+        .enumerate()
+        .map(|(index, cheat)| {
+            let mut secret = [0xC4; 32];
+            secret[..8].copy_from_slice(&(index as u64).to_le_bytes());
+            let key = crate::identity::NodeKey::from_secret(secret);
+            let config = ProviderNodeConfig::local(sandbox, 1);
+            let sandbox = std::sync::Arc::clone(sandbox);
+            match cheat {
+                Some(cheat) => ProviderNode::start_cheating(&key, sandbox, config, *cheat),
+                None => ProviderNode::start(&key, sandbox, config),
+            }
+        })
+        .collect()
+}

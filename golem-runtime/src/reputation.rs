@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,9 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// How long opening waits for another holder of the database to let go.
+const OPEN_WAIT: Duration = Duration::from_secs(3);
+
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("provider_records_v1");
 
 /// Provider records on disk.
@@ -135,7 +139,8 @@ impl std::fmt::Debug for ReputationStore {
 }
 
 impl ReputationStore {
-    /// Opens the database at `path`, creating it (and its directory) when missing.
+    /// Opens the database at `path`, creating it (and its directory) when missing. One process
+    /// holds it at a time: opening waits up to 3 s for another holder to close it, then fails.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let error = |message: String| StoreError {
             path: path.into(),
@@ -144,7 +149,19 @@ impl ReputationStore {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| error(e.to_string()))?;
         }
-        let db = redb::Database::create(path).map_err(|e| error(e.to_string()))?;
+        // A requestor that was just dropped may still hold the file for a moment while its
+        // task winds down; wait for it rather than fail.
+        let mut waited = Duration::ZERO;
+        let db = loop {
+            match redb::Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if waited < OPEN_WAIT => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    waited += Duration::from_millis(50);
+                }
+                Err(e) => return Err(error(e.to_string())),
+            }
+        };
         Ok(Self {
             db,
             path: path.into(),

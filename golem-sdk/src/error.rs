@@ -26,7 +26,8 @@ pub enum Error {
     /// Fewer providers than required were found in time.
     #[error(
         "found {found} of the {wanted} providers required within {waited:?}; check the \
-         addresses joined, the providers' offers (memory, fuel, price) and the network"
+         addresses joined, the providers' offers (memory, fuel, price), their engines (results \
+         that are verified by re-running need the requestor's) and the network"
     )]
     NoProviders {
         /// Providers required.

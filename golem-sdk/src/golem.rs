@@ -12,7 +12,7 @@ use golem_runtime::node::{
 };
 use golem_runtime::proto::requestor::SchedulerConfig;
 use golem_runtime::reputation::Record;
-use golem_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
+use golem_runtime::sandbox::{EngineFingerprint, Limits, Sandbox, SandboxConfig};
 use golem_runtime::verify::Verify;
 
 use crate::iterate::{Iterated, Until};
@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) requestor: Requestor,
     pub(crate) limits: Limits,
     pub(crate) verify: Verify,
+    /// The engine of the requestor's own sandbox, which re-runs results.
+    pub(crate) engine: EngineFingerprint,
     local: Vec<ProviderNode>,
     network: tokio::runtime::Handle,
     /// Runs the network: QUIC endpoints, sessions, timers. Tasks run on the providers' own
@@ -340,7 +342,7 @@ impl GolemBuilder {
                 bind,
                 demand,
                 scheduler: self.scheduler.unwrap_or_default(),
-                checker: Some(sandbox),
+                checker: Some(Arc::clone(&sandbox)),
                 check_threads,
                 reputation: self.reputation,
                 ..RequestorConfig::default()
@@ -362,6 +364,7 @@ impl GolemBuilder {
                 requestor,
                 limits: self.limits,
                 verify: self.verify,
+                engine: sandbox.fingerprint(),
                 local: providers,
                 network: runtime.handle().clone(),
                 runtime: Some(runtime),

@@ -194,8 +194,15 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
         let verify = self
             .verify
             .unwrap_or_else(|| self.golem.inner.verify.clone());
+        // Results that are re-run compare only between equal engines.
+        let engine = self.golem.inner.engine;
+        let found = self
+            .golem
+            .provider_list()
+            .iter()
+            .filter(|p| !verify.reruns() || p.engine.is_none_or(|theirs| theirs == engine))
+            .count();
         let copies = verify.copies();
-        let found = self.golem.providers();
         if copies > found {
             return Err(Error::NoProviders {
                 wanted: copies,

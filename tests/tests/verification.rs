@@ -8,9 +8,9 @@ use std::time::Duration;
 use golem::blocking::block_on;
 use golem::{Golem, JobReport, Verify};
 use golem_fixture::{grind, observe};
-use golem_runtime::adversarial::{Cheat, Lie, When};
-use golem_runtime::identity::{NodeId, NodeKey};
-use golem_runtime::node::{ProviderNode, ProviderNodeConfig};
+use golem_runtime::adversarial::{Cheat, Lie, When, start_providers};
+use golem_runtime::identity::NodeId;
+use golem_runtime::node::ProviderNode;
 use golem_runtime::sandbox::{Sandbox, SandboxConfig};
 
 /// Providers on 127.0.0.1, on a runtime of their own; each cheats or not.
@@ -31,21 +31,13 @@ impl Network {
         let slots = u32::try_from(cheats.len() * 2 + 2).expect("slots");
         let sandbox =
             Arc::new(Sandbox::new(SandboxConfig::with_instances(slots)).expect("sandbox"));
-        let mut providers = Vec::new();
-        let mut cheaters = HashSet::new();
-        for (index, cheat) in cheats.iter().enumerate() {
-            let key = NodeKey::from_secret([index as u8 + 1; 32]);
-            let config = ProviderNodeConfig::local(&sandbox, 1);
-            let sandbox = Arc::clone(&sandbox);
-            let node = match cheat {
-                Some(cheat) => {
-                    cheaters.insert(key.node_id());
-                    ProviderNode::start_cheating(&key, sandbox, config, *cheat)
-                }
-                None => ProviderNode::start(&key, sandbox, config),
-            };
-            providers.push(node.expect("provider"));
-        }
+        let providers = start_providers(&sandbox, cheats).expect("providers");
+        let cheaters = providers
+            .iter()
+            .zip(cheats)
+            .filter(|(_, cheat)| cheat.is_some())
+            .map(|(provider, _)| provider.node_id())
+            .collect();
         drop(_entered);
         Self {
             providers,
