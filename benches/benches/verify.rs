@@ -9,26 +9,17 @@
 //! the user sets), and results recomputed because their provider was caught, as fractions of
 //! the job; extra compute = (every result providers returned + re-runs − subtasks) / subtasks.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use golem::{Golem, Verify};
 use golem_fixture::grind;
-use golem_runtime::adversarial::{Cheat, Lie, When, start_providers};
-use golem_runtime::sandbox::{Sandbox, SandboxConfig};
+use golem_runtime::adversarial::{Cheat, Lie, Network, When};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and expects speed.
     let quick = !std::env::args().any(|arg| arg == "--bench");
     let (jobs, subtasks) = if quick { (2, 1_000) } else { (6, 10_000) };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let _entered = runtime.enter();
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(24)).expect("sandbox"));
     let cheat = |lie, when| Some(Cheat { lie, when });
     let mut line_up = vec![None; 10];
     line_up[1] = cheat(
@@ -37,7 +28,7 @@ fn main() {
     );
     line_up[4] = cheat(Lie::WrongFuel, When::AfterTrust { honest: 300 });
     line_up[8] = cheat(Lie::BadSignature, When::Sometimes { percent: 5 });
-    let providers = start_providers(&sandbox, &line_up).expect("providers");
+    let network = Network::start(&line_up).expect("providers");
     let items: Vec<(u64, u32)> = (0..subtasks).map(|i| (i, 200)).collect();
     let truth: Vec<u64> = items.iter().map(|item| grind(*item)).collect();
 
@@ -58,10 +49,10 @@ fn main() {
     for (name, verify) in strategies {
         let mut builder = Golem::builder()
             .providers(0)
-            .min_providers(providers.len())
+            .min_providers(line_up.len())
             .wait(Duration::from_secs(20));
-        for provider in &providers {
-            builder = builder.join(format!("{}@{}", provider.node_id(), provider.addr()));
+        for addr in network.addresses() {
+            builder = builder.join(addr);
         }
         let golem = golem::blocking::block_on(builder.build()).expect("providers found");
         for job in 1..=jobs {

@@ -118,28 +118,86 @@ impl Cheater {
     }
 }
 
-/// Starts one provider per entry of `cheats` on 127.0.0.1, honest where the entry is `None`,
-/// each serving one subtask at a time in `sandbox`. Call it inside a tokio runtime. Keys
-/// derive from the position, so provider `i` has the same node id in every call.
+/// Providers on 127.0.0.1, some of which lie, on a tokio runtime of their own.
 #[cfg(feature = "adversarial")]
-pub fn start_providers(
-    sandbox: &std::sync::Arc<crate::sandbox::Sandbox>,
-    cheats: &[Option<Cheat>],
-) -> Result<Vec<crate::node::ProviderNode>, crate::node::NodeError> {
-    use crate::node::{ProviderNode, ProviderNodeConfig};
-    cheats
-        .iter()
-        .enumerate()
-        .map(|(index, cheat)| {
+pub struct Network {
+    providers: Vec<crate::node::ProviderNode>,
+    cheaters: std::collections::HashSet<crate::identity::NodeId>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+#[cfg(feature = "adversarial")]
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("providers", &self.providers.len())
+            .field("cheaters", &self.cheaters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "adversarial")]
+impl Network {
+    /// One provider per entry of `cheats`, honest where the entry is `None`, each serving one
+    /// subtask at a time; they share one engine. Keys derive from the position, so provider
+    /// `i` has the same node id in every network.
+    pub fn start(cheats: &[Option<Cheat>]) -> Result<Self, crate::node::NodeError> {
+        use crate::node::{NodeError, ProviderNode, ProviderNodeConfig};
+        use crate::sandbox::{Sandbox, SandboxConfig};
+        use std::sync::Arc;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|error| NodeError::io("cannot start a runtime", &error))?;
+        let _entered = runtime.enter();
+        let slots = u32::try_from(cheats.len() * 2 + 2).unwrap_or(u32::MAX);
+        let sandbox =
+            Sandbox::new(SandboxConfig::with_instances(slots)).map_err(|error| NodeError::Io {
+                what: "cannot build the providers' engine".into(),
+                message: error.to_string(),
+            })?;
+        let sandbox = Arc::new(sandbox);
+        let mut providers = Vec::with_capacity(cheats.len());
+        let mut cheaters = std::collections::HashSet::new();
+        for (index, cheat) in cheats.iter().enumerate() {
             let mut secret = [0xC4; 32];
             secret[..8].copy_from_slice(&(index as u64).to_le_bytes());
             let key = crate::identity::NodeKey::from_secret(secret);
-            let config = ProviderNodeConfig::local(sandbox, 1);
-            let sandbox = std::sync::Arc::clone(sandbox);
-            match cheat {
-                Some(cheat) => ProviderNode::start_cheating(&key, sandbox, config, *cheat),
-                None => ProviderNode::start(&key, sandbox, config),
-            }
+            let config = ProviderNodeConfig::local(&sandbox, 1);
+            let sandbox = Arc::clone(&sandbox);
+            providers.push(match cheat {
+                Some(cheat) => {
+                    cheaters.insert(key.node_id());
+                    ProviderNode::start_cheating(&key, sandbox, config, *cheat)?
+                }
+                None => ProviderNode::start(&key, sandbox, config)?,
+            });
+        }
+        drop(_entered);
+        Ok(Self {
+            providers,
+            cheaters,
+            _runtime: runtime,
         })
-        .collect()
+    }
+
+    /// The providers, in the order of `cheats`.
+    pub fn providers(&self) -> &[crate::node::ProviderNode] {
+        &self.providers
+    }
+
+    /// The node ids of the providers that lie.
+    pub fn cheaters(&self) -> &std::collections::HashSet<crate::identity::NodeId> {
+        &self.cheaters
+    }
+
+    /// `NODE_ID@ADDR` of every provider, to join.
+    pub fn addresses(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .map(|provider| format!("{}@{}", provider.node_id(), provider.addr()))
+            .collect()
+    }
 }

@@ -2,61 +2,25 @@
 //! `adversarial` feature): redundancy, spot checks, custom checks, receipts, bans that last.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use golem::blocking::block_on;
 use golem::{Golem, JobReport, Verify};
 use golem_fixture::{grind, observe};
-use golem_runtime::adversarial::{Cheat, Lie, When, start_providers};
+use golem_runtime::adversarial::{Cheat, Lie, Network, When};
 use golem_runtime::identity::NodeId;
-use golem_runtime::node::ProviderNode;
-use golem_runtime::sandbox::{Sandbox, SandboxConfig};
 
-/// Providers on 127.0.0.1, on a runtime of their own; each cheats or not.
-struct Network {
-    providers: Vec<ProviderNode>,
-    cheaters: HashSet<NodeId>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Network {
-    fn start(cheats: &[Option<Cheat>]) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _entered = runtime.enter();
-        let slots = u32::try_from(cheats.len() * 2 + 2).expect("slots");
-        let sandbox =
-            Arc::new(Sandbox::new(SandboxConfig::with_instances(slots)).expect("sandbox"));
-        let providers = start_providers(&sandbox, cheats).expect("providers");
-        let cheaters = providers
-            .iter()
-            .zip(cheats)
-            .filter(|(_, cheat)| cheat.is_some())
-            .map(|(provider, _)| provider.node_id())
-            .collect();
-        drop(_entered);
-        Self {
-            providers,
-            cheaters,
-            _runtime: runtime,
-        }
-    }
-
-    /// A requestor that joins every provider.
-    fn requestor(&self, builder: golem::GolemBuilder) -> Golem {
-        let mut builder = builder
-            .providers(0)
-            .min_providers(self.providers.len())
-            .wait(Duration::from_secs(20));
-        for provider in &self.providers {
-            builder = builder.join(format!("{}@{}", provider.node_id(), provider.addr()));
-        }
-        builder.build_blocking().expect("all providers found")
-    }
+/// A requestor that joins every provider of `network`.
+fn requestor(network: &Network, builder: golem::GolemBuilder) -> Golem {
+    let builder = builder
+        .providers(0)
+        .min_providers(network.providers().len())
+        .wait(Duration::from_secs(20));
+    let builder = network
+        .addresses()
+        .into_iter()
+        .fold(builder, |b, addr| b.join(addr));
+    builder.build_blocking().expect("all providers found")
 }
 
 fn cheat(lie: Lie, when: When) -> Option<Cheat> {
@@ -69,7 +33,7 @@ fn thirty_percent(cheats: [Option<Cheat>; 3]) -> Network {
     for (slot, cheat) in [1, 4, 8].into_iter().zip(cheats) {
         line_up[slot] = cheat;
     }
-    Network::start(&line_up)
+    Network::start(&line_up).expect("providers")
 }
 
 fn caught(report: &JobReport) -> HashSet<NodeId> {
@@ -92,8 +56,8 @@ fn wrong(outputs: &[u64], inputs: &[(u64, u32)]) -> usize {
 
 #[test]
 fn the_same_job_gives_the_same_bytes_on_every_provider() {
-    let network = Network::start(&[None, None, None, None]);
-    let golem = network.requestor(Golem::builder());
+    let network = Network::start(&[None, None, None, None]).expect("providers");
+    let golem = requestor(&network, Golem::builder());
     let engines: HashSet<_> = golem.provider_list().iter().map(|p| p.engine).collect();
     assert_eq!(engines.len(), 1, "one engine fingerprint: {engines:?}");
     assert!(engines.iter().all(Option::is_some));
@@ -124,7 +88,7 @@ fn the_same_job_gives_the_same_bytes_on_every_provider() {
     // And a requestor that knows one provider alone gets the same outputs again.
     let single = Golem::builder()
         .providers(0)
-        .join(network.providers[2].addr().to_string())
+        .join(network.providers()[2].addr().to_string())
         .build_blocking()
         .expect("one provider");
     let again = single.par_for(0..300u32, observe).run().expect("runs");
@@ -136,7 +100,7 @@ fn redundancy_over_real_providers_leaves_no_wrong_result() {
     let network = thirty_percent(
         [0, 1, 2].map(|group| cheat(Lie::WrongOutput { group }, When::Sometimes { percent: 20 })),
     );
-    let golem = network.requestor(Golem::builder());
+    let golem = requestor(&network, Golem::builder());
     let items = inputs();
     let job = golem
         .par_for(items.clone(), grind)
@@ -150,12 +114,12 @@ fn redundancy_over_real_providers_leaves_no_wrong_result() {
         report.overhead() * 100.0
     );
     assert_eq!(wrong, 0);
-    assert_eq!(caught(&report), network.cheaters, "every cheater named");
+    assert_eq!(&caught(&report), network.cheaters(), "every cheater named");
     assert!(
         report
             .receipts
             .iter()
-            .all(|r| !network.cheaters.contains(&r.provider))
+            .all(|r| !network.cheaters().contains(&r.provider))
     );
     assert_eq!(golem.providers(), 7, "the cheaters were dropped");
 }
@@ -175,7 +139,7 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
     let records = dir.join("reputation.redb");
     let spot = golem::SpotCheck::default();
     {
-        let golem = network.requestor(Golem::builder().reputation(&records));
+        let golem = requestor(&network, Golem::builder().reputation(&records));
         let items = inputs();
         let job = golem
             .par_for(items.clone(), grind)
@@ -191,14 +155,18 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
             report.recomputed,
             spot.expected_wrong_bound()
         );
-        assert!(caught(&report).is_subset(&network.cheaters));
-        if caught(&report) == network.cheaters {
+        assert!(caught(&report).is_subset(network.cheaters()));
+        if &caught(&report) == network.cheaters() {
             assert_eq!(wrong, 0);
         }
         assert!(wrong as f64 <= 3.0 * spot.expected_wrong_bound());
         let records = block_on(golem.records());
         for (node, record) in &records {
-            assert_eq!(record.banned, network.cheaters.contains(node), "{record:?}");
+            assert_eq!(
+                record.banned,
+                network.cheaters().contains(node),
+                "{record:?}"
+            );
         }
     }
     // A new requestor with the same records refuses the cheaters it caught.
@@ -206,9 +174,9 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
         .reputation(&records)
         .providers(0)
         .min_providers(7)
-        .join(network.providers[0].addr().to_string());
+        .join(network.providers()[0].addr().to_string());
     let golem = network
-        .providers
+        .providers()
         .iter()
         .fold(golem, |builder, provider| {
             builder.join(provider.addr().to_string())
@@ -218,7 +186,7 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
     std::thread::sleep(Duration::from_millis(500));
     let used: HashSet<NodeId> = golem.provider_list().iter().map(|p| p.node).collect();
     assert!(
-        used.is_disjoint(&network.cheaters),
+        used.is_disjoint(network.cheaters()),
         "a banned provider is used again"
     );
     assert_eq!(used.len(), 7);
@@ -233,8 +201,9 @@ fn a_custom_check_catches_a_cheater_and_a_tampered_receipt_is_refused_without_on
         cheat(Lie::WrongOutput { group: 0 }, When::Always),
         None,
         cheat(Lie::BadSignature, When::Always),
-    ]);
-    let golem = network.requestor(Golem::builder());
+    ])
+    .expect("providers");
+    let golem = requestor(&network, Golem::builder());
     let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 50)).collect();
     // A check that recomputes the output natively: the task is a plain function here.
     let job = golem
@@ -249,7 +218,7 @@ fn a_custom_check_catches_a_cheater_and_a_tampered_receipt_is_refused_without_on
         .with_report();
     let (outputs, report) = block_on(job).expect("the job completes");
     assert_eq!(wrong(&outputs, &items), 0);
-    assert_eq!(caught(&report), network.cheaters);
+    assert_eq!(&caught(&report), network.cheaters());
     assert!(report.custom_checks >= items.len() as u64);
     let reasons: Vec<&str> = report.caught.iter().map(|c| c.reason.as_str()).collect();
     assert!(
