@@ -827,24 +827,17 @@ impl RequestorSession {
                 .iter()
                 .map(|&o| first.outputs[o].clone())
                 .collect::<Vec<_>>();
-            let custom_claimed = if kind == CheckKind::Custom {
-                claimed.clone()
-            } else {
-                Vec::new()
+            // A re-run is compared here; a custom check gets the claims itself.
+            let (kept, sent) = match kind {
+                CheckKind::Rerun => (claimed, Vec::new()),
+                CheckKind::Custom => (Vec::new(), claimed),
             };
             let purpose = Purpose::Sample {
                 batch,
                 provider,
-                claimed,
+                claimed: kept,
             };
-            self.request_check_range(
-                job_id,
-                state.range.clone(),
-                offsets,
-                purpose,
-                kind,
-                custom_claimed,
-            );
+            self.request_check_range(job_id, state.range.clone(), offsets, purpose, kind, sent);
         }
         self.progressed(job_id);
     }
@@ -970,7 +963,7 @@ impl RequestorSession {
                 } = state.purpose
                 {
                     match verdict {
-                        Ok(()) => self.reputation.verified(provider, items),
+                        Ok(()) => self.verified_if_accepted(job_id, batch, provider, items),
                         Err((index, reason)) => {
                             let reason =
                                 format!("subtask {index} failed the job's check: {reason}");
@@ -988,7 +981,7 @@ impl RequestorSession {
                 provider,
                 claimed,
             } => match compare(&state.check.batch, claimed, ran) {
-                Verdict::Right => self.reputation.verified(*provider, items),
+                Verdict::Right => self.verified_if_accepted(job_id, *batch, *provider, items),
                 Verdict::Wrong(reason) => {
                     self.catch_if_accepted(job_id, *batch, *provider, reason, now);
                 }
@@ -1084,6 +1077,14 @@ impl RequestorSession {
         self.pending_checks.push_back(id);
     }
 
+    /// Whether `batch` of `job` stands on `provider`'s result (it was not recomputed since).
+    fn stands(&self, job: JobId, batch: u64, provider: NodeId) -> bool {
+        self.jobs
+            .get(&job)
+            .and_then(|job| job.accepted.get(&batch))
+            .is_some_and(|accepted| accepted.receipts.iter().any(|r| r.provider == provider))
+    }
+
     /// Catches `provider` if the sampled batch still stands on its result.
     fn catch_if_accepted(
         &mut self,
@@ -1093,18 +1094,15 @@ impl RequestorSession {
         reason: String,
         now: Instant,
     ) {
-        let stands = self
-            .jobs
-            .get(&job)
-            .and_then(|job| job.accepted.get(&batch))
-            .is_some_and(|accepted| {
-                accepted
-                    .receipts
-                    .iter()
-                    .any(|receipt| receipt.provider == provider)
-            });
-        if stands {
+        if self.stands(job, batch, provider) {
             self.catch(provider, reason, now);
+        }
+    }
+
+    /// Credits `provider` with `count` verified results if the sampled batch still stands.
+    fn verified_if_accepted(&mut self, job: JobId, batch: u64, provider: NodeId, count: u64) {
+        if self.stands(job, batch, provider) {
+            self.reputation.verified(provider, count);
         }
     }
 
