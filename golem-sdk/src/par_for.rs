@@ -113,7 +113,9 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
     }
 
     /// Calls `progress(settled, total)` as batches of subtasks finish, from golem's network
-    /// thread (keep it quick); `settled` grows with each call and the last one reports `total`.
+    /// thread (keep it quick); `settled` grows with each call and the last one reports `total`,
+    /// except that it falls back when a provider is caught cheating and the results it
+    /// returned are computed again (see [`ParFor::verify`]).
     pub fn progress(mut self, progress: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
         self
