@@ -252,8 +252,9 @@ impl GolemBuilder {
         self
     }
 
-    /// Engine settings of the in-process providers (default: [`SandboxConfig::default`]
-    /// sized for the providers).
+    /// Engine settings of the in-process providers and of this machine's re-runs of results
+    /// (default: [`SandboxConfig::default`] sized for them). Verification by re-running needs
+    /// providers whose engine fingerprint equals this one.
     pub fn sandbox(mut self, config: SandboxConfig) -> Self {
         self.sandbox = Some(config);
         self

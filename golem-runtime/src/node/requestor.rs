@@ -412,7 +412,7 @@ impl Owner {
         self.endpoint.close();
     }
 
-    /// Saves changed provider records, at most once a second unless `now` is asked for.
+    /// Saves changed provider records: at once when `urgent`, else at most once a second.
     fn save_records_soon(&mut self, urgent: bool) {
         if self.session.reputation().is_dirty()
             && (urgent || self.saved.elapsed() >= Duration::from_secs(1))
@@ -730,6 +730,7 @@ impl Owner {
         let Some(commands) = self.commands.upgrade() else {
             return;
         };
+        let reply = commands.clone();
         let blobs: HashMap<BlobId, Arc<[u8]>> = check
             .batch
             .blobs()
@@ -760,8 +761,9 @@ impl Owner {
             None => true,
         };
         if refused {
+            // Answered like any check, through the inbox, so what follows is flushed.
             let result = CheckResult::Failed("the check threads stopped".into());
-            self.session.handle_check(id, result, Instant::now());
+            let _ = reply.send(Command::Checked(id, result));
         }
     }
 }
