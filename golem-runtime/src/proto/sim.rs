@@ -845,3 +845,55 @@ fn providers_with_longer_records_are_served_first() {
     assert_eq!(output.report.receipts.len(), 1);
     assert_eq!(output.report.receipts[0].provider, trusted);
 }
+
+#[test]
+fn an_output_or_fuel_figure_changed_after_signing_is_rejected() {
+    for tamper in [
+        (|output: &mut Output| output.bytes[0] ^= 1) as fn(&mut Output),
+        |output: &mut Output| output.fuel += 1,
+    ] {
+        let key = NodeKey::from_secret([9; 32]);
+        let node = key.node_id();
+        let now = Instant::now();
+        let mut session = RequestorSession::new(SchedulerConfig::default());
+        let slot = ProviderSlot {
+            concurrency: 1,
+            engine: None,
+        };
+        assert!(session.add_provider(node, slot, now));
+        let spec = JobSpec {
+            module: BlobId::of(b"module"),
+            task: "t".into(),
+            context: BlobId::of(b"context"),
+            seed: [0; 32],
+            nonce: [1; 16],
+            limits: Limits::default(),
+        };
+        session.submit(spec, vec![Input::Inline(vec![7])], Verify::None, now);
+        let Some((_, Transmit::Request(Request::Run(batch)))) = session.poll_transmit() else {
+            panic!("the batch is sent");
+        };
+        let mut outputs = vec![Output {
+            bytes: vec![42],
+            fuel: 5,
+        }];
+        let signature = Receipt::for_batch(&key, &batch, &outputs).signature;
+        tamper(&mut outputs[0]);
+        let outcome = Outcome::Outputs { outputs, signature };
+        let done = Reply::Done {
+            batch: batch.id,
+            outcome,
+        };
+        session.handle_reply(node, done, now);
+        let events: Vec<Event> = std::iter::from_fn(|| session.poll_event()).collect();
+        assert!(
+            events.iter().any(|event| matches!(
+                event,
+                Event::Caught(caught) if caught.node == node && caught.reason.contains("does not verify")
+            )),
+            "{events:?}"
+        );
+        assert!(!events.iter().any(|e| matches!(e, Event::Finished { .. })));
+        assert!(session.reputation().is_banned(&node));
+    }
+}
