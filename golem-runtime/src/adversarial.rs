@@ -139,7 +139,7 @@ impl std::fmt::Debug for Network {
 #[cfg(feature = "adversarial")]
 impl Network {
     /// One provider per entry of `cheats`, honest where the entry is `None`, each serving one
-    /// subtask at a time; they share one engine. Keys derive from the position, so provider
+    /// subtask at a time at 1,000 × (its position + 1) per billion fuel; they share one engine. Keys derive from the position, so provider
     /// `i` has the same node id in every network.
     pub fn start(cheats: &[Option<Cheat>]) -> Result<Self, crate::node::NodeError> {
         use crate::node::{NodeError, ProviderNode, ProviderNodeConfig};
@@ -165,7 +165,11 @@ impl Network {
             let mut secret = [0xC4; 32];
             secret[..8].copy_from_slice(&(index as u64).to_le_bytes());
             let key = crate::identity::NodeKey::from_secret(secret);
-            let config = ProviderNodeConfig::local(&sandbox, 1);
+            let mut config = ProviderNodeConfig::local(&sandbox, 1);
+            // A price of its own, so payments can tell providers apart.
+            for offer in &mut config.offers {
+                offer.price_per_gfuel = 1_000 * (index as u64 + 1);
+            }
             let sandbox = Arc::clone(&sandbox);
             providers.push(match cheat {
                 Some(cheat) => {

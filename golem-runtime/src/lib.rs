@@ -12,6 +12,7 @@
 //! * [`receipt`]: what a provider signs for each batch it ran, and how it is checked.
 //! * [`verify`] and [`reputation`]: verification strategies, and the record of each provider
 //!   they build.
+//! * [`payment`]: priced receipts, the payment hook, the embedded ledger.
 //! * [`market`]: matching a requestor's demand against providers' offers.
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
@@ -29,10 +30,12 @@
 
 #[cfg(any(test, feature = "adversarial"))]
 pub mod adversarial;
+mod db;
 pub mod identity;
 pub mod market;
 pub mod net;
 pub mod node;
+pub mod payment;
 pub mod proto;
 pub mod receipt;
 pub mod reputation;

@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -119,9 +118,6 @@ pub struct StoreError {
     pub message: String,
 }
 
-/// How long opening waits for another holder of the database to let go.
-const OPEN_WAIT: Duration = Duration::from_secs(3);
-
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("provider_records_v1");
 
 /// Provider records on disk.
@@ -146,22 +142,7 @@ impl ReputationStore {
             path: path.into(),
             message,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| error(e.to_string()))?;
-        }
-        // A requestor that was just dropped may still hold the file for a moment while its
-        // task winds down; wait for it rather than fail.
-        let mut waited = Duration::ZERO;
-        let db = loop {
-            match redb::Database::create(path) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if waited < OPEN_WAIT => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    waited += Duration::from_millis(50);
-                }
-                Err(e) => return Err(error(e.to_string())),
-            }
-        };
+        let db = crate::db::open(path).map_err(error)?;
         Ok(Self {
             db,
             path: path.into(),

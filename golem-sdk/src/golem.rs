@@ -10,6 +10,7 @@ use golem_runtime::node::{
     Bootstrap, ProviderInfo, ProviderNode, ProviderNodeConfig, Requestor, RequestorConfig,
     TransferStats,
 };
+use golem_runtime::payment::PaymentHook;
 use golem_runtime::proto::requestor::SchedulerConfig;
 use golem_runtime::reputation::Record;
 use golem_runtime::sandbox::{EngineFingerprint, Limits, Sandbox, SandboxConfig};
@@ -208,6 +209,17 @@ pub struct GolemBuilder {
     verify: Verify,
     reputation: Option<PathBuf>,
     check_threads: Option<usize>,
+    payments: Option<Hook>,
+}
+
+/// A payment hook in the builder.
+#[derive(Clone)]
+struct Hook(Arc<dyn PaymentHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PaymentHook")
+    }
 }
 
 impl GolemBuilder {
@@ -280,6 +292,14 @@ impl GolemBuilder {
         self
     }
 
+    /// Hands the priced receipts of every finished job's accepted results to `hook` (for
+    /// instance a [`Ledger`](golem_runtime::payment::Ledger)), before the job's result is
+    /// returned. Receipts of providers caught cheating are never among them.
+    pub fn payments(mut self, hook: Arc<dyn PaymentHook>) -> Self {
+        self.payments = Some(Hook(hook));
+        self
+    }
+
     /// Threads that re-run results to check them on this machine (default: 1).
     pub fn check_threads(mut self, threads: usize) -> Self {
         self.check_threads = Some(threads.max(1));
@@ -346,6 +366,7 @@ impl GolemBuilder {
                 checker: Some(Arc::clone(&sandbox)),
                 check_threads,
                 reputation: self.reputation,
+                payments: self.payments.map(|hook| hook.0),
                 ..RequestorConfig::default()
             },
         )?;

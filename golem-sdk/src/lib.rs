@@ -104,6 +104,7 @@ pub use crate::{
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use golem_runtime::{
+    payment::{Ledger, PaymentHook, Priced},
     proto::requestor::{Caught, JobReport},
     receipt::Receipt,
     reputation::Record,

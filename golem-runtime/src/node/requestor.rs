@@ -18,6 +18,7 @@ use super::{Bootstrap, Handshake, NodeError, handshake};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint};
+use crate::payment::{PaymentHook, Priced};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
@@ -32,7 +33,7 @@ use crate::verify::{CheckFn, Verify};
 pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
 
 /// Settings of a [`Requestor`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestorConfig {
     /// Address of the requestor's own endpoint (it dials out; port 0 is fine).
     pub bind: SocketAddr,
@@ -50,6 +51,21 @@ pub struct RequestorConfig {
     pub check_threads: usize,
     /// Database of provider records, kept across runs; memory only when `None`.
     pub reputation: Option<PathBuf>,
+    /// Sees the priced receipts of each finished job's accepted results, on the requestor's
+    /// task before the job's result is handed back (keep it quick).
+    pub payments: Option<Arc<dyn PaymentHook>>,
+}
+
+impl std::fmt::Debug for RequestorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestorConfig")
+            .field("bind", &self.bind)
+            .field("scheduler", &self.scheduler)
+            .field("demand", &self.demand)
+            .field("reputation", &self.reputation)
+            .field("payments", &self.payments.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RequestorConfig {
@@ -62,6 +78,7 @@ impl Default for RequestorConfig {
             checker: None,
             check_threads: 1,
             reputation: None,
+            payments: None,
         }
     }
 }
@@ -207,6 +224,7 @@ impl Requestor {
             checks,
             store,
             saved: Instant::now(),
+            prices: HashMap::new(),
             endpoint: Arc::clone(&endpoint),
             node: key.node_id(),
             conns: HashMap::new(),
@@ -375,6 +393,8 @@ struct Owner {
     store: Option<ReputationStore>,
     /// When provider records were last saved.
     saved: Instant,
+    /// The rate bought from each provider used, per billion units of fuel.
+    prices: HashMap<NodeId, u64>,
     endpoint: Arc<Endpoint>,
     node: NodeId,
     conns: HashMap<NodeId, Conn>,
@@ -576,6 +596,7 @@ impl Owner {
             }
             Some(info) => {
                 tracing::info!(%node, addr = %info.addr, flavor = %info.offer.flavor, "provider joined");
+                self.prices.insert(node, info.offer.price_per_gfuel);
             }
             None if hello.offers.is_empty() => {
                 tracing::debug!(%node, "connected to a node that sells nothing")
@@ -695,6 +716,24 @@ impl Owner {
                     }
                 }
                 Event::Finished { job, result } => {
+                    if let (Ok(done), Some(hook)) = (&result, &self.config.payments) {
+                        let priced: Vec<Priced> = done
+                            .report
+                            .receipts
+                            .iter()
+                            .map(|receipt| Priced {
+                                price_per_gfuel: self
+                                    .prices
+                                    .get(&receipt.provider)
+                                    .copied()
+                                    .unwrap_or(0),
+                                receipt: receipt.clone(),
+                            })
+                            .collect();
+                        if let Err(error) = hook.accepted(&priced) {
+                            tracing::error!(job, %error, "accepted receipts not recorded");
+                        }
+                    }
                     if let Some(entry) = self.jobs.remove(&job) {
                         self.tickets.remove(&entry.ticket);
                         self.release(&entry.blobs);

@@ -1,0 +1,417 @@
+//! Paying providers for accepted results: priced receipts, the [`PaymentHook`] that sees them,
+//! and the embedded [`Ledger`], the default hook.
+//!
+//! A result is worth its fuel times the rate of the offer it was bought under
+//! ([`Offer::price_per_gfuel`](crate::proto::message::Offer::price_per_gfuel), per billion
+//! units of fuel). Amounts are kept exactly, in billionths of the currency's smallest unit, and
+//! paid in whole units; the remainder stays owed.
+//!
+//! The ledger records each receipt once, however often it is handed in, and settles in two
+//! steps so that a crash between them never pays twice: [`Ledger::begin_settlement`] moves what
+//! is owed into a pending settlement in one transaction; the payment is made; then
+//! [`Ledger::finish_settlement`] marks it paid, or puts the amounts back when it failed. A
+//! settlement still pending after a restart ([`Ledger::pending`]) is resolved by asking the
+//! payment backend whether it went through.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+use crate::receipt::Receipt;
+
+/// Billionths of the smallest currency unit per unit.
+pub const NANO: u128 = 1_000_000_000;
+
+/// An accepted receipt and the rate it is paid at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    /// The provider's signed receipt.
+    pub receipt: Receipt,
+    /// Price per billion units of fuel, in the smallest currency unit.
+    pub price_per_gfuel: u64,
+}
+
+impl Priced {
+    /// What the receipt is worth, in billionths of the smallest currency unit.
+    pub fn nano_amount(&self) -> u128 {
+        u128::from(self.receipt.fuel()) * u128::from(self.price_per_gfuel)
+    }
+
+    /// The receipt's identity in the ledger: its signature is unique to its provider, job and
+    /// entries.
+    fn key(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("golem ledger receipt v1");
+        hasher.update(self.receipt.provider.as_bytes());
+        hasher.update(&self.receipt.job);
+        hasher.update(&self.receipt.signature.0);
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// One transfer of a settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Who is paid.
+    pub provider: NodeId,
+    /// How much, in the smallest currency unit.
+    pub amount: u128,
+}
+
+/// A payment could not be recorded or made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PaymentError {
+    /// The ledger's database failed.
+    #[error("ledger {path}: {message}")]
+    Store {
+        /// The database file (empty for an in-memory ledger).
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// No settlement has this id.
+    #[error("no pending settlement {0}")]
+    UnknownSettlement(u64),
+}
+
+/// Sees the priced receipts of every job's accepted results. Implementations must be
+/// idempotent: a receipt handed in twice is owed once.
+pub trait PaymentHook: Send + Sync {
+    /// Records accepted results.
+    fn accepted(&self, receipts: &[Priced]) -> Result<(), PaymentError>;
+}
+
+/// Receipts already recorded: key → nano amount.
+const RECEIPTS: TableDefinition<'_, &[u8; 32], u128> = TableDefinition::new("receipts_v1");
+/// Owed per provider, in nano units.
+const OWED: TableDefinition<'_, &[u8; 32], u128> = TableDefinition::new("owed_v1");
+/// Settlements: id → postcard(Settlement).
+const SETTLEMENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("settlements_v1");
+
+/// A batch of payments and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    /// Its id, increasing.
+    pub id: u64,
+    /// The transfers.
+    pub payments: Vec<Payment>,
+    /// Where it stands.
+    pub state: SettlementState,
+}
+
+/// Where a settlement stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettlementState {
+    /// Taken off the balances; the payment may or may not have been made.
+    Pending,
+    /// Paid.
+    Paid,
+    /// Failed; its amounts are owed again.
+    Failed,
+}
+
+/// The embedded ledger: receipts, balances and settlements in redb, every change one
+/// transaction.
+pub struct Ledger {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens the ledger at `path`, creating it (and its directory) when missing; waits up to
+    /// 3 s for another holder to let go.
+    pub fn open(path: &Path) -> Result<Self, PaymentError> {
+        let error = |message: String| PaymentError::Store {
+            path: path.into(),
+            message,
+        };
+        let db = crate::db::open(path).map_err(error)?;
+        Ok(Self {
+            db,
+            path: path.into(),
+        })
+    }
+
+    /// A ledger in memory, gone with the process.
+    pub fn in_memory() -> Result<Self, PaymentError> {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| PaymentError::Store {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            db,
+            path: PathBuf::new(),
+        })
+    }
+
+    fn error(&self, error: impl std::fmt::Display) -> PaymentError {
+        PaymentError::Store {
+            path: self.path.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Records `receipts` in one transaction; returns how many were new.
+    pub fn record(&self, receipts: &[Priced]) -> Result<usize, PaymentError> {
+        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let mut new = 0;
+        {
+            let mut recorded = write.open_table(RECEIPTS).map_err(|e| self.error(e))?;
+            let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
+            for priced in receipts {
+                let key = priced.key();
+                if recorded.get(&key).map_err(|e| self.error(e))?.is_some() {
+                    continue;
+                }
+                let amount = priced.nano_amount();
+                recorded.insert(&key, amount).map_err(|e| self.error(e))?;
+                let provider = priced.receipt.provider.as_bytes();
+                let before = owed
+                    .get(provider)
+                    .map_err(|e| self.error(e))?
+                    .map_or(0, |guard| guard.value());
+                owed.insert(provider, before.saturating_add(amount))
+                    .map_err(|e| self.error(e))?;
+                new += 1;
+            }
+        }
+        write.commit().map_err(|e| self.error(e))?;
+        Ok(new)
+    }
+
+    /// What each provider is owed, in billionths of the smallest currency unit.
+    pub fn owed(&self) -> Result<Vec<(NodeId, u128)>, PaymentError> {
+        let read = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match read.open_table(OWED) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(self.error(error)),
+        };
+        let mut owed = Vec::new();
+        for row in table.iter().map_err(|e| self.error(e))? {
+            let (key, value) = row.map_err(|e| self.error(e))?;
+            if let Ok(node) = NodeId::from_bytes(*key.value()) {
+                owed.push((node, value.value()));
+            }
+        }
+        Ok(owed)
+    }
+
+    /// Moves every whole unit owed into a new pending settlement; `None` when nothing is owed.
+    pub fn begin_settlement(&self) -> Result<Option<Settlement>, PaymentError> {
+        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let settlement = {
+            let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
+            let mut settlements = write.open_table(SETTLEMENTS).map_err(|e| self.error(e))?;
+            let mut payments = Vec::new();
+            let mut remainders = Vec::new();
+            for row in owed.iter().map_err(|e| self.error(e))? {
+                let (key, value) = row.map_err(|e| self.error(e))?;
+                let (key, nano) = (*key.value(), value.value());
+                let Ok(provider) = NodeId::from_bytes(key) else {
+                    continue;
+                };
+                if nano >= NANO {
+                    payments.push(Payment {
+                        provider,
+                        amount: nano / NANO,
+                    });
+                    remainders.push((key, nano % NANO));
+                }
+            }
+            if payments.is_empty() {
+                None
+            } else {
+                for (key, rest) in &remainders {
+                    owed.insert(key, *rest).map_err(|e| self.error(e))?;
+                }
+                let id = settlements
+                    .last()
+                    .map_err(|e| self.error(e))?
+                    .map_or(0, |(key, _)| key.value() + 1);
+                let settlement = Settlement {
+                    id,
+                    payments,
+                    state: SettlementState::Pending,
+                };
+                let bytes = postcard::to_allocvec(&settlement).map_err(|e| self.error(e))?;
+                settlements
+                    .insert(id, bytes.as_slice())
+                    .map_err(|e| self.error(e))?;
+                Some(settlement)
+            }
+        };
+        write.commit().map_err(|e| self.error(e))?;
+        Ok(settlement)
+    }
+
+    /// Ends pending settlement `id`: paid, or failed (its amounts are owed again).
+    pub fn finish_settlement(&self, id: u64, paid: bool) -> Result<(), PaymentError> {
+        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut settlements = write.open_table(SETTLEMENTS).map_err(|e| self.error(e))?;
+            let stored = settlements
+                .get(id)
+                .map_err(|e| self.error(e))?
+                .map(|guard| guard.value().to_vec())
+                .ok_or(PaymentError::UnknownSettlement(id))?;
+            let mut settlement: Settlement =
+                postcard::from_bytes(&stored).map_err(|e| self.error(e))?;
+            if settlement.state != SettlementState::Pending {
+                return Err(PaymentError::UnknownSettlement(id));
+            }
+            if !paid {
+                let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
+                for payment in &settlement.payments {
+                    let key = payment.provider.as_bytes();
+                    let before = owed
+                        .get(key)
+                        .map_err(|e| self.error(e))?
+                        .map_or(0, |guard| guard.value());
+                    let back = payment.amount.saturating_mul(NANO);
+                    owed.insert(key, before.saturating_add(back))
+                        .map_err(|e| self.error(e))?;
+                }
+            }
+            settlement.state = if paid {
+                SettlementState::Paid
+            } else {
+                SettlementState::Failed
+            };
+            let bytes = postcard::to_allocvec(&settlement).map_err(|e| self.error(e))?;
+            settlements
+                .insert(id, bytes.as_slice())
+                .map_err(|e| self.error(e))?;
+        }
+        write.commit().map_err(|e| self.error(e))
+    }
+
+    /// Settlements still pending: begun, and not known to be paid or failed.
+    pub fn pending(&self) -> Result<Vec<Settlement>, PaymentError> {
+        let read = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match read.open_table(SETTLEMENTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(self.error(error)),
+        };
+        let mut pending = Vec::new();
+        for row in table.iter().map_err(|e| self.error(e))? {
+            let (_, value) = row.map_err(|e| self.error(e))?;
+            let settlement: Settlement =
+                postcard::from_bytes(value.value()).map_err(|e| self.error(e))?;
+            if settlement.state == SettlementState::Pending {
+                pending.push(settlement);
+            }
+        }
+        Ok(pending)
+    }
+}
+
+impl PaymentHook for Ledger {
+    fn accepted(&self, receipts: &[Priced]) -> Result<(), PaymentError> {
+        self.record(receipts).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+    use crate::receipt::ReceiptEntry;
+
+    fn priced(provider: u8, job: u8, fuel: u64, price: u64) -> Priced {
+        let key = NodeKey::from_secret([provider; 32]);
+        let entry = ReceiptEntry {
+            index: 0,
+            input: [0; 32],
+            output: [1; 32],
+            fuel,
+        };
+        Priced {
+            receipt: Receipt::sign(&key, [job; 32], vec![entry]),
+            price_per_gfuel: price,
+        }
+    }
+
+    fn owed_by(ledger: &Ledger, provider: u8) -> u128 {
+        let node = NodeKey::from_secret([provider; 32]).node_id();
+        ledger
+            .owed()
+            .expect("reads")
+            .into_iter()
+            .find(|(owed, _)| *owed == node)
+            .map_or(0, |(_, nano)| nano)
+    }
+
+    #[test]
+    fn a_receipt_is_owed_once_and_survives_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("golem-ledger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ledger.redb");
+        let first = priced(1, 1, 3_000_000_000, 5);
+        {
+            let ledger = Ledger::open(&path).expect("opens");
+            assert_eq!(ledger.record(&[first.clone(), priced(2, 1, 10, 7)]), Ok(2));
+            assert_eq!(
+                ledger.record(std::slice::from_ref(&first)),
+                Ok(0),
+                "recorded once"
+            );
+        }
+        let ledger = Ledger::open(&path).expect("reopens");
+        assert_eq!(ledger.record(&[first]), Ok(0), "still once after a reopen");
+        assert_eq!(owed_by(&ledger, 1), 15 * NANO);
+        assert_eq!(owed_by(&ledger, 2), 70);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn settlements_pay_whole_units_and_a_failed_one_is_owed_again() {
+        let ledger = Ledger::in_memory().expect("ledger");
+        ledger
+            .record(&[priced(1, 1, 2_500_000_000, 2), priced(2, 1, 100, 1)])
+            .expect("records");
+        let settlement = ledger.begin_settlement().expect("begins").expect("owed");
+        let one = NodeKey::from_secret([1; 32]).node_id();
+        assert_eq!(
+            settlement.payments,
+            [Payment {
+                provider: one,
+                amount: 5
+            }]
+        );
+        assert_eq!(owed_by(&ledger, 1), 0, "moved into the settlement");
+        assert_eq!(owed_by(&ledger, 2), 100, "less than a unit stays owed");
+        assert_eq!(
+            ledger.pending().expect("reads"),
+            std::slice::from_ref(&settlement)
+        );
+        assert_eq!(ledger.begin_settlement(), Ok(None), "nothing more to pay");
+        ledger
+            .finish_settlement(settlement.id, false)
+            .expect("fails cleanly");
+        assert_eq!(owed_by(&ledger, 1), 5 * NANO, "owed again");
+        assert!(ledger.pending().expect("reads").is_empty());
+        let again = ledger.begin_settlement().expect("begins").expect("owed");
+        assert_eq!(again.id, settlement.id + 1);
+        ledger.finish_settlement(again.id, true).expect("paid");
+        assert_eq!(owed_by(&ledger, 1), 0);
+        assert_eq!(
+            ledger.finish_settlement(again.id, true),
+            Err(PaymentError::UnknownSettlement(again.id)),
+            "a settlement ends once"
+        );
+    }
+}

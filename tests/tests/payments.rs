@@ -1,0 +1,102 @@
+//! Payment hooks against real providers over QUIC: accepted receipts are priced at each
+//! provider's rate and recorded once in the embedded ledger; a cheater's are never recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use golem::blocking::block_on;
+use golem::{Golem, Ledger, Verify};
+use golem_fixture::grind;
+use golem_runtime::adversarial::{Cheat, Lie, Network, When};
+use golem_runtime::payment::NANO;
+
+#[test]
+fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothing() {
+    let network = Network::start(&[
+        None,
+        None,
+        Some(Cheat {
+            lie: Lie::WrongOutput { group: 0 },
+            when: When::Always,
+        }),
+    ])
+    .expect("providers");
+    let dir = std::env::temp_dir().join(format!("golem-payments-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("ledger.redb");
+    let ledger = Arc::new(Ledger::open(&path).expect("ledger"));
+    let builder = Golem::builder()
+        .providers(0)
+        .min_providers(3)
+        .wait(Duration::from_secs(20))
+        .payments(ledger.clone());
+    let golem = network
+        .addresses()
+        .into_iter()
+        .fold(builder, |builder, addr| builder.join(addr))
+        .build_blocking()
+        .expect("providers found");
+    let prices: std::collections::HashMap<_, _> = golem
+        .provider_list()
+        .into_iter()
+        .map(|info| (info.node, info.offer.price_per_gfuel))
+        .collect();
+
+    let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 500)).collect();
+    let job = golem
+        .par_for(items.clone(), grind)
+        .verify(Verify::spot_check())
+        .with_report();
+    let (outputs, report) = block_on(job).expect("the job completes");
+    assert!(
+        outputs
+            .iter()
+            .zip(&items)
+            .all(|(out, item)| *out == grind(*item))
+    );
+    assert_eq!(
+        &report
+            .caught
+            .iter()
+            .map(|c| c.node)
+            .collect::<std::collections::HashSet<_>>(),
+        network.cheaters()
+    );
+
+    // What the ledger owes each provider is exactly the fuel of its accepted receipts at its rate.
+    let mut expected = std::collections::HashMap::new();
+    for receipt in &report.receipts {
+        let nano = u128::from(receipt.fuel()) * u128::from(prices[&receipt.provider]);
+        *expected.entry(receipt.provider).or_insert(0u128) += nano;
+    }
+    let owed: std::collections::HashMap<_, _> = ledger.owed().expect("reads").into_iter().collect();
+    assert_eq!(owed, expected);
+    assert!(owed.keys().all(|node| !network.cheaters().contains(node)));
+    assert!(owed.values().all(|nano| *nano > 0), "{owed:?}");
+    drop(golem);
+
+    // The ledger survives a restart, and handing the same receipts in again owes nothing more.
+    drop(ledger);
+    let ledger = Ledger::open(&path).expect("reopens");
+    let again: std::collections::HashMap<_, _> =
+        ledger.owed().expect("reads").into_iter().collect();
+    assert_eq!(again, expected);
+    let priced: Vec<golem::Priced> = report
+        .receipts
+        .iter()
+        .map(|receipt| golem::Priced {
+            receipt: receipt.clone(),
+            price_per_gfuel: prices[&receipt.provider],
+        })
+        .collect();
+    assert_eq!(ledger.record(&priced), Ok(0));
+    let settled: u128 = ledger
+        .begin_settlement()
+        .expect("settles")
+        .map_or(0, |s| s.payments.iter().map(|p| p.amount).sum());
+    assert_eq!(
+        settled,
+        expected.values().map(|nano| nano / NANO).sum::<u128>()
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
