@@ -191,6 +191,23 @@ impl Ledger {
         Ok(new)
     }
 
+    /// Receipts recorded, and what they were worth in all, in billionths of the smallest
+    /// currency unit (paid or not).
+    pub fn recorded(&self) -> Result<(u64, u128), PaymentError> {
+        let read = self.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match read.open_table(RECEIPTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
+            Err(error) => return Err(self.error(error)),
+        };
+        let mut total = (0u64, 0u128);
+        for row in table.iter().map_err(|e| self.error(e))? {
+            let (_, value) = row.map_err(|e| self.error(e))?;
+            total = (total.0 + 1, total.1.saturating_add(value.value()));
+        }
+        Ok(total)
+    }
+
     /// What each provider is owed, in billionths of the smallest currency unit.
     pub fn owed(&self) -> Result<Vec<(NodeId, u128)>, PaymentError> {
         let read = self.db.begin_read().map_err(|e| self.error(e))?;
@@ -374,6 +391,7 @@ mod tests {
         assert_eq!(ledger.record(&[first]), Ok(0), "still once after a reopen");
         assert_eq!(owed_by(&ledger, 1), 15 * NANO);
         assert_eq!(owed_by(&ledger, 2), 70);
+        assert_eq!(ledger.recorded(), Ok((2, 15 * NANO + 70)));
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
