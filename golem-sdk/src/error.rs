@@ -37,6 +37,24 @@ pub enum Error {
         /// How long the builder waited.
         waited: Duration,
     },
+    /// The job's budget ran out: no provider connected could be paid for another subtask.
+    /// The outputs accepted so far are kept: [`Partial::decode`] gives them typed.
+    #[error(
+        "task `{task}` stopped when its budget of {budget} ran out: {} of {} subtasks done, \
+         {spent_nano} billionths spent",
+        partial.settled(),
+        partial.len()
+    )]
+    Budget {
+        /// The task's name.
+        task: &'static str,
+        /// The budget, in the smallest currency unit.
+        budget: u128,
+        /// What the accepted results cost, in billionths of the smallest currency unit.
+        spent_nano: u128,
+        /// The outputs accepted before it ran out, in input order.
+        partial: Partial,
+    },
     /// A job stopped before it finished (the requestor was shut down).
     #[error("the job was aborted: {0}")]
     Aborted(String),
@@ -83,3 +101,43 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Encoded outputs of a job that stopped early, in input order; `None` where a subtask has no
+/// accepted result.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Partial(pub(crate) std::sync::Arc<Vec<Option<Vec<u8>>>>);
+
+impl Partial {
+    /// Subtasks in the job.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the job had no subtasks.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Subtasks with an accepted output.
+    pub fn settled(&self) -> usize {
+        self.0.iter().filter(|output| output.is_some()).count()
+    }
+
+    /// The outputs as the task's output type `O`; an output that does not decode is `None`.
+    pub fn decode<O: serde::de::DeserializeOwned>(&self) -> Vec<Option<O>> {
+        self.0
+            .iter()
+            .map(|output| {
+                output
+                    .as_ref()
+                    .and_then(|bytes| postcard::from_bytes(bytes).ok())
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Partial({} of {} settled)", self.settled(), self.len())
+    }
+}

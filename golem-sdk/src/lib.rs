@@ -95,7 +95,7 @@ pub use crate::task::{Task, TaskData};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use crate::{
-    error::{Error, ModuleError, NodeError, Result, SandboxError, SubtaskError},
+    error::{Error, ModuleError, NodeError, Partial, Result, SandboxError, SubtaskError},
     golem::{Golem, GolemBuilder},
     iterate::{Iterated, Until},
     map_reduce::MapReduce,

@@ -11,6 +11,7 @@ use golem_runtime::proto::requestor::{JobFailure, JobReport};
 use golem_runtime::sandbox::{Limits, ModuleError};
 use golem_runtime::verify::Verify;
 
+use crate::error::Partial;
 use crate::{Error, Golem, Task};
 
 /// A `par_for` being set up; await it (or call [`run`](Self::run)) to run it.
@@ -25,6 +26,7 @@ pub struct ParFor<'g, T: Task, C> {
     seed: Option<u64>,
     progress: Option<ProgressFn>,
     verify: Option<Verify>,
+    budget: Option<u128>,
     _task: PhantomData<T>,
 }
 
@@ -77,6 +79,7 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
             seed: None,
             progress: None,
             verify: None,
+            budget: None,
             _task: PhantomData,
         }
     }
@@ -92,6 +95,7 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
             seed: self.seed,
             progress: self.progress,
             verify: self.verify,
+            budget: self.budget,
             _task: PhantomData,
         }
     }
@@ -125,6 +129,16 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
     /// [`GolemBuilder::verify`](crate::GolemBuilder::verify)).
     pub fn verify(mut self, verify: Verify) -> Self {
         self.verify = Some(verify);
+        self
+    }
+
+    /// Spends at most `budget` (in the smallest currency unit of the providers' prices) on this
+    /// call. A subtask is sent only while what is spent plus the worst case of what runs (each
+    /// subtask burning its whole fuel limit) fits, so set a fuel limit near what the task needs
+    /// ([`limits`](Self::limits)). When no provider can be paid for another subtask the call
+    /// ends with [`Error::Budget`], which keeps the outputs accepted so far.
+    pub fn budget(mut self, budget: u128) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -217,6 +231,7 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
             blobs,
             inputs,
             verify,
+            budget: self.budget,
             progress: self.progress,
         });
         Ok(Pending {
@@ -242,6 +257,22 @@ impl<T: Task> Pending<T> {
             JobFailure::Subtask { index, error } => Error::Subtask { task, index, error },
             JobFailure::Module(error) => Error::Module { task, error },
             JobFailure::Aborted(reason) => Error::Aborted(reason),
+            JobFailure::Budget {
+                budget,
+                spent_nano,
+                outputs,
+                ..
+            } => Error::Budget {
+                task,
+                budget,
+                spent_nano,
+                partial: Partial(Arc::new(
+                    outputs
+                        .into_iter()
+                        .map(|output| output.map(|output| output.bytes))
+                        .collect(),
+                )),
+            },
         })?;
         let outputs = done
             .outputs

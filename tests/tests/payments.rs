@@ -100,3 +100,60 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn a_budget_stops_a_job_within_it_and_keeps_and_pays_the_results_so_far() {
+    let network = Network::start(&[None, None, None]).expect("providers");
+    let ledger = Arc::new(Ledger::in_memory().expect("ledger"));
+    let builder = Golem::builder()
+        .providers(0)
+        .min_providers(3)
+        .wait(Duration::from_secs(20))
+        .payments(ledger.clone());
+    let golem = network
+        .addresses()
+        .into_iter()
+        .fold(builder, |builder, addr| builder.join(addr))
+        .build_blocking()
+        .expect("providers found");
+    // grind((i, 20_000)) burns about 250,000 fuel; a limit of 400,000 bounds the worst case
+    // at 400,000 × 3,000 / 10⁹ = 1.2 units a subtask at the dearest provider.
+    let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 20_000)).collect();
+    let budget = 300;
+    let limits = golem.limits().clone().fuel(400_000);
+    let error = golem
+        .par_for(items.clone(), grind)
+        .limits(limits)
+        .budget(budget)
+        .run()
+        .expect_err("the budget runs out");
+    let golem::Error::Budget {
+        budget: reported,
+        spent_nano,
+        partial,
+        ..
+    } = &error
+    else {
+        panic!("expected Error::Budget, got {error}");
+    };
+    eprintln!("{error}");
+    assert_eq!(*reported, budget);
+    assert!(*spent_nano <= budget * NANO, "spent {spent_nano}");
+    let outputs = partial.decode::<u64>();
+    assert_eq!(outputs.len(), items.len());
+    let settled = outputs.iter().flatten().count();
+    assert!(settled > 100 && settled < items.len(), "{settled} settled");
+    for (output, item) in outputs.iter().zip(&items) {
+        if let Some(output) = output {
+            assert_eq!(*output, grind(*item));
+        }
+    }
+    // What was accepted is owed, and exactly what the job says it spent.
+    let owed: u128 = ledger
+        .owed()
+        .expect("reads")
+        .iter()
+        .map(|(_, nano)| nano)
+        .sum();
+    assert_eq!(owed, *spent_nano);
+}

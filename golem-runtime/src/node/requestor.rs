@@ -22,7 +22,7 @@ use crate::payment::{PaymentHook, Priced};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
-    Check, CheckKind, CheckResult, Event, JobFailure, JobId, JobOutput, ProviderSlot,
+    Check, CheckKind, CheckResult, Event, JobFailure, JobId, JobOutput, JobTerms, ProviderSlot,
     RequestorSession, SchedulerConfig, Transmit,
 };
 use crate::reputation::{Record, ReputationStore, StoreError};
@@ -93,6 +93,8 @@ pub struct JobRequest {
     pub inputs: Vec<Input>,
     /// How results are verified.
     pub verify: Verify,
+    /// Most the job may cost, in the smallest currency unit (see [`JobTerms::budget`]).
+    pub budget: Option<u128>,
     /// Called as subtasks settle.
     pub progress: Option<ProgressFn>,
 }
@@ -484,9 +486,13 @@ impl Owner {
                     Verify::Custom(check) => Some(Arc::clone(check)),
                     _ => None,
                 };
+                let terms = JobTerms {
+                    verify: request.verify,
+                    budget: request.budget,
+                };
                 let job = self
                     .session
-                    .submit(request.spec, request.inputs, request.verify, now);
+                    .submit(request.spec, request.inputs, terms, now);
                 self.tickets.insert(ticket, job);
                 self.jobs.insert(
                     job,
@@ -587,6 +593,7 @@ impl Owner {
         let slot = |info: &ProviderInfo| ProviderSlot {
             concurrency: info.offer.concurrency,
             engine: info.engine,
+            price_per_gfuel: info.offer.price_per_gfuel,
         };
         match &info {
             Some(info) if !self.session.add_provider(node, slot(info), now) => {
@@ -716,9 +723,13 @@ impl Owner {
                     }
                 }
                 Event::Finished { job, result } => {
-                    if let (Ok(done), Some(hook)) = (&result, &self.config.payments) {
-                        let priced: Vec<Priced> = done
-                            .report
+                    let report = match &result {
+                        Ok(done) => Some(&done.report),
+                        Err(JobFailure::Budget { report, .. }) => Some(&**report),
+                        Err(_) => None,
+                    };
+                    if let (Some(report), Some(hook)) = (report, &self.config.payments) {
+                        let priced: Vec<Priced> = report
                             .receipts
                             .iter()
                             .map(|receipt| Priced {

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use super::message::{Batch, BlobId, Input, Item, JobSpec, Outcome, Output, Reply, Request};
 use crate::identity::NodeId;
+use crate::payment::NANO;
 use crate::receipt::{Digest, Receipt, ReceiptEntry};
 use crate::reputation::Reputation;
 use crate::sandbox::{EngineFingerprint, ModuleError, SubtaskError};
@@ -110,6 +111,38 @@ pub enum JobFailure {
     Module(ModuleError),
     /// The job could not go on: the requestor stopped, or could not check results.
     Aborted(String),
+    /// The job's budget cannot pay for another subtask on any provider connected, and
+    /// nothing of it is running: it ends with what it has.
+    Budget {
+        /// The budget, in the smallest currency unit.
+        budget: u128,
+        /// Owed for the accepted results, in billionths of the smallest currency unit.
+        spent_nano: u128,
+        /// The outputs accepted so far, in input order; `None` where a subtask has none.
+        outputs: Vec<Option<Output>>,
+        /// The job's report, with the receipts of the accepted results: they are owed.
+        report: Box<JobReport>,
+    },
+}
+
+/// What a job is submitted with besides its work.
+#[derive(Debug, Clone, Default)]
+pub struct JobTerms {
+    /// How results are verified.
+    pub verify: Verify,
+    /// Most the job may cost, in the smallest currency unit: subtasks are sent only while
+    /// what is spent, plus the worst case of what is running (every subtask burning its whole
+    /// fuel limit at its provider's price), fits.
+    pub budget: Option<u128>,
+}
+
+impl From<Verify> for JobTerms {
+    fn from(verify: Verify) -> Self {
+        Self {
+            verify,
+            budget: None,
+        }
+    }
 }
 
 /// What the session asks the driver to send.
@@ -249,6 +282,8 @@ pub struct ProviderSlot {
     pub concurrency: u32,
     /// Its sandbox engine, when it said.
     pub engine: Option<EngineFingerprint>,
+    /// The price bought, per billion units of fuel.
+    pub price_per_gfuel: u64,
 }
 
 struct JobState {
@@ -275,6 +310,10 @@ struct JobState {
     checks: usize,
     /// Providers that got a copy of any batch.
     providers: HashSet<NodeId>,
+    /// Most the job may cost, in billionths of the smallest currency unit.
+    budget_nano: Option<u128>,
+    /// Owed for the accepted results, in billionths of the smallest currency unit.
+    spent_nano: u128,
     report: JobReport,
 }
 
@@ -287,18 +326,24 @@ impl JobState {
 struct Accepted {
     range: Range<usize>,
     receipts: Vec<Receipt>,
+    /// What the receipts are owed, in billionths of the smallest currency unit.
+    nano: u128,
 }
 
 struct Copy {
     provider: NodeId,
     sent: Instant,
     deadline: Instant,
+    /// The worst case of what it may cost, held against the job's budget.
+    reserved_nano: u128,
 }
 
 /// One provider's answer to a batch, under a verified receipt.
 struct Returned {
     outputs: Vec<Output>,
     receipt: Receipt,
+    /// What it costs if accepted.
+    nano: u128,
 }
 
 struct BatchState {
@@ -392,6 +437,7 @@ const CHECK_ATTEMPTS: u32 = 3;
 struct ProviderState {
     window: usize,
     engine: Option<EngineFingerprint>,
+    price_per_gfuel: u64,
     in_flight: HashSet<u64>,
     /// Blobs sent to this provider, and how many times each was asked for again.
     sent: HashMap<BlobId, u32>,
@@ -469,6 +515,28 @@ impl RequestorSession {
         self
     }
 
+    #[cfg(test)]
+    pub(crate) fn describe_batches(&self) -> String {
+        let mut text = String::new();
+        for (id, state) in &self.batches {
+            let job = &self.jobs[&state.job];
+            text.push_str(&format!(
+                "batch {id}: range {:?} copies {} results {} check {:?} wants {} queued {} cursor {} total {} committed {} budget {:?}\n",
+                state.range,
+                state.copies.len(),
+                state.results.len(),
+                state.check,
+                state.wants(),
+                job.requeued.contains(id),
+                job.cursor,
+                job.total(),
+                self.committed(state.job),
+                job.budget_nano,
+            ));
+        }
+        text
+    }
+
     /// The provider records.
     pub fn reputation(&self) -> &Reputation {
         &self.reputation
@@ -500,6 +568,7 @@ impl RequestorSession {
         self.providers.entry(node).or_insert(ProviderState {
             window: window.max(1),
             engine: slot.engine,
+            price_per_gfuel: slot.price_per_gfuel,
             in_flight: HashSet::new(),
             sent: HashMap::new(),
         });
@@ -521,14 +590,15 @@ impl RequestorSession {
         }
     }
 
-    /// Submits a job over `inputs`, verified with `verify`.
+    /// Submits a job over `inputs` on `terms` (a [`Verify`] alone, or [`JobTerms`]).
     pub fn submit(
         &mut self,
         spec: JobSpec,
         inputs: Vec<Input>,
-        verify: Verify,
+        terms: impl Into<JobTerms>,
         now: Instant,
     ) -> JobId {
+        let JobTerms { verify, budget } = terms.into();
         let job = self.next_job;
         self.next_job += 1;
         let total = inputs.len();
@@ -554,6 +624,8 @@ impl RequestorSession {
                 accepted: BTreeMap::new(),
                 checks: 0,
                 providers: HashSet::new(),
+                budget_nano: budget.map(|units| units.saturating_mul(NANO)),
+                spent_nano: 0,
                 report: JobReport {
                     subtasks: total as u64,
                     ..JobReport::default()
@@ -673,6 +745,26 @@ impl RequestorSession {
                     );
                     return;
                 }
+                let limit = job.spec.limits.fuel;
+                if let Some(entry) = receipt.entries.iter().find(|entry| entry.fuel > limit) {
+                    let reason = format!(
+                        "claimed {} fuel for subtask {}, over the job's limit of {limit}",
+                        entry.fuel, entry.index
+                    );
+                    self.drop_copy(batch, node, false);
+                    self.catch(node, reason, now);
+                    return;
+                }
+                let price = self.providers.get(&node).map_or(0, |p| p.price_per_gfuel);
+                let nano = u128::from(receipt.fuel()) * u128::from(price);
+                // A result whose copy was already given up holds no reservation: it is taken
+                // only if the budget still has room for it.
+                if sent.is_none() && !self.fits(job_id, nano) {
+                    return;
+                }
+                let Some(job) = self.jobs.get_mut(&job_id) else {
+                    return;
+                };
                 job.report.provider_runs += range.len() as u64;
                 if let Some(sent) = sent {
                     let items = u32::try_from(range.len()).unwrap_or(u32::MAX).max(1);
@@ -684,7 +776,11 @@ impl RequestorSession {
                 }
                 if let Some(state) = self.batches.get_mut(&batch) {
                     state.copies.retain(|copy| copy.provider != node);
-                    state.results.push(Returned { outputs, receipt });
+                    state.results.push(Returned {
+                        outputs,
+                        receipt,
+                        nano,
+                    });
                 }
                 self.evaluate(batch, now);
             }
@@ -783,6 +879,8 @@ impl RequestorSession {
         };
         let count = state.range.len() as u64;
         let agreed = state.results.len() > 1;
+        let nano: u128 = state.results.iter().map(|result| result.nano).sum();
+        job.spent_nano = job.spent_nano.saturating_add(nano);
         let mut results = state.results.into_iter();
         let Some(first) = results.next() else {
             return;
@@ -819,6 +917,7 @@ impl RequestorSession {
             Accepted {
                 range: state.range.clone(),
                 receipts,
+                nano,
             },
         );
         let job_id = state.job;
@@ -1136,6 +1235,8 @@ impl RequestorSession {
                     for slot in &mut job.outputs[accepted.range.clone()] {
                         *slot = None;
                     }
+                    // Nobody is paid for a batch a cheater had a hand in.
+                    job.spent_nano = job.spent_nano.saturating_sub(accepted.nano);
                     job.settled -= accepted.range.len();
                     job.report.recomputed += accepted.range.len() as u64;
                     redo.push(accepted.range);
@@ -1412,6 +1513,72 @@ impl RequestorSession {
                 break;
             }
         }
+        self.check_budgets();
+    }
+
+    /// What a job has spent or holds against its budget: accepted results, results awaiting
+    /// agreement, and the worst case of every copy running.
+    fn committed(&self, job_id: JobId) -> u128 {
+        let spent = self.jobs.get(&job_id).map_or(0, |job| job.spent_nano);
+        self.batches
+            .values()
+            .filter(|state| state.job == job_id)
+            .flat_map(|state| {
+                let copies = state.copies.iter().map(|copy| copy.reserved_nano);
+                copies.chain(state.results.iter().map(|result| result.nano))
+            })
+            .fold(spent, u128::saturating_add)
+    }
+
+    /// Whether `nano` more fits in the budget of `job_id`.
+    fn fits(&self, job_id: JobId, nano: u128) -> bool {
+        let budget = self.jobs.get(&job_id).and_then(|job| job.budget_nano);
+        budget.is_none_or(|budget| self.committed(job_id).saturating_add(nano) <= budget)
+    }
+
+    /// Ends every job whose budget cannot pay for one more subtask on any provider connected
+    /// while nothing of it runs; it keeps the outputs it has.
+    fn check_budgets(&mut self) {
+        let stuck: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.budget_nano.is_some() && job.failure.is_none())
+            .filter(|(_, job)| job.settled < job.total() && job.checks == 0)
+            .filter(|(id, _)| {
+                // Results awaiting agreement do not count: the copies that would settle them
+                // are what cannot be paid for.
+                !self.batches.values().any(|state| {
+                    state.job == **id && (!state.copies.is_empty() || state.check.is_some())
+                })
+            })
+            .filter(|(id, job)| {
+                !self.providers.is_empty()
+                    && !self.providers.iter().any(|(node, provider)| {
+                        self.eligible(*node, job)
+                            && self.fits(**id, worst_case(&job.spec, provider.price_per_gfuel, 1))
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            let mut report = job.report.clone();
+            report.receipts = job
+                .accepted
+                .values()
+                .flat_map(|accepted| accepted.receipts.iter().cloned())
+                .collect();
+            let failure = JobFailure::Budget {
+                budget: job.budget_nano.unwrap_or(0) / NANO,
+                spent_nano: job.spent_nano,
+                outputs: job.outputs.clone(),
+                report: Box::new(report),
+            };
+            tracing::info!(job = id, "the job's budget is spent");
+            self.fail(id, failure);
+        }
     }
 
     /// Whether `node` may run batches of `job`: results that are re-run must come from an
@@ -1441,6 +1608,10 @@ impl RequestorSession {
             .filter(|(id, ready)| {
                 *ready <= now
                     && !self.batches[id].holds(node)
+                    && self.fits(
+                        self.batches[id].job,
+                        self.batches[id].copies[0].reserved_nano,
+                    )
                     && self
                         .jobs
                         .get(&self.batches[id].job)
@@ -1465,13 +1636,21 @@ impl RequestorSession {
         if !self.eligible(node, job) {
             return None;
         }
+        // What the budget still holds, and what one subtask may cost at this provider.
+        let price = self.providers.get(&node).map_or(0, |p| p.price_per_gfuel);
+        let per_item = worst_case(&job.spec, price, 1);
+        let room = job
+            .budget_nano
+            .map(|budget| budget.saturating_sub(self.committed(job_id)));
+        let affordable =
+            |items: usize| room.is_none_or(|room| per_item.saturating_mul(items as u128) <= room);
         let job = self.jobs.get_mut(&job_id)?;
         let mut position = 0;
         while position < job.requeued.len() {
             let id = job.requeued[position];
             match self.batches.get(&id) {
                 Some(state) if state.wants() > 0 => {
-                    if !state.holds(node) {
+                    if !state.holds(node) && affordable(state.range.len()) {
                         job.requeued.remove(position);
                         return Some(id);
                     }
@@ -1487,7 +1666,15 @@ impl RequestorSession {
             return None;
         }
         let slots: usize = self.providers.values().map(|p| p.window).sum();
-        let size = batch_size(&self.config, job, slots.max(1));
+        let mut size = batch_size(&self.config, job, slots.max(1));
+        if let Some(room) = room
+            && per_item > 0
+        {
+            size = size.min(usize::try_from(room / per_item).unwrap_or(usize::MAX));
+            if size == 0 {
+                return None;
+            }
+        }
         let range = job.cursor..job.cursor + size;
         job.cursor = range.end;
         let id = self.next_batch;
@@ -1520,10 +1707,15 @@ impl RequestorSession {
                     .max(self.config.min_deadline),
                 None => self.config.first_deadline,
             };
+        let reserved_nano = self
+            .providers
+            .get(&node)
+            .map_or(0, |p| worst_case(&job.spec, p.price_per_gfuel, items.len()));
         state.copies.push(Copy {
             provider: node,
             sent: now,
             deadline,
+            reserved_nano,
         });
         job.providers.insert(node);
         if state.wants() > 0 {
@@ -1576,6 +1768,14 @@ enum Verdict {
     Wrong(String),
     /// The re-run itself could not finish (the requestor's side).
     Unknown(String),
+}
+
+/// The most `items` subtasks of a job may cost at `price_per_gfuel`: each burning its whole
+/// fuel limit, in billionths of the smallest currency unit.
+fn worst_case(spec: &JobSpec, price_per_gfuel: u64, items: usize) -> u128 {
+    u128::from(spec.limits.fuel)
+        .saturating_mul(u128::from(price_per_gfuel))
+        .saturating_mul(items as u128)
 }
 
 /// A provider's standing for the dispatch order: doubles of accepted results.

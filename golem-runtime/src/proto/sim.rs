@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use super::message::{BlobId, Hello, Input, JobSpec, Outcome, Output, Reply, Request};
 use super::provider::{ProviderSession, ProviderSessionConfig};
 use super::requestor::{
-    Check, CheckKind, CheckResult, Event, JobFailure, JobOutput, ProviderSlot, RequestorSession,
-    SchedulerConfig, Transmit,
+    Check, CheckKind, CheckResult, Event, JobFailure, JobOutput, JobTerms, ProviderSlot,
+    RequestorSession, SchedulerConfig, Transmit,
 };
 use crate::adversarial::{Cheat, Cheater};
 use crate::identity::{NodeId, NodeKey};
+use crate::payment::NANO;
 use crate::receipt::Receipt;
 use crate::sandbox::{Limits, SubtaskError};
 use crate::verify::Verify;
@@ -86,6 +87,12 @@ struct Sim {
     poisoned: HashSet<u64>,
     /// How jobs are verified.
     verify: Verify,
+    /// Every provider's price per billion fuel.
+    price: u64,
+    /// Limits of the jobs.
+    limits: Limits,
+    /// Budget of the jobs, in whole units.
+    budget: Option<u128>,
 }
 
 fn expected_output(index: u64, input: &[u8]) -> Vec<u8> {
@@ -134,6 +141,9 @@ impl Sim {
             blobs_sent: HashMap::new(),
             poisoned: HashSet::new(),
             verify: Verify::None,
+            price: 0,
+            limits: Limits::default(),
+            budget: None,
         };
         for (index, behavior) in behaviors.iter().enumerate() {
             if let Behavior::DiesAt(at) = behavior {
@@ -180,6 +190,7 @@ impl Sim {
         let slot = ProviderSlot {
             concurrency,
             engine: None,
+            price_per_gfuel: self.price,
         };
         self.requestor.add_provider(node, slot, self.now());
     }
@@ -317,11 +328,14 @@ impl Sim {
             context: BlobId::of(b"context"),
             seed: [0; 32],
             nonce: [0; 16],
-            limits: Limits::default(),
+            limits: self.limits.clone(),
         };
         let inputs = inputs.into_iter().map(Input::Inline).collect();
-        let verify = self.verify.clone();
-        let job = self.requestor.submit(spec, inputs, verify, self.now());
+        let terms = JobTerms {
+            verify: self.verify.clone(),
+            budget: self.budget,
+        };
+        let job = self.requestor.submit(spec, inputs, terms, self.now());
         self.flush();
         let mut events = Vec::new();
         for _ in 0..10_000_000 {
@@ -353,7 +367,11 @@ impl Sim {
                     let what = self.pending.remove(&seq).expect("scheduled");
                     self.deliver(what);
                 }
-                (None, None) => panic!("the simulation stalled with the job unfinished"),
+                (None, None) => panic!(
+                    "the simulation stalled with the job unfinished: {:?}\n{}",
+                    self.requestor,
+                    self.requestor.describe_batches()
+                ),
             }
             assert!(
                 self.time < Duration::from_secs(3600),
@@ -776,6 +794,7 @@ fn receipts_that_do_not_verify_are_rejected_even_without_verification() {
     let slot = ProviderSlot {
         concurrency: 1,
         engine: None,
+        price_per_gfuel: 0,
     };
     for node in cheaters {
         assert!(!sim.requestor.add_provider(node, slot, now));
@@ -859,6 +878,7 @@ fn an_output_or_fuel_figure_changed_after_signing_is_rejected() {
         let slot = ProviderSlot {
             concurrency: 1,
             engine: None,
+            price_per_gfuel: 0,
         };
         assert!(session.add_provider(node, slot, now));
         let spec = JobSpec {
@@ -895,5 +915,72 @@ fn an_output_or_fuel_figure_changed_after_signing_is_rejected() {
         );
         assert!(!events.iter().any(|e| matches!(e, Event::Finished { .. })));
         assert!(session.reputation().is_banned(&node));
+    }
+}
+
+#[test]
+fn a_budget_is_never_exceeded_and_running_out_keeps_the_results_so_far() {
+    for (seed, verify) in [(1, Verify::None), (2, Verify::redundant(2))] {
+        let network = Network {
+            drop_percent: 2,
+            max_delay_ms: 20,
+        };
+        let config = SchedulerConfig {
+            min_deadline: Duration::from_millis(300),
+            first_deadline: Duration::from_secs(1),
+            max_attempts: 50,
+            ..SchedulerConfig::default()
+        };
+        let mut sim = Sim::new(seed, &[Behavior::Honest; 4], network, config);
+        // A subtask burns 1 fuel of a limit of 10; at 10⁶ per billion fuel it costs 10⁶ nano,
+        // and 10⁷ is held while it runs. One unit (10⁹ nano) pays for at most 1,000 results.
+        sim.price = 1_000_000;
+        sim.limits = Limits::default().fuel(10);
+        sim.budget = Some(1);
+        sim.verify = verify.clone();
+        sim.connect_all();
+        let items = inputs(3_000);
+        let (result, _) = sim.run(items.clone());
+        let Err(JobFailure::Budget {
+            budget,
+            spent_nano,
+            outputs,
+            report,
+        }) = result
+        else {
+            panic!("expected the budget to run out, got {result:?}");
+        };
+        let settled = outputs.iter().filter(|output| output.is_some()).count();
+        println!("budget 1 unit, {verify:?}: {settled} of 3000 settled, {spent_nano} nano spent");
+        assert_eq!(budget, 1);
+        assert!(
+            spent_nano <= NANO,
+            "{spent_nano} spent of a budget of {NANO}"
+        );
+        let per_result = 1_000_000 * verify.copies() as u128;
+        assert_eq!(
+            spent_nano,
+            settled as u128 * per_result,
+            "every accepted copy is paid"
+        );
+        let paid: u64 = report.receipts.iter().map(|r| r.entries.len() as u64).sum();
+        assert_eq!(
+            paid,
+            (settled * verify.copies()) as u64,
+            "receipts of what was accepted"
+        );
+        assert!(settled >= 300, "the budget bought too little: {settled}");
+        for (index, output) in outputs.iter().enumerate() {
+            if let Some(output) = output {
+                assert_eq!(output.bytes, expected_output(index as u64, &items[index]));
+            }
+        }
+        // With room for everything, the job completes and costs what its receipts say.
+        sim.budget = Some(10);
+        let items = inputs(2_000);
+        let (result, _) = sim.run(items.clone());
+        let output = result.expect("the job completes within its budget");
+        let fuel: u64 = output.report.receipts.iter().map(|r| r.fuel()).sum();
+        assert_eq!(fuel as usize, items.len() * verify.copies());
     }
 }
