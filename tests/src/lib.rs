@@ -1,1 +1,21 @@
-//! End-to-end tests of golem live in `tests/` beside this file; this library is empty.
+//! Helpers shared by the end-to-end tests and the processes they start.
+
+use std::time::Duration;
+
+use golem::{Golem, GolemBuilder};
+use golem_runtime::adversarial::Network;
+
+/// A requestor built from `builder` that joins every provider of `network` and waits (up to
+/// 20 s) until all of them are connected.
+pub fn join_all(network: &Network, builder: GolemBuilder) -> Golem {
+    let builder = builder
+        .providers(0)
+        .min_providers(network.providers().len())
+        .wait(Duration::from_secs(20));
+    network
+        .addresses()
+        .into_iter()
+        .fold(builder, |builder, addr| builder.join(addr))
+        .build_blocking()
+        .expect("every provider of the network found")
+}

@@ -2,13 +2,13 @@
 //! provider's rate and recorded once in the embedded ledger; a cheater's are never recorded.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use golem::blocking::block_on;
 use golem::{Golem, Ledger, Verify};
 use golem_fixture::grind;
 use golem_runtime::adversarial::{Cheat, Lie, Network, When};
 use golem_runtime::payment::NANO;
+use golem_tests::join_all;
 
 #[test]
 fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothing() {
@@ -25,17 +25,7 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
     let _ = std::fs::remove_dir_all(&dir);
     let path = dir.join("ledger.redb");
     let ledger = Arc::new(Ledger::open(&path).expect("ledger"));
-    let builder = Golem::builder()
-        .providers(0)
-        .min_providers(3)
-        .wait(Duration::from_secs(20))
-        .payments(ledger.clone());
-    let golem = network
-        .addresses()
-        .into_iter()
-        .fold(builder, |builder, addr| builder.join(addr))
-        .build_blocking()
-        .expect("providers found");
+    let golem = join_all(&network, Golem::builder().payments(ledger.clone()));
     let prices: std::collections::HashMap<_, _> = golem
         .provider_list()
         .into_iter()
@@ -105,17 +95,7 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
 fn a_budget_stops_a_job_within_it_and_keeps_and_pays_the_results_so_far() {
     let network = Network::start(&[None, None, None]).expect("providers");
     let ledger = Arc::new(Ledger::in_memory().expect("ledger"));
-    let builder = Golem::builder()
-        .providers(0)
-        .min_providers(3)
-        .wait(Duration::from_secs(20))
-        .payments(ledger.clone());
-    let golem = network
-        .addresses()
-        .into_iter()
-        .fold(builder, |builder, addr| builder.join(addr))
-        .build_blocking()
-        .expect("providers found");
+    let golem = join_all(&network, Golem::builder().payments(ledger.clone()));
     // grind((i, 20_000)) burns about 250,000 fuel; a limit of 400,000 bounds the worst case
     // at 400,000 × 3,000 / 10⁹ = 1.2 units a subtask at the dearest provider.
     let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 20_000)).collect();

@@ -9,19 +9,7 @@ use golem::{Golem, JobReport, Verify};
 use golem_fixture::{grind, observe};
 use golem_runtime::adversarial::{Cheat, Lie, Network, When};
 use golem_runtime::identity::NodeId;
-
-/// A requestor that joins every provider of `network`.
-fn requestor(network: &Network, builder: golem::GolemBuilder) -> Golem {
-    let builder = builder
-        .providers(0)
-        .min_providers(network.providers().len())
-        .wait(Duration::from_secs(20));
-    let builder = network
-        .addresses()
-        .into_iter()
-        .fold(builder, |b, addr| b.join(addr));
-    builder.build_blocking().expect("all providers found")
-}
+use golem_tests::join_all;
 
 fn cheat(lie: Lie, when: When) -> Option<Cheat> {
     Some(Cheat { lie, when })
@@ -57,7 +45,7 @@ fn wrong(outputs: &[u64], inputs: &[(u64, u32)]) -> usize {
 #[test]
 fn the_same_job_gives_the_same_bytes_on_every_provider() {
     let network = Network::start(&[None, None, None, None]).expect("providers");
-    let golem = requestor(&network, Golem::builder());
+    let golem = join_all(&network, Golem::builder());
     let engines: HashSet<_> = golem.provider_list().iter().map(|p| p.engine).collect();
     assert_eq!(engines.len(), 1, "one engine fingerprint: {engines:?}");
     assert!(engines.iter().all(Option::is_some));
@@ -100,7 +88,7 @@ fn redundancy_over_real_providers_leaves_no_wrong_result() {
     let network = thirty_percent(
         [0, 1, 2].map(|group| cheat(Lie::WrongOutput { group }, When::Sometimes { percent: 20 })),
     );
-    let golem = requestor(&network, Golem::builder());
+    let golem = join_all(&network, Golem::builder());
     let items = inputs();
     let job = golem
         .par_for(items.clone(), grind)
@@ -139,7 +127,7 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
     let records = dir.join("reputation.redb");
     let spot = golem::SpotCheck::default();
     {
-        let golem = requestor(&network, Golem::builder().reputation(&records));
+        let golem = join_all(&network, Golem::builder().reputation(&records));
         let items = inputs();
         let job = golem
             .par_for(items.clone(), grind)
@@ -203,7 +191,7 @@ fn a_custom_check_catches_a_cheater_and_a_tampered_receipt_is_refused_without_on
         cheat(Lie::BadSignature, When::Always),
     ])
     .expect("providers");
-    let golem = requestor(&network, Golem::builder());
+    let golem = join_all(&network, Golem::builder());
     let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 50)).collect();
     // A check that recomputes the output natively: the task is a plain function here.
     let job = golem

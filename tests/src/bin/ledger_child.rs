@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use golem::{Golem, Ledger};
 use golem_fixture::grind;
@@ -51,17 +50,7 @@ fn main() {
     }
 
     let network = Network::start(&[None, None, None]).expect("providers");
-    let builder = Golem::builder()
-        .providers(0)
-        .min_providers(3)
-        .wait(Duration::from_secs(20))
-        .payments(ledger.clone());
-    let golem = network
-        .addresses()
-        .into_iter()
-        .fold(builder, |builder, addr| builder.join(addr))
-        .build_blocking()
-        .expect("providers found");
+    let golem = golem_tests::join_all(&network, Golem::builder().payments(ledger.clone()));
     let items: Vec<(u64, u32)> = (0..300).map(|i| (i, 2_000)).collect();
     loop {
         let job = golem.par_for(items.clone(), grind).with_report();
