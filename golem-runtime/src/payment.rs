@@ -15,9 +15,10 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::db::Db;
 use crate::identity::NodeId;
 use crate::receipt::Receipt;
 
@@ -114,58 +115,41 @@ pub enum SettlementState {
 
 /// The embedded ledger: receipts, balances and settlements in redb, every change one
 /// transaction.
+#[derive(Debug)]
 pub struct Ledger {
-    db: redb::Database,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for Ledger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+    db: Db,
 }
 
 impl Ledger {
     /// Opens the ledger at `path`, creating it (and its directory) when missing; waits up to
     /// 3 s for another holder to let go.
     pub fn open(path: &Path) -> Result<Self, PaymentError> {
-        let error = |message: String| PaymentError::Store {
+        let db = Db::open(path).map_err(|message| PaymentError::Store {
             path: path.into(),
             message,
-        };
-        let db = crate::db::open(path).map_err(error)?;
-        Ok(Self {
-            db,
-            path: path.into(),
-        })
+        })?;
+        Ok(Self { db })
     }
 
     /// A ledger in memory, gone with the process.
     pub fn in_memory() -> Result<Self, PaymentError> {
-        let db = redb::Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| PaymentError::Store {
-                path: PathBuf::new(),
-                message: e.to_string(),
-            })?;
-        Ok(Self {
-            db,
+        let db = Db::in_memory().map_err(|message| PaymentError::Store {
             path: PathBuf::new(),
-        })
+            message,
+        })?;
+        Ok(Self { db })
     }
 
     fn error(&self, error: impl std::fmt::Display) -> PaymentError {
         PaymentError::Store {
-            path: self.path.clone(),
+            path: self.db.path.clone(),
             message: error.to_string(),
         }
     }
 
     /// Records `receipts` in one transaction; returns how many were new.
     pub fn record(&self, receipts: &[Priced]) -> Result<usize, PaymentError> {
-        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         let mut new = 0;
         {
             let mut recorded = write.open_table(RECEIPTS).map_err(|e| self.error(e))?;
@@ -194,41 +178,31 @@ impl Ledger {
     /// Receipts recorded, and what they were worth in all, in billionths of the smallest
     /// currency unit (paid or not).
     pub fn recorded(&self) -> Result<(u64, u128), PaymentError> {
-        let read = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = match read.open_table(RECEIPTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
-            Err(error) => return Err(self.error(error)),
-        };
         let mut total = (0u64, 0u128);
-        for row in table.iter().map_err(|e| self.error(e))? {
-            let (_, value) = row.map_err(|e| self.error(e))?;
-            total = (total.0 + 1, total.1.saturating_add(value.value()));
-        }
+        self.db
+            .scan(RECEIPTS, |_, nano| {
+                total = (total.0 + 1, total.1.saturating_add(nano));
+            })
+            .map_err(|e| self.error(e))?;
         Ok(total)
     }
 
     /// What each provider is owed, in billionths of the smallest currency unit.
     pub fn owed(&self) -> Result<Vec<(NodeId, u128)>, PaymentError> {
-        let read = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = match read.open_table(OWED) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(self.error(error)),
-        };
         let mut owed = Vec::new();
-        for row in table.iter().map_err(|e| self.error(e))? {
-            let (key, value) = row.map_err(|e| self.error(e))?;
-            if let Ok(node) = NodeId::from_bytes(*key.value()) {
-                owed.push((node, value.value()));
-            }
-        }
+        self.db
+            .scan(OWED, |key, nano| {
+                if let Ok(node) = NodeId::from_bytes(*key) {
+                    owed.push((node, nano));
+                }
+            })
+            .map_err(|e| self.error(e))?;
         Ok(owed)
     }
 
     /// Moves every whole unit owed into a new pending settlement; `None` when nothing is owed.
     pub fn begin_settlement(&self) -> Result<Option<Settlement>, PaymentError> {
-        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         let settlement = {
             let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
             let mut settlements = write.open_table(SETTLEMENTS).map_err(|e| self.error(e))?;
@@ -276,7 +250,7 @@ impl Ledger {
 
     /// Ends pending settlement `id`: paid, or failed (its amounts are owed again).
     pub fn finish_settlement(&self, id: u64, paid: bool) -> Result<(), PaymentError> {
-        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         {
             let mut settlements = write.open_table(SETTLEMENTS).map_err(|e| self.error(e))?;
             let stored = settlements
@@ -317,17 +291,15 @@ impl Ledger {
 
     /// Settlements still pending: begun, and not known to be paid or failed.
     pub fn pending(&self) -> Result<Vec<Settlement>, PaymentError> {
-        let read = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = match read.open_table(SETTLEMENTS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(error) => return Err(self.error(error)),
-        };
+        let mut settlements = Vec::new();
+        self.db
+            .scan(SETTLEMENTS, |_, bytes| {
+                settlements.push(postcard::from_bytes::<Settlement>(bytes));
+            })
+            .map_err(|e| self.error(e))?;
         let mut pending = Vec::new();
-        for row in table.iter().map_err(|e| self.error(e))? {
-            let (_, value) = row.map_err(|e| self.error(e))?;
-            let settlement: Settlement =
-                postcard::from_bytes(value.value()).map_err(|e| self.error(e))?;
+        for settlement in settlements {
+            let settlement = settlement.map_err(|e| self.error(e))?;
             if settlement.state == SettlementState::Pending {
                 pending.push(settlement);
             }

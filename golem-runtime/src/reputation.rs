@@ -12,9 +12,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
+use crate::db::Db;
 use crate::identity::NodeId;
 
 /// What a requestor knows of one provider.
@@ -121,37 +122,25 @@ pub struct StoreError {
 const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("provider_records_v1");
 
 /// Provider records on disk.
+#[derive(Debug)]
 pub struct ReputationStore {
-    db: redb::Database,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for ReputationStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReputationStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
+    db: Db,
 }
 
 impl ReputationStore {
     /// Opens the database at `path`, creating it (and its directory) when missing. One process
     /// holds it at a time: opening waits up to 3 s for another holder to close it, then fails.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let error = |message: String| StoreError {
+        let db = Db::open(path).map_err(|message| StoreError {
             path: path.into(),
             message,
-        };
-        let db = crate::db::open(path).map_err(error)?;
-        Ok(Self {
-            db,
-            path: path.into(),
-        })
+        })?;
+        Ok(Self { db })
     }
 
     fn error(&self, error: impl std::fmt::Display) -> StoreError {
         StoreError {
-            path: self.path.clone(),
+            path: self.db.path.clone(),
             message: error.to_string(),
         }
     }
@@ -159,28 +148,20 @@ impl ReputationStore {
     /// Every record stored. A record that does not decode is skipped with a warning, never
     /// fatal: the provider is then treated as new.
     pub fn load(&self) -> Result<Reputation, StoreError> {
-        let read = self.db.begin_read().map_err(|e| self.error(e))?;
-        let table = match read.open_table(RECORDS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Reputation::new()),
-            Err(error) => return Err(self.error(error)),
-        };
         let mut reputation = Reputation::new();
-        for row in table.iter().map_err(|e| self.error(e))? {
-            let (key, value) = row.map_err(|e| self.error(e))?;
-            let node = <[u8; 32]>::try_from(key.value())
-                .ok()
-                .and_then(|bytes| NodeId::from_bytes(bytes).ok());
-            let record = postcard::from_bytes::<Record>(value.value()).ok();
-            match (node, record) {
-                (Some(node), Some(record)) => {
-                    reputation.records.insert(node, record);
+        self.db
+            .scan(RECORDS, |key, value| {
+                let node = <[u8; 32]>::try_from(key)
+                    .ok()
+                    .and_then(|bytes| NodeId::from_bytes(bytes).ok());
+                match (node, postcard::from_bytes::<Record>(value).ok()) {
+                    (Some(node), Some(record)) => {
+                        reputation.records.insert(node, record);
+                    }
+                    _ => tracing::warn!(path = %self.db.path.display(), "skipped a corrupt provider record"),
                 }
-                _ => {
-                    tracing::warn!(path = %self.path.display(), "skipped a corrupt provider record")
-                }
-            }
-        }
+            })
+            .map_err(|e| self.error(e))?;
         Ok(reputation)
     }
 
@@ -189,7 +170,7 @@ impl ReputationStore {
         if records.is_empty() {
             return Ok(());
         }
-        let write = self.db.begin_write().map_err(|e| self.error(e))?;
+        let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         {
             let mut table = write.open_table(RECORDS).map_err(|e| self.error(e))?;
             for (node, record) in records {

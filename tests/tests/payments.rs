@@ -44,13 +44,15 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
             .zip(&items)
             .all(|(out, item)| *out == grind(*item))
     );
-    assert_eq!(
-        &report
-            .caught
+    // The cheater is caught if any result of it was accepted before the job ended (the honest
+    // providers may finish everything while it compiles); either way it is owed nothing.
+    let caught: std::collections::HashSet<_> = report.caught.iter().map(|c| c.node).collect();
+    assert!(caught.is_subset(network.cheaters()), "{caught:?}");
+    assert!(
+        report
+            .receipts
             .iter()
-            .map(|c| c.node)
-            .collect::<std::collections::HashSet<_>>(),
-        network.cheaters()
+            .all(|r| !network.cheaters().contains(&r.provider))
     );
 
     // What the ledger owes each provider is exactly the fuel of its accepted receipts at its rate.

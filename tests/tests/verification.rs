@@ -192,7 +192,7 @@ fn a_custom_check_catches_a_cheater_and_a_tampered_receipt_is_refused_without_on
     ])
     .expect("providers");
     let golem = join_all(&network, Golem::builder());
-    let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 50)).collect();
+    let items: Vec<(u64, u32)> = (0..2_000).map(|i| (i, 20_000)).collect();
     // A check that recomputes the output natively: the task is a plain function here.
     let job = golem
         .par_for(items.clone(), grind)
