@@ -1079,7 +1079,7 @@ impl RequestorSession {
                 batch,
                 provider,
                 claimed,
-            } => match compare(&state.check.batch, claimed, ran) {
+            } => match compare(&state.check.batch, claimed, &ran) {
                 Verdict::Right => self.verified_if_accepted(job_id, *batch, *provider, items),
                 Verdict::Wrong(reason) => {
                     self.catch_if_accepted(job_id, *batch, *provider, reason, now);
@@ -1093,12 +1093,8 @@ impl RequestorSession {
                 };
                 let mut wrong = Vec::new();
                 for result in &batch_state.results {
-                    let claimed: Vec<Output> = state
-                        .offsets
-                        .iter()
-                        .map(|&offset| result.outputs[offset].clone())
-                        .collect();
-                    match compare(&state.check.batch, &claimed, ran.clone()) {
+                    let claimed = state.offsets.iter().map(|&offset| &result.outputs[offset]);
+                    match compare(&state.check.batch, claimed, &ran) {
                         Verdict::Right => {}
                         Verdict::Wrong(reason) => wrong.push((result.receipt.provider, reason)),
                         Verdict::Unknown(reason) => return self.retry_check(state, &reason, now),
@@ -1735,10 +1731,14 @@ impl RequestorSession {
 }
 
 /// Compares claimed outputs with a re-run's.
-fn compare(batch: &Batch, claimed: &[Output], ran: Result<Vec<Output>, Outcome>) -> Verdict {
+fn compare<'a>(
+    batch: &Batch,
+    claimed: impl IntoIterator<Item = &'a Output>,
+    ran: &Result<Vec<Output>, Outcome>,
+) -> Verdict {
     match ran {
         Ok(outputs) => {
-            for ((item, claim), actual) in batch.items.iter().zip(claimed).zip(&outputs) {
+            for ((item, claim), actual) in batch.items.iter().zip(claimed).zip(outputs) {
                 if claim.bytes != actual.bytes {
                     return Verdict::Wrong(format!(
                         "subtask {}: its output differs from the requestor's re-run",
