@@ -75,6 +75,34 @@ impl Drop for Executor {
     }
 }
 
+/// An input's bytes: borrowed from its batch, or a blob held elsewhere.
+pub(crate) enum InputBytes<'a> {
+    Inline(&'a [u8]),
+    Blob(Arc<[u8]>),
+}
+
+impl std::ops::Deref for InputBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline(bytes) => bytes,
+            Self::Blob(bytes) => bytes,
+        }
+    }
+}
+
+/// The bytes of `input`, a blob looked up with `blob`; `None` when the blob is not held.
+pub(crate) fn input_bytes<'a>(
+    input: &'a Input,
+    blob: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
+) -> Option<InputBytes<'a>> {
+    match input {
+        Input::Inline(bytes) => Some(InputBytes::Inline(bytes)),
+        Input::Blob(id) => blob(id).map(InputBytes::Blob),
+    }
+}
+
 /// Runs every subtask of `batch`, stopping at the first failure; `blob` looks up the module,
 /// context and large inputs. The error is any [`Outcome`] but `Outputs`.
 pub(crate) fn run_batch(
@@ -92,17 +120,10 @@ pub(crate) fn run_batch(
     let context = blob(&job.context).ok_or_else(|| missing("context"))?;
     let mut outputs = Vec::with_capacity(batch.items.len());
     for item in &batch.items {
-        let bytes;
-        let input: &[u8] = match &item.input {
-            Input::Inline(bytes) => bytes,
-            Input::Blob(id) => {
-                bytes = blob(id).ok_or_else(|| missing("input"))?;
-                &bytes
-            }
-        };
+        let input = input_bytes(&item.input, &blob).ok_or_else(|| missing("input"))?;
         let call = Call {
             context: Arc::clone(&context),
-            input,
+            input: &input,
             seed: subtask_seed(&job.seed, item.index),
         };
         // A host-side bug must not take the worker thread (and every later batch) down with it.

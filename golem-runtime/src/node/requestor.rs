@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::blobs::send_blob;
-use super::exec::{Executor, run_batch};
+use super::exec::{Executor, input_bytes, run_batch};
 use super::{Bootstrap, Handshake, NodeError, handshake};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
@@ -826,23 +826,13 @@ fn run_custom(
     lookup: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
 ) -> CheckResult {
     for (item, claimed) in check.batch.items.iter().zip(&check.claimed) {
-        let blob;
-        let input: &[u8] = match &item.input {
-            Input::Inline(bytes) => bytes,
-            Input::Blob(id) => match lookup(id) {
-                Some(bytes) => {
-                    blob = bytes;
-                    &blob
-                }
-                None => {
-                    return CheckResult::Failed(format!(
-                        "the input of subtask {} is not held by the requestor",
-                        item.index
-                    ));
-                }
-            },
+        let Some(input) = input_bytes(&item.input, &lookup) else {
+            return CheckResult::Failed(format!(
+                "the input of subtask {} is not held by the requestor",
+                item.index
+            ));
         };
-        let call = std::panic::AssertUnwindSafe(|| custom(item.index, input, &claimed.bytes));
+        let call = std::panic::AssertUnwindSafe(|| custom(item.index, &input, &claimed.bytes));
         match std::panic::catch_unwind(call) {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => return CheckResult::Custom(Err((item.index, reason))),
