@@ -6,7 +6,9 @@
 //! fraction of results, or only once the provider has returned enough honest results to be
 //! trusted.
 
-use crate::proto::message::{Batch, Output};
+use crate::identity::NodeKey;
+use crate::proto::message::{Batch, Outcome, Output};
+use crate::receipt::Receipt;
 
 /// What a cheater lies about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +75,20 @@ impl Cheater {
         self.lies
     }
 
+    /// What this cheater, signing with `key`, returns for `outputs` of `batch`: outputs
+    /// altered before they are signed, or a signature spoiled after.
+    pub fn outcome(&mut self, key: &NodeKey, batch: &Batch, mut outputs: Vec<Output>) -> Outcome {
+        let spoil = self.tamper(batch, &mut outputs);
+        let mut signature = Receipt::for_batch(key, batch, &outputs).signature;
+        if spoil {
+            signature.0[0] ^= 1;
+        }
+        Outcome::Outputs { outputs, signature }
+    }
+
     /// Alters `outputs` of `batch` before they are signed; returns whether to spoil the
     /// signature afterwards.
-    pub fn tamper(&mut self, batch: &Batch, outputs: &mut [Output]) -> bool {
+    fn tamper(&mut self, batch: &Batch, outputs: &mut [Output]) -> bool {
         let mut spoil = false;
         for (item, output) in batch.items.iter().zip(outputs.iter_mut()) {
             self.results += 1;

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{IdentityError, NodeId, NodeKey, Signature};
-use crate::proto::message::{Batch, JobSpec, Output};
+use crate::proto::message::{Batch, JobSpec, Outcome, Output};
 
 /// The domain receipt signatures are made in (see [`NodeKey::sign`]).
 pub const RECEIPT_DOMAIN: &str = "golem receipt v1";
@@ -116,6 +116,14 @@ fn signed_message(job: &Digest, entries: &[ReceiptEntry]) -> Digest {
         hasher.update(&entry.fuel.to_le_bytes());
     }
     *hasher.finalize().as_bytes()
+}
+
+impl Outcome {
+    /// `outputs` of `batch`, under the signature of `key` over their receipt.
+    pub fn signed(key: &NodeKey, batch: &Batch, outputs: Vec<Output>) -> Self {
+        let signature = Receipt::for_batch(key, batch, &outputs).signature;
+        Self::Outputs { outputs, signature }
+    }
 }
 
 impl JobSpec {

@@ -18,7 +18,6 @@ use crate::proto::message::{
     Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Peer, Request,
 };
 use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
-use crate::receipt::Receipt;
 use crate::sandbox::Sandbox;
 
 /// Settings of a [`ProviderNode`].
@@ -106,20 +105,13 @@ impl Shared {
     fn run(&self, batch: &Batch) -> Outcome {
         let store = &self.store;
         match run_batch(&self.sandbox, |id| store.get(id), batch) {
-            #[cfg_attr(not(feature = "adversarial"), allow(unused_mut))]
-            Ok(mut outputs) => {
+            Ok(outputs) => {
                 #[cfg(feature = "adversarial")]
-                let spoil = self.cheater.as_ref().is_some_and(|cheater| {
+                if let Some(cheater) = &self.cheater {
                     let mut cheater = cheater.lock().unwrap_or_else(PoisonError::into_inner);
-                    cheater.tamper(batch, &mut outputs)
-                });
-                #[cfg_attr(not(feature = "adversarial"), allow(unused_mut))]
-                let mut signature = Receipt::for_batch(&self.key, batch, &outputs).signature;
-                #[cfg(feature = "adversarial")]
-                if spoil {
-                    signature.0[0] ^= 1;
+                    return cheater.outcome(&self.key, batch, outputs);
                 }
-                Outcome::Outputs { outputs, signature }
+                Outcome::signed(&self.key, batch, outputs)
             }
             Err(outcome) => outcome,
         }

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::message::{BlobId, Hello, Input, JobSpec, Outcome, Output, Reply, Request};
+use super::message::{Batch, BlobId, Hello, Input, JobSpec, Outcome, Output, Reply, Request};
 use super::provider::{ProviderSession, ProviderSessionConfig};
 use super::requestor::{
     Check, CheckKind, CheckResult, Event, JobFailure, JobOutput, JobTerms, ProviderSlot,
@@ -202,26 +202,36 @@ impl Sim {
         self.flush();
     }
 
-    /// The requestor's side of a check: a re-run computes the true outputs.
-    fn run_check(&self, check: &Check) -> CheckResult {
+    /// The task, run honestly: the true outputs, or the failure of the first poisoned
+    /// subtask.
+    fn run_batch(&self, batch: &Batch) -> Result<Vec<Output>, Outcome> {
         let mut outputs = Vec::new();
-        for item in &check.batch.items {
+        for item in &batch.items {
             let Input::Inline(input) = &item.input else {
                 panic!("the simulation sends inline inputs only");
             };
             if self.poisoned.contains(&item.index) {
-                return CheckResult::Ran(Err(Outcome::Failed {
+                return Err(Outcome::Failed {
                     index: item.index,
                     error: SubtaskError::Panic {
                         message: "poisoned".into(),
                     },
-                }));
+                });
             }
             outputs.push(Output {
                 bytes: expected_output(item.index, input),
                 fuel: 1,
             });
         }
+        Ok(outputs)
+    }
+
+    /// The requestor's side of a check: a re-run computes the true outputs.
+    fn run_check(&self, check: &Check) -> CheckResult {
+        let outputs = match self.run_batch(&check.batch) {
+            Ok(outputs) => outputs,
+            Err(failed) => return CheckResult::Ran(Err(failed)),
+        };
         match check.kind {
             CheckKind::Rerun => CheckResult::Ran(Ok(outputs)),
             CheckKind::Custom => {
@@ -268,41 +278,15 @@ impl Sim {
                 if self.providers[index].behavior == Behavior::Hangs {
                     continue;
                 }
-                let mut outputs = Vec::new();
-                let mut outcome = None;
-                for item in &batch.items {
-                    let Input::Inline(input) = &item.input else {
-                        panic!("the simulation sends inline inputs only");
-                    };
-                    if self.poisoned.contains(&item.index) {
-                        outcome = Some(Outcome::Failed {
-                            index: item.index,
-                            error: SubtaskError::Panic {
-                                message: "poisoned".into(),
-                            },
-                        });
-                        break;
-                    }
-                    outputs.push(Output {
-                        bytes: expected_output(item.index, input),
-                        fuel: 1,
-                    });
-                }
+                let ran = self.run_batch(&batch);
                 let cost =
                     Duration::from_micros(batch.items.len() as u64 * (500 + self.rng.below(1000)));
                 let provider = &mut self.providers[index];
-                let outcome = outcome.unwrap_or_else(|| {
-                    let spoil = provider
-                        .cheater
-                        .as_mut()
-                        .is_some_and(|cheater| cheater.tamper(&batch, &mut outputs));
-                    let mut signature =
-                        Receipt::for_batch(&provider.key, &batch, &outputs).signature;
-                    if spoil {
-                        signature.0[0] ^= 1;
-                    }
-                    Outcome::Outputs { outputs, signature }
-                });
+                let outcome = match (ran, &mut provider.cheater) {
+                    (Err(failed), _) => failed,
+                    (Ok(outputs), Some(cheater)) => cheater.outcome(&provider.key, &batch, outputs),
+                    (Ok(outputs), None) => Outcome::signed(&provider.key, &batch, outputs),
+                };
                 self.schedule(
                     self.time + cost,
                     Deliver::WorkDone(index, batch.id, outcome),
