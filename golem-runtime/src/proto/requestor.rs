@@ -1548,10 +1548,15 @@ impl RequestorSession {
                 })
             })
             .filter(|(id, job)| {
+                let committed = self.committed(**id);
+                let affordable = |price: u64| {
+                    let one = worst_case(&job.spec, price, 1);
+                    job.budget_nano
+                        .is_none_or(|budget| committed.saturating_add(one) <= budget)
+                };
                 !self.providers.is_empty()
                     && !self.providers.iter().any(|(node, provider)| {
-                        self.eligible(*node, job)
-                            && self.fits(**id, worst_case(&job.spec, provider.price_per_gfuel, 1))
+                        self.eligible(*node, job) && affordable(provider.price_per_gfuel)
                     })
             })
             .map(|(id, _)| *id)
