@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use golem::{Golem, GolemBuilder};
+use golem::{Golem, GolemBuilder, Ledger};
 use golem_runtime::adversarial::Network;
 
 /// A requestor built from `builder` that joins every provider of `network` and waits (up to
@@ -18,4 +18,14 @@ pub fn join_all(network: &Network, builder: GolemBuilder) -> Golem {
         .fold(builder, |builder, addr| builder.join(addr))
         .build_blocking()
         .expect("every provider of the network found")
+}
+
+/// What `ledger` owes all providers together, in billionths of the smallest currency unit.
+pub fn owed_in_all(ledger: &Ledger) -> u128 {
+    ledger
+        .owed()
+        .expect("the ledger reads")
+        .iter()
+        .map(|(_, nano)| nano)
+        .sum()
 }

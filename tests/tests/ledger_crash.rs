@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use golem::Ledger;
 use golem_runtime::payment::NANO;
+use golem_tests::owed_in_all;
 
 #[test]
 fn kill_9_at_random_points_loses_no_receipt_and_pays_none_twice() {
@@ -71,12 +72,7 @@ fn kill_9_at_random_points_loses_no_receipt_and_pays_none_twice() {
     let ledger = Ledger::open(&ledger).expect("ledger");
     assert!(ledger.pending().expect("reads").is_empty());
     let (recorded, recorded_nano) = ledger.recorded().expect("reads");
-    let owed: u128 = ledger
-        .owed()
-        .expect("reads")
-        .iter()
-        .map(|(_, nano)| nano)
-        .sum();
+    let owed = owed_in_all(&ledger);
     let log = std::fs::read_to_string(&payments).unwrap_or_default();
     let mut ids = std::collections::HashSet::new();
     let mut paid = 0u128;

@@ -8,7 +8,7 @@ use golem::{Golem, Ledger, Verify};
 use golem_fixture::grind;
 use golem_runtime::adversarial::{Cheat, Lie, Network, When};
 use golem_runtime::payment::NANO;
-use golem_tests::join_all;
+use golem_tests::{join_all, owed_in_all};
 
 #[test]
 fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothing() {
@@ -131,11 +131,6 @@ fn a_budget_stops_a_job_within_it_and_keeps_and_pays_the_results_so_far() {
         }
     }
     // What was accepted is owed, and exactly what the job says it spent.
-    let owed: u128 = ledger
-        .owed()
-        .expect("reads")
-        .iter()
-        .map(|(_, nano)| nano)
-        .sum();
+    let owed = owed_in_all(&ledger);
     assert_eq!(owed, *spent_nano);
 }
