@@ -27,6 +27,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::sandbox::EngineFingerprint;
+
 /// A user's check of one result: (subtask index, encoded input, encoded output) to `Ok` or
 /// the reason the output is wrong.
 pub type CheckFn = dyn Fn(u64, &[u8], &[u8]) -> Result<(), String> + Send + Sync;
@@ -82,6 +84,20 @@ impl Verify {
     /// a sample, break a tie or confirm a failure).
     pub fn reruns(&self) -> bool {
         !matches!(self, Self::None)
+    }
+
+    /// Whether a provider whose engine is `theirs` may run a job under this strategy for a
+    /// requestor whose sandbox engine is `ours`: results that are re-run are compared byte for
+    /// byte, which holds only between equal engines. An engine not known is not refused.
+    pub fn engine_fits(
+        &self,
+        ours: Option<EngineFingerprint>,
+        theirs: Option<EngineFingerprint>,
+    ) -> bool {
+        match (ours, theirs) {
+            (Some(ours), Some(theirs)) if self.reruns() => ours == theirs,
+            _ => true,
+        }
     }
 }
 

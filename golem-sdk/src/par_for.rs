@@ -216,7 +216,7 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
             .golem
             .provider_list()
             .iter()
-            .filter(|p| !verify.reruns() || p.engine.is_none_or(|theirs| theirs == engine))
+            .filter(|p| verify.engine_fits(Some(engine), p.engine))
             .count();
         let copies = verify.copies();
         if copies > found {

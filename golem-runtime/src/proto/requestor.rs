@@ -1585,14 +1585,8 @@ impl RequestorSession {
     /// Whether `node` may run batches of `job`: results that are re-run must come from an
     /// engine equal to the requestor's.
     fn eligible(&self, node: NodeId, job: &JobState) -> bool {
-        if !job.verify.reruns() {
-            return true;
-        }
         let theirs = self.providers.get(&node).and_then(|p| p.engine);
-        match (self.engine, theirs) {
-            (Some(ours), Some(theirs)) => ours == theirs,
-            _ => true,
-        }
+        job.verify.engine_fits(self.engine, theirs)
     }
 
     /// Gives `node` one batch: a requeued one, a new one, or a backup copy.
