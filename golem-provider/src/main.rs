@@ -19,6 +19,7 @@ use std::sync::Arc;
 use clap::Parser;
 use golem_runtime::identity::NodeKey;
 use golem_runtime::node::{Bootstrap, ProviderNode, ProviderNodeConfig};
+use golem_runtime::payment::{Books, Payee};
 use golem_runtime::proto::provider::ProviderSessionConfig;
 use golem_runtime::sandbox::{Sandbox, SandboxConfig};
 
@@ -73,6 +74,16 @@ struct Args {
     /// (or fetched again with --no-cache) when a job needs them.
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes_usize)]
     blob_memory: usize,
+
+    /// Where requestors should pay for this provider's work: an Ethereum address (0x and 40
+    /// hex digits). Told to every requestor that connects.
+    #[arg(long, value_name = "ADDRESS")]
+    pay_to: Option<Payee>,
+
+    /// Refuse new work from a requestor that owes more than this (in the smallest currency
+    /// unit, by this provider's own books in DIR/books.redb). Default: no limit.
+    #[arg(long, value_name = "UNITS")]
+    credit_limit: Option<u128>,
 
     /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
     #[arg(long, value_name = "FILTER")]
@@ -159,6 +170,11 @@ fn run(args: Args) -> Result<(), String> {
         blob_memory_bytes: args.blob_memory,
         threads: Some(threads),
         session: ProviderSessionConfig::default(),
+        payee: args.pay_to,
+        books: Some(Arc::new(
+            Books::open(&dir.join("books.redb")).map_err(|error| error.to_string())?,
+        )),
+        credit_limit: args.credit_limit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

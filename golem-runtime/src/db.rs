@@ -79,3 +79,18 @@ impl Db {
         Ok(())
     }
 }
+
+/// A table of amounts keyed by 32 bytes (a node id, a receipt key).
+pub(crate) type Amounts = TableDefinition<'static, &'static [u8; 32], u128>;
+
+/// Adds `amount` to the value at `key` (0 when missing), saturating; returns the new value.
+pub(crate) fn add_amount(
+    table: &mut redb::Table<'_, &'static [u8; 32], u128>,
+    key: &[u8; 32],
+    amount: u128,
+) -> Result<u128, redb::StorageError> {
+    let before = table.get(key)?.map_or(0, |guard| guard.value());
+    let after = before.saturating_add(amount);
+    table.insert(key, after)?;
+    Ok(after)
+}

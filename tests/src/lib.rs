@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "ethereum")]
+pub mod chain;
+
 use golem::{Golem, GolemBuilder, Ledger};
 use golem_runtime::adversarial::Network;
 

@@ -77,6 +77,7 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
         .receipts
         .iter()
         .map(|receipt| golem::Priced {
+            payee: None,
             receipt: receipt.clone(),
             price_per_gfuel: prices[&receipt.provider],
         })

@@ -462,17 +462,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_of_another_version_is_told_so() {
-        let (client_saw, server_saw) = dial_speaking(b"golem/2").await;
+        let (client_saw, server_saw) = dial_speaking(b"golem/3").await;
         assert_eq!(
             client_saw,
             NetError::VersionMismatch {
-                ours: "golem/2".into()
+                ours: "golem/3".into()
             }
         );
         assert_eq!(
             server_saw,
             NetError::VersionMismatch {
-                ours: "golem/1".into()
+                ours: "golem/2".into()
             }
         );
     }

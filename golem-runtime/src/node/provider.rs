@@ -13,9 +13,10 @@ use super::exec::{Executor, run_batch};
 use super::{Bootstrap, NodeError, handshake, reachable};
 use crate::identity::{NodeId, NodeKey};
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
+use crate::payment::{Books, Payee};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
-    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Peer, Request,
+    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Peer, Request,
 };
 use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
 use crate::sandbox::Sandbox;
@@ -43,6 +44,15 @@ pub struct ProviderNodeConfig {
     pub threads: Option<usize>,
     /// Settings of each connection's session.
     pub session: ProviderSessionConfig,
+    /// Where requestors should pay this provider; told in its hello.
+    pub payee: Option<Payee>,
+    /// The provider's own books: each batch it returns is promised to them at its price, and
+    /// the payments that arrive are entered by whatever watches the payment channel
+    /// ([`Books::arrived`]).
+    pub books: Option<Arc<Books>>,
+    /// With books, the most a requestor may owe (whole units, by the books); past it the
+    /// requestor's batches are answered with [`Outcome::Unpaid`] until it pays.
+    pub credit_limit: Option<u128>,
 }
 
 impl ProviderNodeConfig {
@@ -65,6 +75,9 @@ impl ProviderNodeConfig {
             blob_memory_bytes: BlobStore::DEFAULT_MEMORY_BYTES,
             threads: None,
             session: ProviderSessionConfig::default(),
+            payee: None,
+            books: None,
+            credit_limit: None,
         }
     }
 }
@@ -101,28 +114,58 @@ impl Shared {
         peers
     }
 
-    /// Runs `batch` on this thread and signs the receipt of its outputs.
-    fn run(&self, batch: &Batch) -> Outcome {
+    /// Runs `batch` for `requestor` on this thread, signs the receipt of its outputs and
+    /// enters what they are worth at `price_per_gfuel` in the books.
+    fn run(&self, batch: &Batch, requestor: NodeId, price_per_gfuel: u64) -> Outcome {
         let store = &self.store;
-        match run_batch(&self.sandbox, |id| store.get(id), batch) {
-            Ok(outputs) => {
-                #[cfg(feature = "adversarial")]
-                if let Some(cheater) = &self.cheater {
-                    let mut cheater = cheater.lock().unwrap_or_else(PoisonError::into_inner);
-                    return cheater.outcome(&self.key, batch, outputs);
-                }
-                Outcome::signed(&self.key, batch, outputs)
-            }
+        let outcome = match run_batch(&self.sandbox, |id| store.get(id), batch) {
+            Ok(outputs) => self.sign(batch, outputs),
             Err(outcome) => outcome,
+        };
+        if let (Some(books), Outcome::Outputs { outputs, .. }) = (&self.config.books, &outcome) {
+            let fuel: u128 = outputs.iter().map(|output| u128::from(output.fuel)).sum();
+            if let Err(error) = books.promise(requestor, fuel * u128::from(price_per_gfuel)) {
+                tracing::error!(%requestor, %error, "work delivered not entered in the books");
+            }
         }
+        outcome
     }
 
-    /// Whether a batch's limits fit one of the flavors sold.
-    fn fits(&self, batch: &Batch) -> bool {
+    fn sign(&self, batch: &Batch, outputs: Vec<Output>) -> Outcome {
+        #[cfg(feature = "adversarial")]
+        if let Some(cheater) = &self.cheater {
+            let mut cheater = cheater.lock().unwrap_or_else(PoisonError::into_inner);
+            return cheater.outcome(&self.key, batch, outputs);
+        }
+        Outcome::signed(&self.key, batch, outputs)
+    }
+
+    /// The cheapest flavor sold whose limits a batch fits: the rate it is charged at.
+    fn offer_for(&self, batch: &Batch) -> Option<&Offer> {
         let limits = &batch.job.limits;
-        self.config.offers.iter().any(|offer| {
-            limits.memory_bytes as u64 <= offer.memory_bytes && limits.fuel <= offer.fuel
-        })
+        self.config
+            .offers
+            .iter()
+            .filter(|offer| {
+                limits.memory_bytes as u64 <= offer.memory_bytes && limits.fuel <= offer.fuel
+            })
+            .min_by_key(|offer| offer.price_per_gfuel)
+    }
+
+    /// [`Outcome::Unpaid`] when the books say `requestor` owes more than the credit limit.
+    fn unpaid(&self, requestor: NodeId) -> Option<Outcome> {
+        let (books, limit) = (self.config.books.as_ref()?, self.config.credit_limit?);
+        match books.account(requestor) {
+            Ok(account) if account.owed() > limit => Some(Outcome::Unpaid {
+                owed: account.owed(),
+                limit,
+            }),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::error!(%requestor, %error, "cannot read the books");
+                None
+            }
+        }
     }
 }
 
@@ -204,6 +247,7 @@ impl ProviderNode {
             listen: Some(config.advertise.unwrap_or(addr)),
             offers: config.offers.clone(),
             engine: Some(sandbox.fingerprint()),
+            payee: config.payee,
         };
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -357,15 +401,19 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
         }
         while let Some(batch) = session.poll_work() {
             let id = batch.id;
-            if !shared.fits(&batch) {
+            let Some(price) = shared.offer_for(&batch).map(|offer| offer.price_per_gfuel) else {
                 let reason = "the job's limits exceed every flavor of this provider";
                 session.handle_done(id, Outcome::Retry(reason.into()));
+                continue;
+            };
+            if let Some(unpaid) = shared.unpaid(peer) {
+                session.handle_done(id, unpaid);
                 continue;
             }
             let events = events.clone();
             let worker = Arc::clone(&shared);
             let submitted = shared.executor.submit(move || {
-                let outcome = worker.run(&batch);
+                let outcome = worker.run(&batch, peer, price);
                 let _ = events.send(ConnEvent::Done(id, outcome));
             });
             if submitted.is_err() {

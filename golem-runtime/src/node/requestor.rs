@@ -18,7 +18,7 @@ use super::{Bootstrap, Handshake, NodeError, handshake};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint};
-use crate::payment::{PaymentHook, Priced};
+use crate::payment::{Payee, PaymentHook, Priced};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
@@ -395,8 +395,9 @@ struct Owner {
     store: Option<ReputationStore>,
     /// When provider records were last saved.
     saved: Instant,
-    /// The rate bought from each provider used, per billion units of fuel.
-    prices: HashMap<NodeId, u64>,
+    /// What each provider used is paid: the rate bought, per billion units of fuel, and where
+    /// it wants the money.
+    prices: HashMap<NodeId, (u64, Option<Payee>)>,
     endpoint: Arc<Endpoint>,
     node: NodeId,
     conns: HashMap<NodeId, Conn>,
@@ -603,7 +604,8 @@ impl Owner {
             }
             Some(info) => {
                 tracing::info!(%node, addr = %info.addr, flavor = %info.offer.flavor, "provider joined");
-                self.prices.insert(node, info.offer.price_per_gfuel);
+                self.prices
+                    .insert(node, (info.offer.price_per_gfuel, hello.payee));
             }
             None if hello.offers.is_empty() => {
                 tracing::debug!(%node, "connected to a node that sells nothing")
@@ -732,13 +734,17 @@ impl Owner {
                         let priced: Vec<Priced> = report
                             .receipts
                             .iter()
-                            .map(|receipt| Priced {
-                                price_per_gfuel: self
+                            .map(|receipt| {
+                                let (price_per_gfuel, payee) = self
                                     .prices
                                     .get(&receipt.provider)
                                     .copied()
-                                    .unwrap_or(0),
-                                receipt: receipt.clone(),
+                                    .unwrap_or_default();
+                                Priced {
+                                    receipt: receipt.clone(),
+                                    price_per_gfuel,
+                                    payee,
+                                }
                             })
                             .collect();
                         if let Err(error) = hook.accepted(&priced) {
@@ -756,6 +762,13 @@ impl Owner {
                 Event::Caught(caught) => {
                     self.close(caught.node, &caught.reason);
                     self.save_records_soon(true);
+                }
+                Event::Unpaid { node, owed, limit } => {
+                    tracing::warn!(
+                        %node, owed, limit,
+                        "the provider takes no more work until it is paid"
+                    );
+                    self.close(node, "unpaid");
                 }
             }
         }
@@ -881,6 +894,7 @@ async fn dial(
         listen: None,
         offers: Vec::new(),
         engine: None,
+        payee: None,
     };
     let Handshake {
         connection,

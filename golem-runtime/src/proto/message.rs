@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{NodeId, Signature};
+use crate::payment::Payee;
 use crate::sandbox::{EngineFingerprint, Limits, ModuleError, ModuleHash, SubtaskError};
 
 /// A content address: the blake3 hash of a blob's bytes.
@@ -88,6 +89,8 @@ pub struct Hello {
     pub offers: Vec<Offer>,
     /// The sender's sandbox engine: outputs are byte-comparable between equal fingerprints.
     pub engine: Option<EngineFingerprint>,
+    /// Where the sender wants to be paid for its work, if it sells any.
+    pub payee: Option<Payee>,
 }
 
 /// Which job a batch belongs to: everything a provider needs besides the items.
@@ -214,6 +217,14 @@ pub enum Outcome {
     /// The provider could not run the batch (overloaded, a blob missing, shutting down);
     /// another provider may.
     Retry(String),
+    /// The provider takes no more work from this requestor until it is paid: by its own books
+    /// the requestor owes more than the provider's credit limit (in the smallest currency unit).
+    Unpaid {
+        /// What the requestor owes the provider.
+        owed: u128,
+        /// The most the provider lets a requestor owe.
+        limit: u128,
+    },
 }
 
 /// Provider to requestor, on the control stream.

@@ -253,6 +253,7 @@ mod tests {
             listen: None,
             offers: Vec::new(),
             engine: None,
+            payee: None,
         }
     }
 

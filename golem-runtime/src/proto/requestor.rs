@@ -237,6 +237,17 @@ pub enum Event {
     /// A provider was caught cheating and is banned (see the session's
     /// [`Reputation`]); the driver should close its connection.
     Caught(Caught),
+    /// A provider takes no more work until it is paid: by its books this requestor owes it
+    /// `owed`, over its credit limit. It is dropped from the session; the driver should close
+    /// its connection and settle.
+    Unpaid {
+        /// The provider.
+        node: NodeId,
+        /// What it says it is owed, in the smallest currency unit.
+        owed: u128,
+        /// The most it lets a requestor owe.
+        limit: u128,
+    },
 }
 
 /// How a check is carried out.
@@ -828,6 +839,13 @@ impl RequestorSession {
                 tracing::debug!(%node, batch, %reason, "batch given back");
                 self.drop_copy(batch, node, true);
                 self.check_attempts(batch, range.start, SubtaskError::Internal(reason));
+            }
+            Outcome::Unpaid { owed, limit } => {
+                // Not the batch's fault: its copy goes back, and so does all other work of a
+                // provider that takes none until it is paid.
+                self.drop_copy(batch, node, false);
+                self.drop_provider(node);
+                self.events.push_back(Event::Unpaid { node, owed, limit });
             }
         }
     }

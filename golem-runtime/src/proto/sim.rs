@@ -117,6 +117,7 @@ impl Sim {
                         listen: None,
                         offers: Vec::new(),
                         engine: None,
+                        payee: None,
                     },
                     ProviderSessionConfig {
                         blob_wait: Duration::from_secs(5),

@@ -13,17 +13,69 @@
 //! settlement still pending after a restart ([`Ledger::pending`]) is resolved by asking the
 //! payment backend whether it went through.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::db::Db;
+use crate::db::{Amounts, Db, add_amount};
 use crate::identity::NodeId;
 use crate::receipt::Receipt;
 
+mod books;
+#[cfg(feature = "ethereum")]
+pub mod ethereum;
+
+pub use books::{Account, Books};
+
 /// Billionths of the smallest currency unit per unit.
 pub const NANO: u128 = 1_000_000_000;
+
+/// Where a provider wants to be paid; it says so in its
+/// [`Hello`](crate::proto::message::Hello).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Payee {
+    /// An Ethereum account.
+    Ethereum([u8; 20]),
+}
+
+impl std::str::FromStr for Payee {
+    type Err = String;
+
+    /// An Ethereum address: `0x` and 40 hex digits.
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.strip_prefix("0x")
+            .or_else(|| text.strip_prefix("0X"))
+            .and_then(from_hex)
+            .and_then(|bytes| <[u8; 20]>::try_from(bytes).ok())
+            .map(Self::Ethereum)
+            .ok_or_else(|| format!("`{text}` is not an Ethereum address (0x and 40 hex digits)"))
+    }
+}
+
+impl fmt::Display for Payee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ethereum(address) => {
+                f.write_str("0x")?;
+                address.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+            }
+        }
+    }
+}
+
+/// The bytes that `hex` (an even number of hex digits) spells.
+pub(crate) fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect()
+}
 
 /// An accepted receipt and the rate it is paid at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +84,8 @@ pub struct Priced {
     pub receipt: Receipt,
     /// Price per billion units of fuel, in the smallest currency unit.
     pub price_per_gfuel: u64,
+    /// Where the provider wants to be paid, if it said.
+    pub payee: Option<Payee>,
 }
 
 impl Priced {
@@ -56,6 +110,8 @@ impl Priced {
 pub struct Payment {
     /// Who is paid.
     pub provider: NodeId,
+    /// Where, as the provider last said.
+    pub payee: Option<Payee>,
     /// How much, in the smallest currency unit.
     pub amount: u128,
 }
@@ -85,11 +141,15 @@ pub trait PaymentHook: Send + Sync {
 }
 
 /// Receipts already recorded: key → nano amount.
-const RECEIPTS: TableDefinition<'_, &[u8; 32], u128> = TableDefinition::new("receipts_v1");
+const RECEIPTS: Amounts = TableDefinition::new("receipts_v1");
 /// Owed per provider, in nano units.
-const OWED: TableDefinition<'_, &[u8; 32], u128> = TableDefinition::new("owed_v1");
+const OWED: Amounts = TableDefinition::new("owed_v1");
+/// Where each provider wants to be paid: node id → postcard(Payee).
+const PAYEES: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("payees_v1");
 /// Settlements: id → postcard(Settlement).
-const SETTLEMENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("settlements_v1");
+const SETTLEMENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("settlements_v2");
+/// The ledger's own facts: its random id.
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta_v1");
 
 /// A batch of payments and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,56 +178,97 @@ pub enum SettlementState {
 #[derive(Debug)]
 pub struct Ledger {
     db: Db,
+    id: [u8; 16],
 }
 
 impl Ledger {
     /// Opens the ledger at `path`, creating it (and its directory) when missing; waits up to
     /// 3 s for another holder to let go.
     pub fn open(path: &Path) -> Result<Self, PaymentError> {
-        let db = Db::open(path).map_err(|message| PaymentError::Store {
+        let store = |message| PaymentError::Store {
             path: path.into(),
             message,
-        })?;
-        Ok(Self { db })
+        };
+        Self::with_db(Db::open(path).map_err(store)?)
     }
 
     /// A ledger in memory, gone with the process.
     pub fn in_memory() -> Result<Self, PaymentError> {
-        let db = Db::in_memory().map_err(|message| PaymentError::Store {
+        let store = |message| PaymentError::Store {
             path: PathBuf::new(),
             message,
-        })?;
-        Ok(Self { db })
+        };
+        Self::with_db(Db::in_memory().map_err(store)?)
     }
 
-    fn error(&self, error: impl std::fmt::Display) -> PaymentError {
+    /// Reads the ledger's id, drawing it when the ledger is new.
+    fn with_db(db: Db) -> Result<Self, PaymentError> {
+        let mut ledger = Self { db, id: [0; 16] };
+        let write = ledger.db.db.begin_write().map_err(|e| ledger.error(e))?;
+        {
+            let mut meta = write.open_table(META).map_err(|e| ledger.error(e))?;
+            let stored = meta
+                .get("id")
+                .map_err(|e| ledger.error(e))?
+                .and_then(|guard| <[u8; 16]>::try_from(guard.value()).ok());
+            match stored {
+                Some(id) => ledger.id = id,
+                None => {
+                    getrandom::fill(&mut ledger.id).map_err(|e| ledger.error(e))?;
+                    meta.insert("id", ledger.id.as_slice())
+                        .map_err(|e| ledger.error(e))?;
+                }
+            }
+        }
+        write.commit().map_err(|e| ledger.error(e))?;
+        Ok(ledger)
+    }
+
+    fn error(&self, error: impl fmt::Display) -> PaymentError {
         PaymentError::Store {
             path: self.db.path.clone(),
             message: error.to_string(),
         }
     }
 
-    /// Records `receipts` in one transaction; returns how many were new.
+    /// The ledger's random id, drawn when it was created: it names this ledger's settlements
+    /// where several ledgers may pay (a payment contract).
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// A name for settlement `id` that no other ledger's settlement has.
+    pub fn settlement_key(&self, id: u64) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_derive_key("golem settlement v1");
+        hasher.update(&self.id);
+        hasher.update(&id.to_le_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Records `receipts` in one transaction; returns how many were new. A receipt naming a
+    /// payee also records where its provider wants to be paid.
     pub fn record(&self, receipts: &[Priced]) -> Result<usize, PaymentError> {
         let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         let mut new = 0;
         {
             let mut recorded = write.open_table(RECEIPTS).map_err(|e| self.error(e))?;
             let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
+            let mut payees = write.open_table(PAYEES).map_err(|e| self.error(e))?;
             for priced in receipts {
+                let provider = priced.receipt.provider.as_bytes();
+                if let Some(payee) = &priced.payee {
+                    let bytes = postcard::to_allocvec(payee).map_err(|e| self.error(e))?;
+                    payees
+                        .insert(provider, bytes.as_slice())
+                        .map_err(|e| self.error(e))?;
+                }
                 let key = priced.key();
                 if recorded.get(&key).map_err(|e| self.error(e))?.is_some() {
                     continue;
                 }
                 let amount = priced.nano_amount();
                 recorded.insert(&key, amount).map_err(|e| self.error(e))?;
-                let provider = priced.receipt.provider.as_bytes();
-                let before = owed
-                    .get(provider)
-                    .map_err(|e| self.error(e))?
-                    .map_or(0, |guard| guard.value());
-                owed.insert(provider, before.saturating_add(amount))
-                    .map_err(|e| self.error(e))?;
+                add_amount(&mut owed, provider, amount).map_err(|e| self.error(e))?;
                 new += 1;
             }
         }
@@ -202,23 +303,47 @@ impl Ledger {
 
     /// Moves every whole unit owed into a new pending settlement; `None` when nothing is owed.
     pub fn begin_settlement(&self) -> Result<Option<Settlement>, PaymentError> {
+        self.begin_settlement_with(usize::MAX, |_| true)
+    }
+
+    /// Moves the whole units owed to at most `max_payments` providers that `payable` accepts
+    /// (a backend pays only providers with a payee it can reach) into a new pending settlement;
+    /// `None` when there are none.
+    pub fn begin_settlement_with(
+        &self,
+        max_payments: usize,
+        payable: impl Fn(&Payment) -> bool,
+    ) -> Result<Option<Settlement>, PaymentError> {
         let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         let settlement = {
             let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
+            let payees = write.open_table(PAYEES).map_err(|e| self.error(e))?;
             let mut settlements = write.open_table(SETTLEMENTS).map_err(|e| self.error(e))?;
             let mut payments = Vec::new();
             let mut remainders = Vec::new();
             for row in owed.iter().map_err(|e| self.error(e))? {
+                if payments.len() >= max_payments {
+                    break;
+                }
                 let (key, value) = row.map_err(|e| self.error(e))?;
                 let (key, nano) = (*key.value(), value.value());
                 let Ok(provider) = NodeId::from_bytes(key) else {
                     continue;
                 };
-                if nano >= NANO {
-                    payments.push(Payment {
-                        provider,
-                        amount: nano / NANO,
-                    });
+                if nano < NANO {
+                    continue;
+                }
+                let payee = payees
+                    .get(&key)
+                    .map_err(|e| self.error(e))?
+                    .and_then(|guard| postcard::from_bytes(guard.value()).ok());
+                let payment = Payment {
+                    provider,
+                    payee,
+                    amount: nano / NANO,
+                };
+                if payable(&payment) {
+                    payments.push(payment);
                     remainders.push((key, nano % NANO));
                 }
             }
@@ -266,13 +391,8 @@ impl Ledger {
             if !paid {
                 let mut owed = write.open_table(OWED).map_err(|e| self.error(e))?;
                 for payment in &settlement.payments {
-                    let key = payment.provider.as_bytes();
-                    let before = owed
-                        .get(key)
-                        .map_err(|e| self.error(e))?
-                        .map_or(0, |guard| guard.value());
                     let back = payment.amount.saturating_mul(NANO);
-                    owed.insert(key, before.saturating_add(back))
+                    add_amount(&mut owed, payment.provider.as_bytes(), back)
                         .map_err(|e| self.error(e))?;
                 }
             }
@@ -331,6 +451,7 @@ mod tests {
         Priced {
             receipt: Receipt::sign(&key, [job; 32], vec![entry]),
             price_per_gfuel: price,
+            payee: None,
         }
     }
 
@@ -379,6 +500,7 @@ mod tests {
             settlement.payments,
             [Payment {
                 provider: one,
+                payee: None,
                 amount: 5
             }]
         );

@@ -1,0 +1,291 @@
+//! Settlement on a real Ethereum node: anvil (from the npm registry) on 127.0.0.1, the
+//! BatchPay contract deployed from the committed bytecode, settlements from the embedded ledger.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::sol_types::SolCall;
+
+use golem_runtime::identity::{NodeId, NodeKey};
+use golem_runtime::payment::ethereum::{
+    BATCH_PAY_ABI, BATCH_PAY_BIN, Chain, ChainConfig, ChainError, Watcher,
+};
+use golem_runtime::payment::{Books, Ledger, NANO, Payee, Priced};
+use golem_runtime::receipt::{Receipt, ReceiptEntry};
+use golem_tests::chain::{Anvil, SOLC_PACKAGE, address_of, npm_tool};
+
+alloy::sol! {
+    function pay(bytes32 batch, bytes32 from, address[] payees, uint256[] amounts) external payable;
+}
+
+/// A provider's receipt for one subtask of job `job` that burned `fuel`, priced at `price`
+/// per billion fuel, to be paid to `payee`.
+fn priced(key: &NodeKey, job: u8, fuel: u64, price: u64, payee: [u8; 20]) -> Priced {
+    let entry = ReceiptEntry {
+        index: 0,
+        input: [job; 32],
+        output: [1; 32],
+        fuel,
+    };
+    Priced {
+        receipt: Receipt::sign(key, [job; 32], vec![entry]),
+        price_per_gfuel: price,
+        payee: Some(Payee::Ethereum(payee)),
+    }
+}
+
+/// `count` providers, each with an address of its own that holds nothing yet.
+fn providers(count: u8) -> Vec<(NodeKey, [u8; 20])> {
+    (0..count)
+        .map(|index| {
+            let mut address = [0x5a; 20];
+            address[19] = index;
+            (NodeKey::from_secret([index + 1; 32]), address)
+        })
+        .collect()
+}
+
+/// Records two receipts per provider; returns the whole units each address is owed.
+fn record_work(ledger: &Ledger, providers: &[(NodeKey, [u8; 20])]) -> HashMap<[u8; 20], u128> {
+    let mut expected = HashMap::new();
+    for (index, (key, address)) in providers.iter().enumerate() {
+        let step = index as u64 + 1;
+        let receipts = [
+            priced(key, 1, step * 3_000_000_000 + 7, 1_000 * step, *address),
+            priced(key, 2, 500_000_000, 2_000, *address),
+        ];
+        assert_eq!(ledger.record(&receipts), Ok(2));
+        let nano: u128 = receipts.iter().map(Priced::nano_amount).sum();
+        expected.insert(*address, nano / NANO);
+    }
+    expected
+}
+
+fn deploy(anvil: &Anvil) -> [u8; 20] {
+    anvil
+        .block_on(Chain::deploy(&anvil.url, anvil.keys[0]))
+        .expect("BatchPay deploys")
+}
+
+fn connect(anvil: &Anvil, config: ChainConfig) -> Chain {
+    anvil
+        .block_on(Chain::connect(config))
+        .expect("the contract is found")
+}
+
+fn requestor() -> NodeId {
+    NodeKey::from_secret([200; 32]).node_id()
+}
+
+/// Transactions sent from `address`.
+fn nonce(anvil: &Anvil, address: [u8; 20]) -> u64 {
+    let hex: String = anvil.rpc(
+        "eth_getTransactionCount",
+        (Payee::Ethereum(address).to_string(), "latest"),
+    );
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16).expect("a hex count")
+}
+
+#[test]
+fn the_contract_source_compiles_to_the_committed_bytecode() {
+    let solcjs = npm_tool("solcjs", SOLC_PACKAGE);
+    let out = std::env::temp_dir().join(format!("golem-solc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let contracts = concat!(env!("CARGO_MANIFEST_DIR"), "/../golem-runtime/contracts");
+    let status = Command::new(&solcjs)
+        .args([
+            "--bin",
+            "--abi",
+            "--optimize",
+            "--optimize-runs",
+            "200",
+            "-o",
+        ])
+        .arg(&out)
+        .arg("BatchPay.sol")
+        .current_dir(contracts)
+        .status()
+        .expect("solcjs runs");
+    assert!(status.success(), "solcjs failed: {status}");
+    let read = |ext| {
+        std::fs::read_to_string(out.join(format!("BatchPay_sol_BatchPay.{ext}")))
+            .expect("solcjs wrote its output")
+    };
+    assert_eq!(read("bin").trim(), BATCH_PAY_BIN.trim(), "bytecode differs");
+    assert_eq!(read("abi").trim(), BATCH_PAY_ABI.trim(), "ABI differs");
+    std::fs::remove_dir_all(&out).expect("clean up");
+}
+
+#[test]
+fn one_transaction_pays_a_hundred_providers_and_each_sees_it_in_its_books() {
+    let anvil = Anvil::start(&[]);
+    let contract = deploy(&anvil);
+    let chain = connect(
+        &anvil,
+        ChainConfig::new(&anvil.url, anvil.keys[1], contract),
+    );
+    let ledger = Ledger::in_memory().expect("ledger");
+    let providers = providers(100);
+    let expected = record_work(&ledger, &providers);
+
+    let report = anvil
+        .block_on(chain.settle(&ledger, requestor()))
+        .expect("settles");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(report.paid.len(), 1, "one settlement: {report:?}");
+    let settled = &report.paid[0];
+    assert_eq!(settled.payees, 100);
+    assert_eq!(settled.amount, expected.values().sum::<u128>());
+    let gas = settled.gas_used.expect("sent in this call");
+    println!(
+        "100 providers paid {} wei in one transaction: {gas} gas, {} per payee",
+        settled.amount,
+        gas / 100
+    );
+    assert_eq!(
+        nonce(&anvil, address_of(anvil.keys[1])),
+        1,
+        "one transaction"
+    );
+    for (address, units) in &expected {
+        assert_eq!(anvil.balance(*address), *units, "balance of {address:?}");
+    }
+    assert!(ledger.pending().expect("reads").is_empty());
+    let owed = ledger.owed().expect("reads");
+    assert!(
+        owed.iter().all(|(_, nano)| *nano < NANO),
+        "only fractions stay"
+    );
+    let again = anvil
+        .block_on(chain.settle(&ledger, requestor()))
+        .expect("settles");
+    assert!(
+        again.paid.is_empty() && again.failed.is_empty(),
+        "{again:?}"
+    );
+
+    // The provider's own books: what arrived, from whom, counted once however often it looks.
+    let (_, first) = providers[0];
+    let books = Books::in_memory().expect("books");
+    let mut watcher = Watcher::new(&anvil.url, contract, first, 0).expect("watcher");
+    assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(1));
+    assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(0));
+    let account = books.account(requestor()).expect("reads");
+    assert_eq!(account.arrived, expected[&first]);
+    let mut rewatch = Watcher::new(&anvil.url, contract, first, 0).expect("watcher");
+    assert_eq!(anvil.block_on(rewatch.poll(&books)), Ok(0), "seen already");
+}
+
+#[test]
+fn a_retried_settlement_never_pays_twice() {
+    let anvil = Anvil::start(&[]);
+    let contract = deploy(&anvil);
+    let mut config = ChainConfig::new(&anvil.url, anvil.keys[1], contract);
+    config.receipt_timeout = Duration::from_secs(1);
+    let chain = connect(&anvil, config);
+    let ledger = Ledger::in_memory().expect("ledger");
+    let expected = record_work(&ledger, &providers(3));
+
+    // Nothing is mined: the settlement is sent, its receipt never comes, it stays pending.
+    anvil.automine(false);
+    let first = anvil.block_on(chain.settle(&ledger, requestor()));
+    assert!(
+        matches!(first, Err(ChainError::Unconfirmed { id: 0, .. })),
+        "{first:?}"
+    );
+    assert_eq!(ledger.pending().expect("reads").len(), 1);
+    // Sent again, as after a crash: the node sees the first in its pool, where the batch is
+    // paid, and refuses the copy; the settlement stays pending.
+    let second = anvil.block_on(chain.settle(&ledger, requestor()));
+    assert!(
+        matches!(&second, Err(ChainError::Unconfirmed { id: 0, message }) if message.contains("refused")),
+        "{second:?}"
+    );
+    assert_eq!(ledger.pending().expect("reads").len(), 1);
+    anvil.mine();
+    anvil.automine(true);
+    assert_eq!(anvil.block_on(chain.is_paid(&ledger, 0)), Ok(true));
+
+    // The same batch sent once more past every check of the node (a fixed gas limit): the
+    // contract reverts it and pays nothing.
+    let payees: Vec<Address> = expected.keys().map(|a| Address::from(*a)).collect();
+    let amounts: Vec<U256> = expected.values().map(|u| U256::from(*u)).collect();
+    let replay = payCall {
+        batch: B256::from(ledger.settlement_key(0)),
+        from: B256::from(*requestor().as_bytes()),
+        payees,
+        amounts,
+    };
+    let total: u128 = expected.values().sum();
+    let (ok, _) = anvil.send(
+        anvil.keys[1],
+        contract,
+        replay.abi_encode(),
+        total,
+        Some(300_000),
+    );
+    assert!(!ok, "the contract refuses a batch it paid");
+    assert_eq!(
+        nonce(&anvil, address_of(anvil.keys[1])),
+        2,
+        "the first and the replay"
+    );
+
+    // The ledger learns from the chain that the settlement was paid, and sends nothing.
+    let report = anvil
+        .block_on(chain.settle(&ledger, requestor()))
+        .expect("resolves");
+    assert_eq!(report.paid.len(), 1, "{report:?}");
+    assert_eq!(report.paid[0].tx, None, "paid by an earlier transaction");
+    assert!(ledger.pending().expect("reads").is_empty());
+    for (address, units) in &expected {
+        assert_eq!(anvil.balance(*address), *units, "paid once");
+    }
+    assert_eq!(nonce(&anvil, address_of(anvil.keys[1])), 2, "nothing sent");
+    let again = anvil
+        .block_on(chain.settle(&ledger, requestor()))
+        .expect("settles");
+    assert!(again.paid.is_empty(), "nothing more to pay: {again:?}");
+}
+
+#[test]
+fn a_failed_transaction_leaves_the_ledger_consistent() {
+    let anvil = Anvil::start(&[]);
+    let contract = deploy(&anvil);
+    // A payer with no ether: the node refuses its transaction.
+    let payer_key = [0x42; 32];
+    let payer = address_of(payer_key);
+    let chain = connect(&anvil, ChainConfig::new(&anvil.url, payer_key, contract));
+    let ledger = Ledger::in_memory().expect("ledger");
+    let expected = record_work(&ledger, &providers(5));
+    let owed_before = ledger.owed().expect("reads");
+    let recorded = ledger.recorded().expect("reads").1;
+
+    let report = anvil
+        .block_on(chain.settle(&ledger, requestor()))
+        .expect("a refusal is a report, not an error");
+    assert!(report.paid.is_empty(), "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    println!("refused: {}", report.failed[0].1);
+    assert!(ledger.pending().expect("reads").is_empty());
+    assert_eq!(ledger.owed().expect("reads"), owed_before, "owed again");
+    for address in expected.keys() {
+        assert_eq!(anvil.balance(*address), 0);
+    }
+
+    // Funded, it pays: exactly what was owed, and the books balance to the billionth.
+    anvil.set_balance(payer, 10u128.pow(18));
+    let report = anvil
+        .block_on(chain.settle(&ledger, requestor()))
+        .expect("settles");
+    assert_eq!(report.paid.len(), 1, "{report:?}");
+    assert_eq!(report.paid[0].id, 1, "a new settlement");
+    let paid: u128 = expected.values().sum();
+    for (address, units) in &expected {
+        assert_eq!(anvil.balance(*address), *units);
+    }
+    let owed: u128 = ledger.owed().expect("reads").iter().map(|(_, n)| n).sum();
+    assert_eq!(paid * NANO + owed, recorded);
+}
