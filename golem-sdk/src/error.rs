@@ -58,6 +58,10 @@ pub enum Error {
     /// A job stopped before it finished (the requestor was shut down).
     #[error("the job was aborted: {0}")]
     Aborted(String),
+    /// Paying providers on chain failed (see [`Golem::settle`](crate::Golem::settle)).
+    #[cfg(feature = "ethereum")]
+    #[error("settlement: {0}")]
+    Settlement(#[from] golem_runtime::payment::ethereum::ChainError),
     /// A task's module was refused before it ran.
     #[error("task `{task}` cannot run: {error}")]
     Module {

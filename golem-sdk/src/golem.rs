@@ -74,6 +74,30 @@ impl Golem {
         GolemBuilder::default()
     }
 
+    /// This requestor's node id: providers know it by this, and their books keep what it owes
+    /// under it.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.requestor.node_id()
+    }
+
+    /// Pays on chain what `ledger` owes providers that named an Ethereum payee, one
+    /// transaction per settlement, tagged with this requestor's node id so providers can tell
+    /// whose debt it settles ([`Chain::settle`](golem_runtime::payment::ethereum::Chain::settle)).
+    /// Runs on golem's network runtime, so it may be awaited from any executor.
+    #[cfg(feature = "ethereum")]
+    pub async fn settle(
+        &self,
+        ledger: Arc<golem_runtime::payment::Ledger>,
+        chain: golem_runtime::payment::ethereum::Chain,
+    ) -> Result<golem_runtime::payment::ethereum::SettleReport, Error> {
+        let from = self.node_id();
+        let settle = async move { chain.settle(&ledger, from).await };
+        match self.spawn(settle).await {
+            Ok(report) => Ok(report?),
+            Err(_) => Err(Error::Network("the network runtime stopped".into())),
+        }
+    }
+
     /// Number of providers jobs are scheduled on now.
     pub fn providers(&self) -> usize {
         self.inner.requestor.providers().len()

@@ -104,13 +104,18 @@ pub use crate::{
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use golem_runtime::{
-    payment::{Ledger, PaymentHook, Priced},
+    payment::{Account, Books, Ledger, NANO, Payee, PaymentHook, Priced},
     proto::requestor::{Caught, JobReport},
     receipt::Receipt,
     reputation::Record,
     sandbox::{Limits, SandboxConfig},
     verify::{SpotCheck, Verify},
 };
+
+/// Settling with providers on Ethereum: the BatchPay contract, [`Chain`](ethereum::Chain) for
+/// requestors ([`Golem::settle`]) and [`Watcher`](ethereum::Watcher) for providers' books.
+#[cfg(all(feature = "ethereum", not(target_arch = "wasm32")))]
+pub use golem_runtime::payment::ethereum;
 
 /// Everything a task crate usually needs: `use golem::prelude::*;`.
 pub mod prelude {

@@ -289,3 +289,133 @@ fn a_failed_transaction_leaves_the_ledger_consistent() {
     let owed: u128 = ledger.owed().expect("reads").iter().map(|(_, n)| n).sum();
     assert_eq!(paid * NANO + owed, recorded);
 }
+
+#[test]
+fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
+    use std::sync::Arc;
+
+    use golem::Golem;
+    use golem::blocking::block_on;
+    use golem_fixture::grind;
+    use golem_runtime::node::{ProviderNode, ProviderNodeConfig};
+    use golem_runtime::sandbox::{Sandbox, SandboxConfig};
+
+    let anvil = Anvil::start(&[]);
+    let contract = deploy(&anvil);
+    let payee = [0x77; 20];
+    let books = Arc::new(Books::in_memory().expect("books"));
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(6)).expect("engine"));
+    let mut config = ProviderNodeConfig::local(&sandbox, 2);
+    config.offers[0].price_per_gfuel = 1_000_000_000_000;
+    config.payee = Some(Payee::Ethereum(payee));
+    config.books = Some(Arc::clone(&books));
+    let key = NodeKey::from_secret([0x33; 32]);
+    // Started on anvil's runtime, which outlives it.
+    let provider = anvil
+        .block_on(async { ProviderNode::start(&key, sandbox, config) })
+        .expect("provider");
+    let ledger = Arc::new(Ledger::in_memory().expect("ledger"));
+    let golem = Golem::builder()
+        .join(format!("{}@{}", provider.node_id(), provider.addr()))
+        .payments(ledger.clone())
+        .build_blocking()
+        .expect("the provider is found");
+    let chain = connect(
+        &anvil,
+        ChainConfig::new(&anvil.url, anvil.keys[1], contract),
+    );
+    let job =
+        |first: u64| -> Vec<(u64, u32)> { (first..first + 300).map(|i| (i, 3_000)).collect() };
+
+    // One job, unlimited credit: the provider's books and the requestor's ledger agree.
+    let first = job(0);
+    let outputs = golem
+        .par_for(first.clone(), grind)
+        .run()
+        .expect("the first job runs");
+    assert!(
+        outputs
+            .iter()
+            .zip(&first)
+            .all(|(out, item)| *out == grind(*item))
+    );
+    let owed = books.account(golem.node_id()).expect("reads");
+    let (_, recorded) = ledger.recorded().expect("reads");
+    println!("after one job the provider's books say {owed:?}, the requestor's ledger {recorded}");
+    assert_eq!(
+        owed.promised_nano, recorded,
+        "both sides count the same work"
+    );
+    let one_job = owed.owed();
+    assert!(one_job > 0);
+
+    // A limit of one and a half jobs: the second job runs until the debt passes it, then the
+    // provider refuses it and it waits.
+    provider.set_credit_limit(Some(one_job * 3 / 2));
+    let second = job(1_000);
+    let running = {
+        let (golem, second) = (golem.clone(), second.clone());
+        std::thread::spawn(move || golem.par_for(second, grind).run())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while provider.unpaid_refusals() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never refused");
+        assert!(
+            !running.is_finished(),
+            "the second job ended before the limit was reached"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !running.is_finished(),
+        "the job waits while the provider refuses"
+    );
+
+    // The requestor pays the first job on chain; the provider sees it arrive and serves again.
+    let report = block_on(golem.settle(ledger.clone(), chain.clone())).expect("settles");
+    assert_eq!(report.paid.len(), 1, "{report:?}");
+    let mut watcher = Watcher::new(&anvil.url, contract, payee, 0).expect("watcher");
+    assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !running.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second job never resumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outputs = running
+        .join()
+        .expect("no panic")
+        .expect("the second job runs");
+    assert!(
+        outputs
+            .iter()
+            .zip(&second)
+            .all(|(out, item)| *out == grind(*item))
+    );
+    println!(
+        "refused {} batches for non-payment before the first job was paid",
+        provider.unpaid_refusals()
+    );
+
+    // Paid in full: what arrived on chain is what the ledger paid, and the books are square.
+    let report = block_on(golem.settle(ledger.clone(), chain)).expect("settles");
+    assert_eq!(report.paid.len(), 1, "{report:?}");
+    assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(1));
+    let account = books.account(golem.node_id()).expect("reads");
+    assert_eq!(account.arrived, anvil.balance(payee));
+    let (_, recorded) = ledger.recorded().expect("reads");
+    let still: u128 = ledger.owed().expect("reads").iter().map(|(_, n)| n).sum();
+    assert_eq!(account.arrived * NANO + still, recorded);
+    assert!(
+        account.promised_nano >= recorded,
+        "the provider counts every result it sent"
+    );
+    println!("finally: books {account:?}, ledger recorded {recorded}, still owed {still}");
+    assert_eq!(
+        account.owed(),
+        (account.promised_nano - recorded + still) / NANO
+    );
+}

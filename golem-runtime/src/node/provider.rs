@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
 use crate::payment::{Books, Payee};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
-    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Peer, Request,
+    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Peer, Reply,
+    Request,
 };
 use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
 use crate::sandbox::Sandbox;
@@ -94,6 +96,10 @@ struct Shared {
     cheater: Option<Mutex<crate::adversarial::Cheater>>,
     /// Peers that joined through this node, and the nodes it joined.
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// The credit limit now ([`ProviderNodeConfig::credit_limit`] at start).
+    credit_limit: Mutex<Option<u128>>,
+    /// Batches refused because their requestor owed too much.
+    unpaid_refusals: AtomicU64,
     config: ProviderNodeConfig,
     stop: watch::Sender<bool>,
 }
@@ -114,21 +120,23 @@ impl Shared {
         peers
     }
 
-    /// Runs `batch` for `requestor` on this thread, signs the receipt of its outputs and
-    /// enters what they are worth at `price_per_gfuel` in the books.
-    fn run(&self, batch: &Batch, requestor: NodeId, price_per_gfuel: u64) -> Outcome {
+    /// Runs `batch` on this thread and signs the receipt of its outputs.
+    fn run(&self, batch: &Batch) -> Outcome {
         let store = &self.store;
-        let outcome = match run_batch(&self.sandbox, |id| store.get(id), batch) {
+        match run_batch(&self.sandbox, |id| store.get(id), batch) {
             Ok(outputs) => self.sign(batch, outputs),
             Err(outcome) => outcome,
-        };
-        if let (Some(books), Outcome::Outputs { outputs, .. }) = (&self.config.books, &outcome) {
-            let fuel: u128 = outputs.iter().map(|output| u128::from(output.fuel)).sum();
-            if let Err(error) = books.promise(requestor, fuel * u128::from(price_per_gfuel)) {
-                tracing::error!(%requestor, %error, "work delivered not entered in the books");
-            }
         }
-        outcome
+    }
+
+    /// Enters in the books that `requestor` was sent results worth `nano`.
+    fn promise(&self, requestor: NodeId, nano: u128) {
+        let Some(books) = &self.config.books else {
+            return;
+        };
+        if let Err(error) = books.promise(requestor, nano) {
+            tracing::error!(%requestor, %error, "work delivered not entered in the books");
+        }
     }
 
     fn sign(&self, batch: &Batch, outputs: Vec<Output>) -> Outcome {
@@ -154,12 +162,19 @@ impl Shared {
 
     /// [`Outcome::Unpaid`] when the books say `requestor` owes more than the credit limit.
     fn unpaid(&self, requestor: NodeId) -> Option<Outcome> {
-        let (books, limit) = (self.config.books.as_ref()?, self.config.credit_limit?);
+        let limit = *self
+            .credit_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (books, limit) = (self.config.books.as_ref()?, limit?);
         match books.account(requestor) {
-            Ok(account) if account.owed() > limit => Some(Outcome::Unpaid {
-                owed: account.owed(),
-                limit,
-            }),
+            Ok(account) if account.owed() > limit => {
+                self.unpaid_refusals.fetch_add(1, Ordering::Relaxed);
+                Some(Outcome::Unpaid {
+                    owed: account.owed(),
+                    limit,
+                })
+            }
             Ok(_) => None,
             Err(error) => {
                 tracing::error!(%requestor, %error, "cannot read the books");
@@ -260,6 +275,8 @@ impl ProviderNode {
             #[cfg(feature = "adversarial")]
             cheater: cheat.map(|cheat| Mutex::new(crate::adversarial::Cheater::new(cheat))),
             peers: Mutex::default(),
+            credit_limit: Mutex::new(config.credit_limit),
+            unpaid_refusals: AtomicU64::new(0),
             config,
             stop,
         });
@@ -297,6 +314,20 @@ impl ProviderNode {
     /// The peers it knows (joined through it, or joined by it).
     pub fn known_peers(&self) -> Vec<Peer> {
         self.shared.peers_except(self.node_id())
+    }
+
+    /// Changes the credit limit (`None`: none); batches arriving from now on are held to it.
+    pub fn set_credit_limit(&self, limit: Option<u128>) {
+        *self
+            .shared
+            .credit_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limit;
+    }
+
+    /// Batches refused so far because their requestor owed more than the credit limit.
+    pub fn unpaid_refusals(&self) -> u64 {
+        self.shared.unpaid_refusals.load(Ordering::Relaxed)
     }
 
     /// Its blob store.
@@ -340,7 +371,8 @@ enum ConnEvent {
     Request(Request),
     Blob(BlobId),
     BlobFailed(BlobId, String),
-    Done(u64, Outcome),
+    /// A batch ran: its id, outcome and the price it is charged at.
+    Done(u64, Outcome, u64),
     Closed(String),
 }
 
@@ -371,6 +403,8 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
     let mut session = ProviderSession::new(shared.hello.clone(), shared.config.session.clone());
     let mut replies = FramedSend::new(send, MAX_REPLY_FRAME);
     let mut stop = shared.stop.subscribe();
+    // What each finished batch is worth, until its result is sent.
+    let mut unsent: HashMap<u64, u128> = HashMap::new();
     let reason = loop {
         let deadline = session.poll_timeout();
         let event = tokio::select! {
@@ -395,7 +429,22 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
             }
             Some(ConnEvent::Blob(id)) => session.handle_blob(id),
             Some(ConnEvent::BlobFailed(id, reason)) => session.handle_blob_failed(id, &reason),
-            Some(ConnEvent::Done(batch, outcome)) => session.handle_done(batch, outcome),
+            Some(ConnEvent::Done(batch, outcome, price)) => {
+                let worth = match &outcome {
+                    Outcome::Outputs { outputs, .. } => {
+                        let fuel: u128 = outputs.iter().map(|out| u128::from(out.fuel)).sum();
+                        fuel * u128::from(price)
+                    }
+                    _ => 0,
+                };
+                if session.handle_done(batch, outcome) {
+                    if worth > 0 {
+                        unsent.insert(batch, worth);
+                    }
+                } else {
+                    tracing::debug!(%peer, batch, "the result of a cancelled batch is dropped");
+                }
+            }
             Some(ConnEvent::Closed(reason)) => break reason,
             None => {}
         }
@@ -403,21 +452,22 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
             let id = batch.id;
             let Some(price) = shared.offer_for(&batch).map(|offer| offer.price_per_gfuel) else {
                 let reason = "the job's limits exceed every flavor of this provider";
-                session.handle_done(id, Outcome::Retry(reason.into()));
+                let _ = session.handle_done(id, Outcome::Retry(reason.into()));
                 continue;
             };
             if let Some(unpaid) = shared.unpaid(peer) {
-                session.handle_done(id, unpaid);
+                let _ = session.handle_done(id, unpaid);
                 continue;
             }
             let events = events.clone();
             let worker = Arc::clone(&shared);
             let submitted = shared.executor.submit(move || {
-                let outcome = worker.run(&batch, peer, price);
-                let _ = events.send(ConnEvent::Done(id, outcome));
+                let outcome = worker.run(&batch);
+                let _ = events.send(ConnEvent::Done(id, outcome, price));
             });
             if submitted.is_err() {
-                session.handle_done(id, Outcome::Retry("the provider is shutting down".into()));
+                let _ =
+                    session.handle_done(id, Outcome::Retry("the provider is shutting down".into()));
             }
         }
         let mut failed = None;
@@ -425,6 +475,12 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
             if let Err(error) = replies.send(&reply).await {
                 failed = Some(error.to_string());
                 break;
+            }
+            // Results are owed for once they are sent.
+            if let Reply::Done { batch, .. } = &reply
+                && let Some(nano) = unsent.remove(batch)
+            {
+                shared.promise(peer, nano);
             }
         }
         if let Some(reason) = failed {

@@ -180,12 +180,14 @@ impl ProviderSession {
         );
     }
 
-    /// A batch finished running.
-    pub fn handle_done(&mut self, batch: u64, outcome: Outcome) {
-        // A batch cancelled while it ran is not live any more: its result is not wanted.
-        if self.live.remove(&batch) {
+    /// A batch finished running; returns whether its outcome goes to the requestor (not when
+    /// the batch was cancelled while it ran: its result is not wanted).
+    pub fn handle_done(&mut self, batch: u64, outcome: Outcome) -> bool {
+        let live = self.live.remove(&batch);
+        if live {
             self.replies.push_back(Reply::Done { batch, outcome });
         }
+        live
     }
 
     /// Time passed: batches that waited too long for their blobs are given back.
