@@ -1,6 +1,7 @@
 //! A real Ethereum node for the tests and benches of chain settlement: anvil, from the npm
 //! registry, started on 127.0.0.1.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,9 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
+use golem_runtime::identity::NodeKey;
+use golem_runtime::payment::{Ledger, NANO, Payee, Priced};
+use golem_runtime::receipt::{Receipt, ReceiptEntry};
 
 /// The anvil package and version `.ci/run` installs.
 pub const ANVIL_PACKAGE: &str = "@foundry-rs/anvil-linux-amd64@1.7.1";
@@ -227,4 +231,56 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(at..at + 2)?, 16).ok()?;
     }
     Some(key)
+}
+
+/// A provider's receipt for one subtask of job `job` that burned `fuel`, priced at `price`
+/// per billion fuel, to be paid to `payee`.
+pub fn priced(key: &NodeKey, job: u8, fuel: u64, price: u64, payee: [u8; 20]) -> Priced {
+    let entry = ReceiptEntry {
+        index: 0,
+        input: [job; 32],
+        output: [1; 32],
+        fuel,
+    };
+    Priced {
+        receipt: Receipt::sign(key, [job; 32], vec![entry]),
+        price_per_gfuel: price,
+        payee: Some(Payee::Ethereum(payee)),
+    }
+}
+
+/// `count` providers of group `group`, each with a node key and an address of its own that
+/// no other group shares.
+pub fn providers(count: u16, group: u8) -> Vec<(NodeKey, [u8; 20])> {
+    (0..count)
+        .map(|index| {
+            let [high, low] = index.to_be_bytes();
+            let mut address = [0x5a; 20];
+            address[17..].copy_from_slice(&[group, high, low]);
+            let mut secret = [0x11; 32];
+            secret[..3].copy_from_slice(&[group, high, low]);
+            (NodeKey::from_secret(secret), address)
+        })
+        .collect()
+}
+
+/// Records two receipts of job `job` (and `job + 1`) per provider; returns the whole units
+/// each address is owed for them.
+pub fn record_work(
+    ledger: &Ledger,
+    providers: &[(NodeKey, [u8; 20])],
+    job: u8,
+) -> HashMap<[u8; 20], u128> {
+    let mut expected = HashMap::new();
+    for (index, (key, address)) in providers.iter().enumerate() {
+        let step = index as u64 + 1;
+        let receipts = [
+            priced(key, job, step * 3_000_000_000 + 7, 1_000 * step, *address),
+            priced(key, job.wrapping_add(1), 500_000_000, 2_000, *address),
+        ];
+        assert_eq!(ledger.record(&receipts), Ok(2), "new receipts");
+        let nano: u128 = receipts.iter().map(Priced::nano_amount).sum();
+        expected.insert(*address, nano / NANO);
+    }
+    expected
 }

@@ -1,7 +1,6 @@
 //! Settlement on a real Ethereum node: anvil (from the npm registry) on 127.0.0.1, the
 //! BatchPay contract deployed from the committed bytecode, settlements from the embedded ledger.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,55 +11,11 @@ use golem_runtime::identity::{NodeId, NodeKey};
 use golem_runtime::payment::ethereum::{
     BATCH_PAY_ABI, BATCH_PAY_BIN, Chain, ChainConfig, ChainError, Watcher,
 };
-use golem_runtime::payment::{Books, Ledger, NANO, Payee, Priced};
-use golem_runtime::receipt::{Receipt, ReceiptEntry};
-use golem_tests::chain::{Anvil, SOLC_PACKAGE, address_of, npm_tool};
+use golem_runtime::payment::{Books, Ledger, NANO, Payee};
+use golem_tests::chain::{Anvil, SOLC_PACKAGE, address_of, npm_tool, providers, record_work};
 
 alloy::sol! {
     function pay(bytes32 batch, bytes32 from, address[] payees, uint256[] amounts) external payable;
-}
-
-/// A provider's receipt for one subtask of job `job` that burned `fuel`, priced at `price`
-/// per billion fuel, to be paid to `payee`.
-fn priced(key: &NodeKey, job: u8, fuel: u64, price: u64, payee: [u8; 20]) -> Priced {
-    let entry = ReceiptEntry {
-        index: 0,
-        input: [job; 32],
-        output: [1; 32],
-        fuel,
-    };
-    Priced {
-        receipt: Receipt::sign(key, [job; 32], vec![entry]),
-        price_per_gfuel: price,
-        payee: Some(Payee::Ethereum(payee)),
-    }
-}
-
-/// `count` providers, each with an address of its own that holds nothing yet.
-fn providers(count: u8) -> Vec<(NodeKey, [u8; 20])> {
-    (0..count)
-        .map(|index| {
-            let mut address = [0x5a; 20];
-            address[19] = index;
-            (NodeKey::from_secret([index + 1; 32]), address)
-        })
-        .collect()
-}
-
-/// Records two receipts per provider; returns the whole units each address is owed.
-fn record_work(ledger: &Ledger, providers: &[(NodeKey, [u8; 20])]) -> HashMap<[u8; 20], u128> {
-    let mut expected = HashMap::new();
-    for (index, (key, address)) in providers.iter().enumerate() {
-        let step = index as u64 + 1;
-        let receipts = [
-            priced(key, 1, step * 3_000_000_000 + 7, 1_000 * step, *address),
-            priced(key, 2, 500_000_000, 2_000, *address),
-        ];
-        assert_eq!(ledger.record(&receipts), Ok(2));
-        let nano: u128 = receipts.iter().map(Priced::nano_amount).sum();
-        expected.insert(*address, nano / NANO);
-    }
-    expected
 }
 
 fn deploy(anvil: &Anvil) -> [u8; 20] {
@@ -127,8 +82,8 @@ fn one_transaction_pays_a_hundred_providers_and_each_sees_it_in_its_books() {
         ChainConfig::new(&anvil.url, anvil.keys[1], contract),
     );
     let ledger = Ledger::in_memory().expect("ledger");
-    let providers = providers(100);
-    let expected = record_work(&ledger, &providers);
+    let providers = providers(100, 0);
+    let expected = record_work(&ledger, &providers, 1);
 
     let report = anvil
         .block_on(chain.settle(&ledger, requestor()))
@@ -186,7 +141,7 @@ fn a_retried_settlement_never_pays_twice() {
     config.receipt_timeout = Duration::from_secs(1);
     let chain = connect(&anvil, config);
     let ledger = Ledger::in_memory().expect("ledger");
-    let expected = record_work(&ledger, &providers(3));
+    let expected = record_work(&ledger, &providers(3, 0), 1);
 
     // Nothing is mined: the settlement is sent, its receipt never comes, it stays pending.
     anvil.automine(false);
@@ -259,7 +214,7 @@ fn a_failed_transaction_leaves_the_ledger_consistent() {
     let payer = address_of(payer_key);
     let chain = connect(&anvil, ChainConfig::new(&anvil.url, payer_key, contract));
     let ledger = Ledger::in_memory().expect("ledger");
-    let expected = record_work(&ledger, &providers(5));
+    let expected = record_work(&ledger, &providers(5, 0), 1);
     let owed_before = ledger.owed().expect("reads");
     let recorded = ledger.recorded().expect("reads").1;
 
