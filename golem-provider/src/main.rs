@@ -85,6 +85,17 @@ struct Args {
     #[arg(long, value_name = "UNITS")]
     credit_limit: Option<u128>,
 
+    /// An Ethereum node's JSON-RPC URL: payments to --pay-to through --chain-contract are
+    /// read from it every 10 s and entered in the books (needs the `ethereum` feature).
+    #[cfg(feature = "ethereum")]
+    #[arg(long, value_name = "URL", requires_all = ["chain_contract", "pay_to"])]
+    chain_rpc: Option<String>,
+
+    /// The BatchPay contract requestors pay through (0x and 40 hex digits).
+    #[cfg(feature = "ethereum")]
+    #[arg(long, value_name = "ADDRESS", requires = "chain_rpc")]
+    chain_contract: Option<Payee>,
+
     /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
@@ -160,6 +171,15 @@ fn run(args: Args) -> Result<(), String> {
     }
     let sandbox = Arc::new(Sandbox::new(sandbox).map_err(|error| error.to_string())?);
 
+    let books = Arc::new(Books::open(&dir.join("books.redb")).map_err(|error| error.to_string())?);
+    #[cfg(feature = "ethereum")]
+    let watcher = match (&args.chain_rpc, args.chain_contract, args.pay_to) {
+        (Some(rpc), Some(Payee::Ethereum(contract)), Some(Payee::Ethereum(payee))) => Some(
+            golem_runtime::payment::ethereum::Watcher::new(rpc, contract, payee, 0)
+                .map_err(|error| error.to_string())?,
+        ),
+        _ => None,
+    };
     let config = ProviderNodeConfig {
         listen: args.listen,
         advertise: args.advertise,
@@ -171,9 +191,7 @@ fn run(args: Args) -> Result<(), String> {
         threads: Some(threads),
         session: ProviderSessionConfig::default(),
         payee: args.pay_to,
-        books: Some(Arc::new(
-            Books::open(&dir.join("books.redb")).map_err(|error| error.to_string())?,
-        )),
+        books: Some(Arc::clone(&books)),
         credit_limit: args.credit_limit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -184,6 +202,12 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|error| format!("cannot start the network runtime: {error}"))?;
     runtime.block_on(async move {
         let node = ProviderNode::start(&key, sandbox, config).map_err(|error| error.to_string())?;
+        #[cfg(feature = "ethereum")]
+        if let Some(watcher) = watcher {
+            tokio::spawn(watch_payments(watcher, Arc::clone(&books)));
+        }
+        #[cfg(not(feature = "ethereum"))]
+        drop(books);
         for offer in node.offers() {
             tracing::info!(
                 flavor = %offer.flavor,
@@ -207,6 +231,19 @@ fn run(args: Args) -> Result<(), String> {
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// Enters the payments that reach this provider on chain in its books, every 10 s.
+#[cfg(feature = "ethereum")]
+async fn watch_payments(mut watcher: golem_runtime::payment::ethereum::Watcher, books: Arc<Books>) {
+    loop {
+        match watcher.poll(&books).await {
+            Ok(0) => {}
+            Ok(new) => tracing::info!(new, "payments arrived"),
+            Err(error) => tracing::warn!(%error, "cannot read payments from the chain"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
 }
 
 /// Ctrl-C, or SIGTERM on Unix.

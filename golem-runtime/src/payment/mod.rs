@@ -1,5 +1,6 @@
 //! Paying providers for accepted results: priced receipts, the [`PaymentHook`] that sees them,
-//! and the embedded [`Ledger`], the default hook.
+//! the embedded [`Ledger`] (the default hook), the provider's own [`Books`], and, behind the
+//! `ethereum` feature, settlement on chain (`ethereum`).
 //!
 //! A result is worth its fuel times the rate of the offer it was bought under
 //! ([`Offer::price_per_gfuel`](crate::proto::message::Offer::price_per_gfuel), per billion
@@ -12,6 +13,9 @@
 //! [`Ledger::finish_settlement`] marks it paid, or puts the amounts back when it failed. A
 //! settlement still pending after a restart ([`Ledger::pending`]) is resolved by asking the
 //! payment backend whether it went through.
+//!
+//! A provider says where it wants to be paid ([`Payee`]) in its hello; the requestor hands that
+//! on with each receipt and the ledger keeps it for the settlements.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -524,6 +528,72 @@ mod tests {
             ledger.finish_settlement(again.id, true),
             Err(PaymentError::UnknownSettlement(again.id)),
             "a settlement ends once"
+        );
+    }
+
+    #[test]
+    fn settlements_carry_payees_and_take_only_what_the_backend_can_pay() {
+        let dir = std::env::temp_dir().join(format!("golem-ledger-payees-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ledger.redb");
+        let ledger = Ledger::open(&path).expect("opens");
+        let id = ledger.id();
+        let mut paid = priced(1, 1, 1_000_000_000, 4);
+        paid.payee = Some(Payee::Ethereum([7; 20]));
+        let mut other = priced(3, 1, 1_000_000_000, 6);
+        other.payee = Some(Payee::Ethereum([8; 20]));
+        ledger
+            .record(&[paid, other, priced(2, 1, 1_000_000_000, 5)])
+            .expect("records");
+        let on_chain = |payment: &Payment| payment.payee.is_some();
+        let first = ledger
+            .begin_settlement_with(1, on_chain)
+            .expect("begins")
+            .expect("owed");
+        assert_eq!(first.payments.len(), 1, "at most one payment");
+        assert!(first.payments[0].payee.is_some());
+        let second = ledger
+            .begin_settlement_with(10, on_chain)
+            .expect("begins")
+            .expect("owed");
+        assert_eq!(second.payments.len(), 1);
+        let payees: Vec<_> = [&first, &second]
+            .iter()
+            .map(|s| s.payments[0].payee)
+            .collect();
+        assert!(payees.contains(&Some(Payee::Ethereum([7; 20]))));
+        assert!(payees.contains(&Some(Payee::Ethereum([8; 20]))));
+        assert_eq!(
+            ledger.begin_settlement_with(10, on_chain),
+            Ok(None),
+            "the provider without a payee is left owed"
+        );
+        assert_eq!(owed_by(&ledger, 2), 5 * NANO);
+        assert_ne!(ledger.settlement_key(0), ledger.settlement_key(1));
+        drop(ledger);
+        let reopened = Ledger::open(&path).expect("reopens");
+        assert_eq!(reopened.id(), id, "the id is kept");
+        assert_eq!(reopened.pending().expect("reads").len(), 2);
+        let other = Ledger::in_memory().expect("ledger");
+        assert_ne!(other.settlement_key(0), reopened.settlement_key(0));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn payees_parse_and_print_as_ethereum_addresses() {
+        let text = "0x00112233445566778899aabbccddeeff00112233";
+        let payee: Payee = text.parse().expect("an address");
+        assert_eq!(payee.to_string(), text);
+        assert!("0x0011".parse::<Payee>().is_err());
+        assert!(
+            "00112233445566778899aabbccddeeff0011223344"
+                .parse::<Payee>()
+                .is_err()
+        );
+        assert!(
+            "0xzz112233445566778899aabbccddeeff00112233"
+                .parse::<Payee>()
+                .is_err()
         );
     }
 }

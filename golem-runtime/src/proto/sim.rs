@@ -46,6 +46,8 @@ enum Behavior {
     Hangs,
     /// Disappears at this virtual time.
     DiesAt(Duration),
+    /// Refuses every batch: the requestor owes it too much.
+    Unpaid,
 }
 
 enum Deliver {
@@ -279,6 +281,14 @@ impl Sim {
                 if self.providers[index].behavior == Behavior::Hangs {
                     continue;
                 }
+                if self.providers[index].behavior == Behavior::Unpaid {
+                    let unpaid = Outcome::Unpaid {
+                        owed: 12,
+                        limit: 10,
+                    };
+                    self.send(Deliver::WorkDone(index, batch.id, unpaid));
+                    continue;
+                }
                 let ran = self.run_batch(&batch);
                 let cost =
                     Duration::from_micros(batch.items.len() as u64 * (500 + self.rng.below(1000)));
@@ -392,7 +402,7 @@ impl Sim {
                 provider.session.handle_blob(id);
             }
             Deliver::WorkDone(from, batch, outcome) if self.providers[from].alive => {
-                self.providers[from].session.handle_done(batch, outcome);
+                let _ = self.providers[from].session.handle_done(batch, outcome);
             }
             Deliver::Reply(from, reply) if self.providers[from].alive => {
                 let node = self.providers[from].node;
@@ -564,6 +574,35 @@ fn a_job_waits_for_providers_and_survives_all_of_them_leaving() {
     assert!(joined);
     check_outputs(result, &items);
     check_progress(&events, items.len());
+}
+
+#[test]
+fn a_provider_that_wants_to_be_paid_first_is_dropped_and_its_work_goes_elsewhere() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let behaviors = [Behavior::Unpaid, Behavior::Honest, Behavior::Honest];
+    let mut sim = Sim::new(9, &behaviors, network, SchedulerConfig::default());
+    sim.connect_all();
+    let items = inputs(2_000);
+    let (result, events) = sim.run(items.clone());
+    let unpaid = sim.providers[0].node;
+    let output = result.as_ref().expect("the job finishes").clone();
+    check_outputs(result, &items);
+    let told: Vec<_> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Unpaid { node, owed, limit } => Some((*node, *owed, *limit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, [(unpaid, 12, 10)], "reported once, then dropped");
+    assert!(
+        output.report.caught.is_empty(),
+        "not paying is not cheating"
+    );
+    assert!(output.report.receipts.iter().all(|r| r.provider != unpaid));
 }
 
 /// Ten honest providers' worth of network, three of which lie as `cheats` say.
