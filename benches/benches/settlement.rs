@@ -9,10 +9,10 @@
 //! are paid settlement after settlement). The same is done with one plain transfer per payee.
 //! Reference: Golem's GNT `batchTransfer` cost 27,000 + 28,000 gas per payee.
 
+use golem_chain_tests::{Anvil, providers, record_work};
 use golem_runtime::identity::NodeKey;
 use golem_runtime::payment::Ledger;
 use golem_runtime::payment::ethereum::{Chain, ChainConfig};
-use golem_tests::chain::{Anvil, providers, record_work};
 
 /// Gas of settling what `ledger` owes, in one transaction.
 fn settle(anvil: &Anvil, chain: &Chain, ledger: &Ledger) -> (u64, usize) {

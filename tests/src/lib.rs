@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-#[cfg(feature = "ethereum")]
-pub mod chain;
-
 use golem::{Golem, GolemBuilder, Ledger};
 use golem_runtime::adversarial::Network;
 

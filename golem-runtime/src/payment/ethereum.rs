@@ -423,6 +423,7 @@ pub struct Watcher {
     contract: Address,
     payee: Address,
     next_block: u64,
+    confirmations: u64,
 }
 
 impl Watcher {
@@ -443,7 +444,15 @@ impl Watcher {
             contract: Address::from(contract),
             payee: Address::from(payee),
             next_block: from_block,
+            confirmations: 0,
         })
+    }
+
+    /// Counts a payment only once `blocks` more blocks are on top of it (default 0: as soon
+    /// as it is mined), so a payment a reorganisation drops is not counted.
+    pub fn with_confirmations(mut self, blocks: u64) -> Self {
+        self.confirmations = blocks;
+        self
     }
 
     /// Enters in `books` the payments that reached the payee since the last poll; returns how
@@ -453,46 +462,53 @@ impl Watcher {
             url: self.rpc.clone(),
             message: error.to_string(),
         };
-        let latest = self
+        let head = self
             .provider
             .get_block_number()
             .await
             .map_err(|e| node(&e))?;
-        if latest < self.next_block {
+        let Some(latest) = head.checked_sub(self.confirmations) else {
             return Ok(0);
-        }
-        let filter = Filter::new()
-            .address(self.contract)
-            .event_signature(BatchPay::Payment::SIGNATURE_HASH)
-            .topic1(self.payee.into_word())
-            .from_block(self.next_block)
-            .to_block(latest);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| node(&e))?;
+        };
         let mut new = 0;
-        for log in logs {
-            let Ok(event) = BatchPay::Payment::decode_log(&log.inner) else {
-                continue;
-            };
-            let Ok(requestor) = NodeId::from_bytes(event.from.0) else {
-                tracing::debug!(from = %event.from, "a payment from a payer that is not a node");
-                continue;
-            };
-            let mut reference = blake3::Hasher::new_derive_key("golem chain payment v1");
-            reference.update(log.transaction_hash.unwrap_or_default().as_slice());
-            reference.update(&log.log_index.unwrap_or_default().to_le_bytes());
-            let reference = *reference.finalize().as_bytes();
-            if books.arrived(requestor, saturating_u128(event.amount), reference)? {
-                new += 1;
+        // Nodes cap the blocks one query may span; a long way behind is read in steps.
+        while self.next_block <= latest {
+            let to = latest.min(self.next_block.saturating_add(LOG_RANGE - 1));
+            let filter = Filter::new()
+                .address(self.contract)
+                .event_signature(BatchPay::Payment::SIGNATURE_HASH)
+                .topic1(self.payee.into_word())
+                .from_block(self.next_block)
+                .to_block(to);
+            let logs = self
+                .provider
+                .get_logs(&filter)
+                .await
+                .map_err(|e| node(&e))?;
+            for log in logs {
+                let Ok(event) = BatchPay::Payment::decode_log(&log.inner) else {
+                    continue;
+                };
+                let Ok(requestor) = NodeId::from_bytes(event.from.0) else {
+                    tracing::debug!(from = %event.from, "a payment from a payer that is not a node");
+                    continue;
+                };
+                let mut reference = blake3::Hasher::new_derive_key("golem chain payment v1");
+                reference.update(log.transaction_hash.unwrap_or_default().as_slice());
+                reference.update(&log.log_index.unwrap_or_default().to_le_bytes());
+                let reference = *reference.finalize().as_bytes();
+                if books.arrived(requestor, saturating_u128(event.amount), reference)? {
+                    new += 1;
+                }
             }
+            self.next_block = to + 1;
         }
-        self.next_block = latest + 1;
         Ok(new)
     }
 }
+
+/// Most blocks one log query spans.
+const LOG_RANGE: u64 = 5_000;
 
 /// A provider signing with `secret`, with gas estimation, the node's nonce each time (a
 /// refused transaction leaves no gap) and the chain id.

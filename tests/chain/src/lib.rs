@@ -1,5 +1,6 @@
 //! A real Ethereum node for the tests and benches of chain settlement: anvil, from the npm
-//! registry, started on 127.0.0.1.
+//! registry, started on 127.0.0.1; and ledgers that owe groups of providers.
+#![cfg(feature = "ethereum")]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -25,7 +26,7 @@ pub const SOLC_PACKAGE: &str = "solc@0.8.37";
 pub fn tools_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     target.join("golem-tools")
 }
 
