@@ -96,6 +96,12 @@ struct Args {
     #[arg(long, value_name = "ADDRESS", requires = "chain_rpc")]
     chain_contract: Option<Payee>,
 
+    /// The first block to read payments from (the contract's deployment block saves reading
+    /// the whole chain; payments already in the books are not counted again).
+    #[cfg(feature = "ethereum")]
+    #[arg(long, value_name = "BLOCK", requires = "chain_rpc")]
+    chain_from_block: Option<u64>,
+
     /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
@@ -175,8 +181,13 @@ fn run(args: Args) -> Result<(), String> {
     #[cfg(feature = "ethereum")]
     let watcher = match (&args.chain_rpc, args.chain_contract, args.pay_to) {
         (Some(rpc), Some(Payee::Ethereum(contract)), Some(Payee::Ethereum(payee))) => Some(
-            golem_runtime::payment::ethereum::Watcher::new(rpc, contract, payee, 0)
-                .map_err(|error| error.to_string())?,
+            golem_runtime::payment::ethereum::Watcher::new(
+                rpc,
+                contract,
+                payee,
+                args.chain_from_block.unwrap_or(0),
+            )
+            .map_err(|error| error.to_string())?,
         ),
         _ => None,
     };

@@ -13,6 +13,8 @@
 //! | [`Golem::iterate`]`(init, step, until)` | rounds whose results decide the next round |
 //! | [`.verify(Verify::spot_check())`](ParFor::verify), [`.verify_with(check)`](ParFor::verify_with) | how results from untrusted providers are verified |
 //! | [`ParFor::with_report`] | outputs with the job's report: cheaters caught, checking cost, receipts |
+//! | [`.budget(units)`](ParFor::budget), [`GolemBuilder::payments`]`(ledger)` | what a job may cost; where its priced receipts go |
+//! | `Golem::settle(ledger, chain)` (feature `ethereum`) | pays providers on Ethereum, one transaction per settlement |
 //! | [`ParFor::run`], [`MapReduce::run`], [`Golem::local_blocking`] | the blocking facade |
 //!
 //! Errors are one [`Error`] enum with a variant per failure domain (module refused, subtask
