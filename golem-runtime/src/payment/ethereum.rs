@@ -28,27 +28,15 @@ use alloy::sol_types::{SolCall, SolEvent};
 use super::{Books, Ledger, Payee, Payment, PaymentError, Settlement, from_hex};
 use crate::identity::NodeId;
 
-/// The contract's interface, as in `contracts/BatchPay.sol`.
+/// The contract's interface, generated from the ABI solc wrote (`contracts/BatchPay.abi`).
 mod abi {
     #![allow(missing_docs, unreachable_pub)]
 
-    alloy::sol! {
-        contract BatchPay {
-            function pay(bytes32 batch, bytes32 from, address[] payees, uint256[] amounts) external payable;
-            function paid(address payer, bytes32 batch) external view returns (bool);
-            function unclaimed(address payee) external view returns (uint256);
-            function withdraw() external;
-            event Payment(address indexed payee, bytes32 indexed from, bytes32 batch, uint256 amount);
-            error AlreadyPaid(bytes32 batch);
-            error LengthMismatch(uint256 payees, uint256 amounts);
-            error WrongValue(uint256 sent, uint256 total);
-            error NothingToWithdraw();
-            error WithdrawFailed();
-        }
-    }
+    alloy::sol!(BatchPay, "contracts/BatchPay.abi");
 }
 
-use abi::BatchPay;
+/// The contract's calls, events and errors, for code that talks to it directly.
+pub use abi::BatchPay;
 
 /// The contract's Solidity source.
 pub const BATCH_PAY_SOURCE: &str = include_str!("../../contracts/BatchPay.sol");
@@ -391,8 +379,9 @@ impl Chain {
 
     async fn paid_on_chain(&self, key: B256) -> Result<bool, ChainError> {
         let call = BatchPay::paidCall {
-            payer: self.payer,
-            batch: key,
+            // The public mapping's getter: paid(payer, batch).
+            _0: self.payer,
+            _1: key,
         };
         let tx = TransactionRequest::default()
             .with_to(self.contract)
