@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{NANO, PaymentError};
+use super::{NANO, PaymentError, open_store, store_error};
 use crate::db::{Amounts, Db, add_amount};
 use crate::identity::NodeId;
 
@@ -45,27 +45,20 @@ pub struct Books {
 impl Books {
     /// Opens the books at `path`, creating them when missing.
     pub fn open(path: &Path) -> Result<Self, PaymentError> {
-        let db = Db::open(path).map_err(|message| PaymentError::Store {
-            path: path.into(),
-            message,
-        })?;
-        Ok(Self { db })
+        Ok(Self {
+            db: open_store(Some(path))?,
+        })
     }
 
     /// Books in memory, gone with the process.
     pub fn in_memory() -> Result<Self, PaymentError> {
-        let db = Db::in_memory().map_err(|message| PaymentError::Store {
-            path: PathBuf::new(),
-            message,
-        })?;
-        Ok(Self { db })
+        Ok(Self {
+            db: open_store(None)?,
+        })
     }
 
     fn error(&self, error: impl fmt::Display) -> PaymentError {
-        PaymentError::Store {
-            path: self.db.path.clone(),
-            message: error.to_string(),
-        }
+        store_error(&self.db, error)
     }
 
     /// `requestor` was given results worth `nano` billionths of a unit.

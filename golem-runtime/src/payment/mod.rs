@@ -144,6 +144,26 @@ pub trait PaymentHook: Send + Sync {
     fn accepted(&self, receipts: &[Priced]) -> Result<(), PaymentError>;
 }
 
+/// Opens the database at `path`, or one in memory (gone with the process) when `None`.
+fn open_store(path: Option<&Path>) -> Result<Db, PaymentError> {
+    let db = match path {
+        Some(path) => Db::open(path),
+        None => Db::in_memory(),
+    };
+    db.map_err(|message| PaymentError::Store {
+        path: path.map(PathBuf::from).unwrap_or_default(),
+        message,
+    })
+}
+
+/// `error` from the database `db`.
+fn store_error(db: &Db, error: impl fmt::Display) -> PaymentError {
+    PaymentError::Store {
+        path: db.path.clone(),
+        message: error.to_string(),
+    }
+}
+
 /// Receipts already recorded: key → nano amount.
 const RECEIPTS: Amounts = TableDefinition::new("receipts_v1");
 /// Owed per provider, in nano units.
@@ -189,20 +209,12 @@ impl Ledger {
     /// Opens the ledger at `path`, creating it (and its directory) when missing; waits up to
     /// 3 s for another holder to let go.
     pub fn open(path: &Path) -> Result<Self, PaymentError> {
-        let store = |message| PaymentError::Store {
-            path: path.into(),
-            message,
-        };
-        Self::with_db(Db::open(path).map_err(store)?)
+        Self::with_db(open_store(Some(path))?)
     }
 
     /// A ledger in memory, gone with the process.
     pub fn in_memory() -> Result<Self, PaymentError> {
-        let store = |message| PaymentError::Store {
-            path: PathBuf::new(),
-            message,
-        };
-        Self::with_db(Db::in_memory().map_err(store)?)
+        Self::with_db(open_store(None)?)
     }
 
     /// Reads the ledger's id, drawing it when the ledger is new.
@@ -229,10 +241,7 @@ impl Ledger {
     }
 
     fn error(&self, error: impl fmt::Display) -> PaymentError {
-        PaymentError::Store {
-            path: self.db.path.clone(),
-            message: error.to_string(),
-        }
+        store_error(&self.db, error)
     }
 
     /// The ledger's random id, drawn when it was created: it names this ledger's settlements
