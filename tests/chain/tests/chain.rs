@@ -10,13 +10,9 @@ use alloy::sol_types::SolCall;
 use golem_chain_tests::{Anvil, SOLC_PACKAGE, address_of, npm_tool, providers, record_work};
 use golem_runtime::identity::{NodeId, NodeKey};
 use golem_runtime::payment::ethereum::{
-    BATCH_PAY_ABI, BATCH_PAY_BIN, Chain, ChainConfig, ChainError, Watcher,
+    BATCH_PAY_ABI, BATCH_PAY_BIN, BatchPay, Chain, ChainConfig, ChainError, Watcher,
 };
 use golem_runtime::payment::{Books, Ledger, NANO, Payee};
-
-alloy::sol! {
-    function pay(bytes32 batch, bytes32 from, address[] payees, uint256[] amounts) external payable;
-}
 
 fn deploy(anvil: &Anvil) -> [u8; 20] {
     anvil
@@ -178,7 +174,7 @@ fn a_retried_settlement_never_pays_twice() {
     // contract reverts it and pays nothing.
     let payees: Vec<Address> = expected.keys().map(|a| Address::from(*a)).collect();
     let amounts: Vec<U256> = expected.values().map(|u| U256::from(*u)).collect();
-    let replay = payCall {
+    let replay = BatchPay::payCall {
         batch: B256::from(ledger.settlement_key(0)),
         from: B256::from(*requestor().as_bytes()),
         payees,
@@ -292,6 +288,7 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
     );
     let job =
         |first: u64| -> Vec<(u64, u32)> { (first..first + 300).map(|i| (i, 3_000)).collect() };
+    let native = |items: &[(u64, u32)]| items.iter().map(|item| grind(*item)).collect::<Vec<_>>();
 
     // One job, unlimited credit: the provider's books and the requestor's ledger agree.
     let first = job(0);
@@ -299,12 +296,7 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
         .par_for(first.clone(), grind)
         .run()
         .expect("the first job runs");
-    assert!(
-        outputs
-            .iter()
-            .zip(&first)
-            .all(|(out, item)| *out == grind(*item))
-    );
+    assert_eq!(outputs, native(&first));
     let owed = books.account(golem.node_id()).expect("reads");
     let (_, recorded) = ledger.recorded().expect("reads");
     println!("after one job the provider's books say {owed:?}, the requestor's ledger {recorded}");
@@ -355,12 +347,7 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
         .join()
         .expect("no panic")
         .expect("the second job runs");
-    assert!(
-        outputs
-            .iter()
-            .zip(&second)
-            .all(|(out, item)| *out == grind(*item))
-    );
+    assert_eq!(outputs, native(&second));
     println!(
         "refused {} batches for non-payment before the first job was paid",
         provider.unpaid_refusals()
