@@ -2,7 +2,7 @@
 //! assembled into one PNG. The scene is the shared context, shipped once per provider.
 //!
 //! Run: `cargo run --release --example render [-- OUTPUT.png [WIDTH HEIGHT]]`
-//! (writes `mandelbrot.png` by default). With `GOLEM_JOIN=HOST:PORT` (or `NODE_ID@HOST:PORT`)
+//! (writes `mandelbrot.png` by default). With `GOLEM_JOIN=NODE_ID@HOST:PORT`
 //! the tiles run on the provider daemons of that network instead of in-process providers, and
 //! each tile they return is checked by re-rendering 16 random pixels of it here.
 

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! It prints `golem-provider NODE_ID@ADDR` on stdout once it listens; requestors join it with
-//! `Golem::builder().join("NODE_ID@ADDR")` (or just the address). Logs go to stderr
+//! `Golem::builder().join("NODE_ID@ADDR")`. Logs go to stderr
 //! (`--log debug`, or `RUST_LOG`). Ctrl-C (or SIGTERM) shuts it down gracefully.
 
 mod flavor;
@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use golem_runtime::identity::NodeKey;
+use golem_runtime::net::NetConfig;
 use golem_runtime::node::{Bootstrap, ProviderNode, ProviderNodeConfig};
 use golem_runtime::payment::{Books, Payee};
 use golem_runtime::proto::provider::ProviderSessionConfig;
@@ -39,8 +40,9 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<SocketAddr>,
 
-    /// A node to join, as HOST:PORT or NODE_ID@HOST:PORT (the id is then checked). Repeat for
-    /// several. Requestors that reach this provider learn of the others through it.
+    /// A node to join, as NODE_ID@HOST:PORT (what that node printed when it started; the
+    /// handshake checks the id). Repeat for several. Requestors that reach this provider learn
+    /// of the others through it.
     #[arg(long = "bootstrap", value_name = "ADDR")]
     bootstrap: Vec<Bootstrap>,
 
@@ -192,7 +194,7 @@ fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
     let config = ProviderNodeConfig {
-        listen: args.listen,
+        net: NetConfig::direct(args.listen),
         advertise: args.advertise,
         offers,
         bootstrap: args.bootstrap,
@@ -212,7 +214,9 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| format!("cannot start the network runtime: {error}"))?;
     runtime.block_on(async move {
-        let node = ProviderNode::start(&key, sandbox, config).map_err(|error| error.to_string())?;
+        let node = ProviderNode::start(&key, sandbox, config)
+            .await
+            .map_err(|error| error.to_string())?;
         #[cfg(feature = "ethereum")]
         if let Some(watcher) = watcher {
             tokio::spawn(watch_payments(watcher, Arc::clone(&books)));

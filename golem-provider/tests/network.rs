@@ -61,10 +61,6 @@ impl Daemon {
         }
     }
 
-    fn addr(&self) -> &str {
-        self.address.split_once('@').map_or("", |(_, addr)| addr)
-    }
-
     fn node(&self) -> &str {
         self.address.split_once('@').map_or("", |(node, _)| node)
     }
@@ -118,7 +114,7 @@ fn a_requestor_finds_daemons_through_one_bootstrap_node_and_renders_on_them() {
         .collect();
     runtime().block_on(async {
         let golem = Golem::builder()
-            .join(first.addr())
+            .join(first.address.as_str())
             .min_providers(3)
             .build()
             .await

@@ -164,7 +164,6 @@ impl Network {
             .enable_all()
             .build()
             .map_err(|error| NodeError::io("cannot start a runtime", &error))?;
-        let _entered = runtime.enter();
         let slots = u32::try_from(cheats.len() * 2 + 2).unwrap_or(u32::MAX);
         let sandbox =
             Sandbox::new(SandboxConfig::with_instances(slots)).map_err(|error| NodeError::Io {
@@ -187,12 +186,11 @@ impl Network {
             providers.push(match cheat {
                 Some(cheat) => {
                     cheaters.insert(key.node_id());
-                    ProviderNode::start_cheating(&key, sandbox, config, *cheat)?
+                    runtime.block_on(ProviderNode::start_cheating(&key, sandbox, config, *cheat))?
                 }
-                None => ProviderNode::start(&key, sandbox, config)?,
+                None => runtime.block_on(ProviderNode::start(&key, sandbox, config))?,
             });
         }
-        drop(_entered);
         Ok(Self {
             providers,
             cheaters,
@@ -214,7 +212,7 @@ impl Network {
     pub fn addresses(&self) -> Vec<String> {
         self.providers
             .iter()
-            .map(|provider| format!("{}@{}", provider.node_id(), provider.addr()))
+            .map(|provider| provider.bootstrap().to_string())
             .collect()
     }
 }

@@ -81,6 +81,17 @@ impl NodeId {
         &self.0
     }
 
+    /// The node of an iroh endpoint id (the same ed25519 public key).
+    pub fn from_iroh(id: iroh::EndpointId) -> Self {
+        Self(*id.as_bytes())
+    }
+
+    /// The node's iroh endpoint id.
+    pub fn to_iroh(&self) -> iroh::EndpointId {
+        iroh::EndpointId::from_bytes(&self.0)
+            .expect("a node id is a valid ed25519 point, checked when it was made")
+    }
+
     /// Checks that `signature` was made by this node over `message` in `domain`.
     pub fn verify(
         &self,
@@ -186,9 +197,14 @@ impl NodeKey {
         NodeId(self.key.verifying_key().to_bytes())
     }
 
-    /// The secret, for deriving the node's TLS key. Stays inside this crate.
+    /// The secret, for copies of the key. Stays inside this crate.
     pub(crate) fn secret_bytes(&self) -> [u8; 32] {
         self.key.to_bytes()
+    }
+
+    /// The same key as iroh's: the node's endpoint id is its node id.
+    pub(crate) fn to_iroh(&self) -> iroh::SecretKey {
+        iroh::SecretKey::from_bytes(&self.key.to_bytes())
     }
 
     /// Signs `message` for `domain` (a fixed string naming what the signature is for).

@@ -2,8 +2,9 @@
 //!
 //! * [`sandbox`]: a wasmtime engine configured for deterministic, limited execution of golem
 //!   task modules ([`sandbox::Sandbox`]), with typed errors for every way a guest can fail.
+//! * [`discovery`]: providers' signed announcements and the directory of those believed.
 //! * [`identity`]: a node's ed25519 key pair, its node id and domain-separated signatures.
-//! * [`net`]: QUIC endpoints (quinn, rustls) authenticated by node keys, with the protocol
+//! * [`net`]: QUIC endpoints (iroh) authenticated by node keys, with the protocol
 //!   version in the ALPN.
 //! * [`proto`]: the requestor–provider wire protocol without sockets: frames, messages, and the
 //!   provider and requestor sessions (scheduling, retries, backups) as state machines.
@@ -31,6 +32,7 @@
 #[cfg(any(test, feature = "adversarial"))]
 pub mod adversarial;
 mod db;
+pub mod discovery;
 pub mod identity;
 pub mod market;
 pub mod net;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use golem_runtime::identity::{NodeId, NodeKey};
 use golem_runtime::market::Demand;
+use golem_runtime::net::NetConfig;
 use golem_runtime::node::{
     Bootstrap, ProviderInfo, ProviderNode, ProviderNodeConfig, Requestor, RequestorConfig,
     TransferStats,
@@ -254,9 +255,10 @@ impl GolemBuilder {
         self
     }
 
-    /// Joins the network at `addr` (`HOST:PORT`, or `NODE_ID@HOST:PORT` to check the node's
-    /// identity): the node there and every provider it knows of are used, and providers that
-    /// join later are picked up as they appear.
+    /// Joins the network at `addr`, `NODE_ID@HOST:PORT` (what a provider daemon prints when it
+    /// starts; the handshake checks that the node there holds that id's key): the node there
+    /// and every provider it knows of are used, and providers that join later are picked up as
+    /// they appear.
     pub fn join(mut self, addr: impl Into<String>) -> Self {
         self.join.push(addr.into());
         self
@@ -358,7 +360,6 @@ impl GolemBuilder {
             .map_err(|error| {
                 Error::Network(format!("cannot start the network runtime: {error}"))
             })?;
-        let _entered = runtime.enter();
         let key = || NodeKey::generate().map_err(|error| Error::Network(error.to_string()));
 
         // One engine for the in-process providers and the requestor's checks. Two instance
@@ -369,42 +370,55 @@ impl GolemBuilder {
             SandboxConfig::with_instances(u32::try_from(slots).unwrap_or(u32::MAX))
         });
         let sandbox = Arc::new(Sandbox::new(config)?);
-        let mut providers = Vec::with_capacity(local);
-        for _ in 0..local {
-            let config = ProviderNodeConfig::local(&sandbox, 1);
-            providers.push(ProviderNode::start(&key()?, Arc::clone(&sandbox), config)?);
-        }
         let mut demand = Demand::for_limits(&self.limits);
         demand.max_price_per_gfuel = self.max_price;
-        let bind = if targets.is_empty() {
-            ([127, 0, 0, 1], 0).into()
-        } else {
-            ([0, 0, 0, 0], 0).into()
-        };
-        let requestor = Requestor::start(
-            &key()?,
-            RequestorConfig {
-                bind,
-                demand,
-                scheduler: self.scheduler.unwrap_or_default(),
-                checker: Some(Arc::clone(&sandbox)),
-                check_threads,
-                reputation: self.reputation,
-                payments: self.payments.map(|hook| hook.0),
-                ..RequestorConfig::default()
+        let requestor_config = RequestorConfig {
+            net: if targets.is_empty() {
+                NetConfig::loopback()
+            } else {
+                NetConfig::direct(([0, 0, 0, 0], 0).into())
             },
-        )?;
-        for provider in &providers {
-            requestor.join(Bootstrap {
-                addr: provider.addr(),
-                node: Some(provider.node_id()),
-            });
-        }
-        for target in targets {
-            requestor.join(target);
-        }
+            demand,
+            scheduler: self.scheduler.unwrap_or_default(),
+            checker: Some(Arc::clone(&sandbox)),
+            check_threads,
+            reputation: self.reputation,
+            payments: self.payments.map(|hook| hook.0),
+            ..RequestorConfig::default()
+        };
+        let keys = (0..=local).map(|_| key()).collect::<Result<Vec<_>, _>>()?;
+        // Endpoints bind on the network runtime, whatever executor awaits `build`.
+        let providers_sandbox = Arc::clone(&sandbox);
+        let started = runtime.spawn(async move {
+            let mut providers = Vec::with_capacity(local);
+            for key in &keys[1..] {
+                let config = ProviderNodeConfig::local(&providers_sandbox, 1);
+                let sandbox = Arc::clone(&providers_sandbox);
+                providers.push(ProviderNode::start(key, sandbox, config).await?);
+            }
+            let requestor = Requestor::start(&keys[0], requestor_config).await?;
+            for provider in &providers {
+                requestor.join(provider.bootstrap());
+            }
+            for target in targets {
+                requestor.join(target);
+            }
+            Ok::<_, Error>((providers, requestor))
+        });
+        let started = started.await.unwrap_or_else(|error| {
+            Err(Error::Network(format!(
+                "the network runtime stopped while starting: {error}"
+            )))
+        });
+        let (providers, requestor) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                // Never blocks: `build` may be awaited inside another runtime.
+                runtime.shutdown_background();
+                return Err(error);
+            }
+        };
         let wait = runtime.spawn(requestor.wait_for_providers(wanted, timeout));
-        drop(_entered);
         let golem = Golem {
             inner: Arc::new(Inner {
                 requestor,

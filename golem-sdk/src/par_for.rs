@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use golem_runtime::node::{JobRequest, ProgressFn, RemoteJob};
+use golem_runtime::node::{Blob, JobRequest, ProgressFn, RemoteJob};
 use golem_runtime::proto::message::{BlobId, INLINE_INPUT_MAX, Input, JobSpec};
 use golem_runtime::proto::requestor::{JobFailure, JobReport};
 use golem_runtime::sandbox::{Limits, ModuleError};
@@ -184,15 +184,17 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
             });
         }
         let context = encode(self.context.context(), task, || "context".into())?;
-        let context_id = BlobId::of(&context);
-        let mut blobs: Vec<Arc<[u8]>> = vec![module.bytes().into(), context.into()];
+        let context = Blob::new(context.into());
+        let context_id = context.id();
+        let mut blobs = vec![module.blob(), context];
         let mut inputs = Vec::with_capacity(self.items.len());
         for (index, item) in self.items.iter().enumerate() {
             let bytes = encode(item, task, || format!("item {index}"))?;
             // Large inputs travel as blobs, fetched by the providers that need them.
             inputs.push(if bytes.len() > INLINE_INPUT_MAX {
-                let id = BlobId::of(&bytes);
-                blobs.push(bytes.into());
+                let blob = Blob::new(bytes.into());
+                let id = blob.id();
+                blobs.push(blob);
                 Input::Blob(id)
             } else {
                 Input::Inline(bytes)

@@ -43,6 +43,8 @@ impl<T: Serialize + DeserializeOwned> TaskData for T {}
 pub struct GuestModule {
     bytes: &'static [u8],
     hash: &'static [u8; 32],
+    /// The bytes as the blob every job sends, made once.
+    blob: std::sync::OnceLock<golem_runtime::node::Blob>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -50,7 +52,11 @@ impl GuestModule {
     /// Wraps what `golem_build::build_tasks` wrote. Used by `#[golem::task]`.
     #[doc(hidden)]
     pub const fn from_build(bytes: &'static [u8], hash: &'static [u8; 32]) -> Self {
-        Self { bytes, hash }
+        Self {
+            bytes,
+            hash,
+            blob: std::sync::OnceLock::new(),
+        }
     }
 
     /// The module's bytes (empty when the guest build was skipped).
@@ -61,5 +67,14 @@ impl GuestModule {
     /// The blake3 hash of [`bytes`](Self::bytes).
     pub fn hash(&self) -> golem_runtime::sandbox::ModuleHash {
         golem_runtime::sandbox::ModuleHash(*self.hash)
+    }
+
+    /// The module as a job's blob: copied and identified once, shared by every job after.
+    pub(crate) fn blob(&self) -> golem_runtime::node::Blob {
+        self.blob
+            .get_or_init(|| {
+                golem_runtime::node::Blob::with_id(self.hash().into(), self.bytes.into())
+            })
+            .clone()
     }
 }

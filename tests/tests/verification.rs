@@ -76,7 +76,7 @@ fn the_same_job_gives_the_same_bytes_on_every_provider() {
     // And a requestor that knows one provider alone gets the same outputs again.
     let single = Golem::builder()
         .providers(0)
-        .join(network.providers()[2].addr().to_string())
+        .join(network.providers()[2].bootstrap().to_string())
         .build_blocking()
         .expect("one provider");
     let again = single.par_for(0..300u32, observe).run().expect("runs");
@@ -162,12 +162,12 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
         .reputation(&records)
         .providers(0)
         .min_providers(7)
-        .join(network.providers()[0].addr().to_string());
+        .join(network.providers()[0].bootstrap().to_string());
     let golem = network
         .providers()
         .iter()
         .fold(golem, |builder, provider| {
-            builder.join(provider.addr().to_string())
+            builder.join(provider.bootstrap().to_string())
         })
         .build_blocking()
         .expect("the honest providers");

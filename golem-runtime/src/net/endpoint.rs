@@ -1,14 +1,13 @@
-//! A node's QUIC endpoint: accepts and dials authenticated connections.
+//! A node's endpoint on iroh: accepts and dials connections authenticated by node keys.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
-use quinn::{ConnectionError, TransportErrorCode, VarInt};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
+use iroh::endpoint::{
+    ConnectError, ConnectOptions, ConnectWithOptsError, ConnectingError, ConnectionError,
+    IdleTimeout, PortmapperConfig, QuicTransportConfig, TransportErrorCode, VarInt, presets,
+};
+use iroh::{EndpointAddr, RelayMode, RelayUrl};
 
-use super::tls::{NodeCertificate, PeerVerifier, SERVER_NAME, node_id_of};
 use super::{ALPN_ANY_VERSION, VERSION_MISMATCH};
 use crate::identity::{NodeId, NodeKey};
 use crate::proto::ALPN;
@@ -22,21 +21,20 @@ pub enum NetError {
     Bind {
         /// The address asked for.
         addr: SocketAddr,
-        /// The operating system's reason.
+        /// The operating system's (or iroh's) reason.
         message: String,
     },
-    /// TLS or QUIC refused the endpoint's configuration.
+    /// The endpoint's configuration was refused.
     #[error("invalid transport configuration: {0}")]
     Config(String),
-    /// The peer presented another key than the node dialed.
-    #[error("the peer at {addr} is not node {expected}: {}", describe_found(found))]
+    /// The peer dialed did not prove it holds the key of the node expected: another node
+    /// answers at that address, or something that is not a golem node.
+    #[error("the peer dialed is not node {expected}: {message}")]
     PeerIdentity {
-        /// The address dialed.
-        addr: SocketAddr,
-        /// The node expected there.
+        /// The node expected.
         expected: NodeId,
-        /// The node that answered, when its certificate carried a node key.
-        found: Option<NodeId>,
+        /// What the TLS handshake reported.
+        message: String,
     },
     /// The peer completed the handshake only on the version-neutral ALPN: it speaks another
     /// version of the protocol.
@@ -53,22 +51,69 @@ pub enum NetError {
         /// What TLS reported.
         message: String,
     },
-    /// The connection failed for another reason (timeout, reset, refused).
+    /// The connection failed for another reason (timeout, reset, refused, no address).
     #[error("connection failed: {0}")]
     Connection(String),
 }
 
-fn describe_found(found: &Option<NodeId>) -> String {
-    match found {
-        Some(found) => format!("it proved to be node {found}"),
-        None => "its certificate carries no node key".into(),
+/// How a node takes part in the network: where it binds, which relays it uses, whether it asks
+/// its router for a port.
+///
+/// No third-party service is ever contacted: there is no address lookup (DNS, pkarr), and the
+/// only relays are the ones listed here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Address of the node's UDP socket (port 0 picks a free one).
+    pub bind: SocketAddr,
+    /// Relays the node keeps a home on and reaches relayed peers through; none turns relaying
+    /// off.
+    pub relays: Vec<RelayUrl>,
+    /// Asks the router for a port mapping (UPnP, PCP, NAT-PMP) so that peers behind other NATs
+    /// can reach the node directly.
+    pub port_mapping: bool,
+}
+
+impl NetConfig {
+    /// On 127.0.0.1, a free port, no relays, no port mapping: nodes of one machine.
+    pub fn loopback() -> Self {
+        Self::direct(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Bound to `bind`, no relays, no port mapping.
+    pub fn direct(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            relays: Vec::new(),
+            port_mapping: false,
+        }
+    }
+}
+
+/// Which way a connection's packets travel now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight to the peer's address (on a LAN, public, or through a punched hole).
+    Direct(SocketAddr),
+    /// Through a relay.
+    Relayed(RelayUrl),
+    /// No path is selected (the connection is closing).
+    None,
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(addr) => write!(f, "direct ({addr})"),
+            Self::Relayed(url) => write!(f, "relayed ({url})"),
+            Self::None => f.write_str("no path"),
+        }
     }
 }
 
 /// An authenticated connection to a peer node.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    inner: quinn::Connection,
+    inner: iroh::endpoint::Connection,
     peer: NodeId,
 }
 
@@ -78,76 +123,103 @@ impl Connection {
         self.peer
     }
 
-    /// The peer's address.
-    pub fn remote_address(&self) -> SocketAddr {
-        self.inner.remote_address()
+    /// The path packets take now: direct (with the peer's address) or relayed.
+    pub fn path(&self) -> PathKind {
+        let paths = self.inner.paths();
+        let selected = paths.iter().find(|path| path.is_selected());
+        match selected.map(|path| path.remote_addr().clone()) {
+            Some(iroh::TransportAddr::Ip(addr)) => PathKind::Direct(addr),
+            Some(iroh::TransportAddr::Relay(url)) => PathKind::Relayed(url),
+            _ => PathKind::None,
+        }
     }
 
-    /// The underlying quinn connection, for opening streams.
-    pub fn quinn(&self) -> &quinn::Connection {
+    /// The peer's address on a direct path, if the connection has one.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        let paths = self.inner.paths();
+        let direct = paths
+            .iter()
+            .filter_map(|path| match path.remote_addr() {
+                iroh::TransportAddr::Ip(addr) => Some((path.is_selected(), *addr)),
+                _ => None,
+            })
+            .max_by_key(|(selected, _)| *selected);
+        direct.map(|(_, addr)| addr)
+    }
+
+    /// The QUIC connection, for opening and accepting streams.
+    pub fn quic(&self) -> &iroh::endpoint::Connection {
         &self.inner
+    }
+
+    /// Closes the connection, telling the peer `reason`.
+    pub fn close(&self, reason: &str) {
+        self.inner.close(VarInt::from_u32(0), reason.as_bytes());
     }
 }
 
-/// A node's QUIC endpoint, listening and dialing with its node key.
+/// A node's endpoint, listening and dialing with its node key.
 #[derive(Debug)]
 pub struct Endpoint {
-    endpoint: quinn::Endpoint,
+    inner: iroh::Endpoint,
     node_id: NodeId,
-    certificate: NodeCertificate,
-    provider: Arc<CryptoProvider>,
     alpn: Vec<u8>,
+    local_addr: SocketAddr,
+    /// Where [`Endpoint::close`] runs its (async) close from any thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Endpoint {
-    /// Listens on `addr` (port 0 picks a free one) as the node of `key`.
-    pub fn bind(addr: SocketAddr, key: &NodeKey) -> Result<Self, NetError> {
-        Self::bind_with_alpn(addr, key, ALPN.to_vec())
+    /// Binds an endpoint as the node of `key`, as `config` says. Needs a tokio runtime.
+    pub async fn bind(key: &NodeKey, config: &NetConfig) -> Result<Self, NetError> {
+        Self::bind_with_alpn(key, config, ALPN.to_vec()).await
     }
 
     /// [`Endpoint::bind`] speaking the protocol named by `alpn`: lets tests stand in for a node
     /// of another version.
-    pub(crate) fn bind_with_alpn(
-        addr: SocketAddr,
+    pub(crate) async fn bind_with_alpn(
         key: &NodeKey,
+        config: &NetConfig,
         alpn: Vec<u8>,
     ) -> Result<Self, NetError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certificate =
-            NodeCertificate::new(key).map_err(|error| NetError::Config(error.to_string()))?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_error)?
-            .with_client_cert_verifier(PeerVerifier::new(None, &provider))
-            .with_single_cert(
-                vec![certificate.certificate.clone()],
-                certificate.private_key_der(),
-            )
-            .map_err(config_error)?;
-        tls.alpn_protocols = alpn_list(&alpn);
-        let crypto = QuicServerConfig::try_from(tls).map_err(config_error)?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport());
-        let bind_error = |error: std::io::Error| NetError::Bind {
-            addr,
-            message: error.to_string(),
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| NetError::Config("no async runtime (tokio) is running".into()))?;
+        let addr = config.bind;
+        let bind_error = |message: String| NetError::Bind { addr, message };
+        let relay_mode = if config.relays.is_empty() {
+            RelayMode::Disabled
+        } else {
+            RelayMode::custom(config.relays.iter().cloned())
         };
-        let socket = udp_socket(addr).map_err(bind_error)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| NetError::Config("no async runtime (tokio) is running".into()))?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        )
-        .map_err(bind_error)?;
+        let builder = iroh::Endpoint::builder(presets::Minimal)
+            .clear_address_lookup()
+            .relay_mode(relay_mode)
+            .portmapper_config(if config.port_mapping {
+                PortmapperConfig::default()
+            } else {
+                PortmapperConfig::Disabled
+            })
+            .secret_key(key.to_iroh())
+            .alpns(alpn_list(&alpn))
+            .transport_config(transport())
+            .clear_ip_transports()
+            .bind_addr(addr)
+            .map_err(|error| bind_error(error.to_string()))?;
+        let inner = builder
+            .bind()
+            .await
+            .map_err(|error| bind_error(describe(&error)))?;
+        let local_addr = inner
+            .bound_sockets()
+            .into_iter()
+            .find(|bound| bound.is_ipv4() == addr.is_ipv4())
+            .ok_or_else(|| bind_error("no socket was bound".into()))?;
         Ok(Self {
-            endpoint,
+            inner,
             node_id: key.node_id(),
-            certificate,
-            provider,
             alpn,
+            local_addr,
+            runtime,
         })
     }
 
@@ -156,166 +228,187 @@ impl Endpoint {
         self.node_id
     }
 
-    /// The address the endpoint listens on.
-    pub fn local_addr(&self) -> Result<SocketAddr, NetError> {
-        self.endpoint
-            .local_addr()
-            .map_err(|error| NetError::Connection(error.to_string()))
+    /// The address the endpoint's UDP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
-    /// Dials the node `expected` at `addr`; fails unless the peer proves it holds that node's key
-    /// and speaks our protocol version.
+    /// The iroh endpoint, for protocols that run beside golem's on the same socket.
+    pub fn iroh(&self) -> &iroh::Endpoint {
+        &self.inner
+    }
+
+    /// Dials `node` at `addrs` (and through its relay, when it is known to have one); fails
+    /// unless the peer proves it holds that node's key and speaks our protocol version.
     pub async fn connect(
         &self,
-        addr: SocketAddr,
-        expected: NodeId,
+        node: NodeId,
+        addrs: impl IntoIterator<Item = SocketAddr>,
     ) -> Result<Connection, NetError> {
-        self.dial(addr, Some(expected)).await
-    }
-
-    /// Dials whatever node listens at `addr` (a bootstrap address given without its node id).
-    /// The peer still proves it holds the key its certificate names; [`Connection::peer`] says
-    /// which node that is.
-    pub async fn connect_any(&self, addr: SocketAddr) -> Result<Connection, NetError> {
-        self.dial(addr, None).await
-    }
-
-    async fn dial(
-        &self,
-        addr: SocketAddr,
-        expected: Option<NodeId>,
-    ) -> Result<Connection, NetError> {
-        let verifier = PeerVerifier::new(expected, &self.provider);
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_error)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::clone(&verifier) as _)
-            .with_client_auth_cert(
-                vec![self.certificate.certificate.clone()],
-                self.certificate.private_key_der(),
-            )
-            .map_err(config_error)?;
-        tls.alpn_protocols = alpn_list(&self.alpn);
-        let crypto = QuicClientConfig::try_from(tls).map_err(config_error)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(transport());
+        let mut target = EndpointAddr::new(node.to_iroh());
+        for addr in addrs {
+            target = target.with_ip_addr(addr);
+        }
+        let options =
+            ConnectOptions::new().with_additional_alpns(alpn_list(&self.alpn).split_off(1));
         let connecting = self
-            .endpoint
-            .connect_with(config, addr, SERVER_NAME)
-            .map_err(|error| NetError::Connection(error.to_string()))?;
-        let connection =
-            connecting
-                .await
-                .map_err(|error| match (expected, verifier.presented()) {
-                    (Some(expected), Some(found)) if found != expected => NetError::PeerIdentity {
-                        addr,
-                        expected,
-                        found: Some(found),
-                    },
-                    (Some(expected), None)
-                        if error.to_string().contains("invalid peer certificate") =>
-                    {
-                        NetError::PeerIdentity {
-                            addr,
-                            expected,
-                            found: None,
-                        }
-                    }
-                    _ => self.classify(error),
-                })?;
+            .inner
+            .connect_with_opts(target, &self.alpn, options)
+            .await
+            .map_err(|error| self.classify_dial(node, ConnectError::from(error)))?;
+        let connection = connecting
+            .await
+            .map_err(|error| self.classify_dial(node, ConnectError::from(error)))?;
         self.establish(connection)
     }
 
     /// The next incoming connection, authenticated; `None` once the endpoint is closed. A peer
     /// that fails the handshake yields an error and the endpoint keeps accepting.
     pub async fn accept(&self) -> Option<Result<Connection, NetError>> {
-        let incoming = self.endpoint.accept().await?;
+        let incoming = self.inner.accept().await?;
         Some(match incoming.await {
             Ok(connection) => self.establish(connection),
-            Err(error) => Err(self.classify(error)),
+            Err(error) => Err(self.classify(&error)),
         })
     }
 
-    /// Closes every connection and stops accepting.
+    /// Closes every connection and stops accepting. Returns at once; the close frames go out
+    /// in the background.
     pub fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"shutting down");
+        let inner = self.inner.clone();
+        // A runtime that has shut down has closed the sockets already.
+        drop(self.runtime.spawn(async move { inner.close().await }));
     }
 
-    /// Checks the negotiated version and reads the peer's node id from its certificate.
-    fn establish(&self, connection: quinn::Connection) -> Result<Connection, NetError> {
-        let protocol = connection
-            .handshake_data()
-            .and_then(|data| data.downcast::<HandshakeData>().ok())
-            .and_then(|data| data.protocol);
-        if protocol.as_deref() != Some(self.alpn.as_slice()) {
+    /// Checks the negotiated version.
+    fn establish(&self, connection: iroh::endpoint::Connection) -> Result<Connection, NetError> {
+        if connection.alpn() != self.alpn.as_slice() {
             connection.close(VarInt::from_u32(VERSION_MISMATCH), &self.alpn);
-            return Err(NetError::VersionMismatch {
-                ours: String::from_utf8_lossy(&self.alpn).into_owned(),
-            });
+            return Err(NetError::VersionMismatch { ours: self.ours() });
         }
-        let peer = connection
-            .peer_identity()
-            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .and_then(|chain| chain.first().and_then(node_id_of))
-            .ok_or_else(|| NetError::Connection("the peer presented no node certificate".into()))?;
+        let peer = NodeId::from_iroh(connection.remote_id());
         Ok(Connection {
             inner: connection,
             peer,
         })
     }
 
-    fn classify(&self, error: ConnectionError) -> NetError {
-        let ours = String::from_utf8_lossy(&self.alpn).into_owned();
-        let no_application_protocol = TransportErrorCode::crypto(0x78);
-        match &error {
-            ConnectionError::ConnectionClosed(close)
-                if close.error_code == no_application_protocol =>
-            {
-                NetError::NotGolem {
-                    ours,
-                    message: error.to_string(),
+    fn ours(&self) -> String {
+        String::from_utf8_lossy(&self.alpn).into_owned()
+    }
+
+    /// What a failed dial of `expected` means: a handshake that failed on the certificate is
+    /// another node (or no golem node) answering.
+    fn classify_dial(&self, expected: NodeId, error: ConnectError) -> NetError {
+        let connection_error = match &error {
+            ConnectError::Connecting {
+                source: ConnectingError::ConnectionError { source, .. },
+                ..
+            }
+            | ConnectError::Connection { source, .. } => Some(source),
+            _ => None,
+        };
+        match connection_error {
+            Some(source) => match self.classify(source) {
+                NetError::Connection(message) if is_certificate_error(source) => {
+                    NetError::PeerIdentity { expected, message }
+                }
+                other => other,
+            },
+            None => match &error {
+                ConnectError::Connect {
+                    source: ConnectWithOptsError::SelfConnect { .. },
+                    ..
+                } => NetError::Connection("a node cannot dial itself".into()),
+                _ => NetError::Connection(describe(&error)),
+            },
+        }
+    }
+
+    fn classify(&self, error: &(impl Into<Classified> + Clone)) -> NetError {
+        let ours = self.ours();
+        match error.clone().into() {
+            Classified::Connection(error) => {
+                let no_application_protocol = TransportErrorCode::crypto(0x78);
+                match &error {
+                    ConnectionError::ConnectionClosed(close)
+                        if close.error_code == no_application_protocol =>
+                    {
+                        NetError::NotGolem {
+                            ours,
+                            message: error.to_string(),
+                        }
+                    }
+                    ConnectionError::TransportError(transport)
+                        if transport.code == no_application_protocol =>
+                    {
+                        NetError::NotGolem {
+                            ours,
+                            message: error.to_string(),
+                        }
+                    }
+                    ConnectionError::ApplicationClosed(close)
+                        if close.error_code == VarInt::from_u32(VERSION_MISMATCH) =>
+                    {
+                        NetError::VersionMismatch { ours }
+                    }
+                    _ => NetError::Connection(error.to_string()),
                 }
             }
-            ConnectionError::TransportError(transport)
-                if transport.code == no_application_protocol =>
-            {
-                NetError::NotGolem {
-                    ours,
-                    message: error.to_string(),
-                }
-            }
-            ConnectionError::ApplicationClosed(close)
-                if close.error_code == VarInt::from_u32(VERSION_MISMATCH) =>
-            {
-                NetError::VersionMismatch { ours }
-            }
-            _ => NetError::Connection(error.to_string()),
+            Classified::Other(message) => NetError::Connection(message),
         }
     }
 }
 
-/// UDP buffers asked of the kernel: the default (about 208 KiB) drops packets of bulk
-/// transfers on loopback. The kernel may grant less (`net.core.rmem_max`).
-const UDP_BUFFER_BYTES: usize = 4 << 20;
+/// A failure reduced to what [`Endpoint::classify`] looks at.
+enum Classified {
+    Connection(ConnectionError),
+    Other(String),
+}
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // Accept IPv4 too when bound to [::], as quinn's own binding does.
-        let _ = socket.set_only_v6(false);
+impl From<ConnectionError> for Classified {
+    fn from(error: ConnectionError) -> Self {
+        Self::Connection(error)
     }
-    for (what, result) in [
-        ("receive", socket.set_recv_buffer_size(UDP_BUFFER_BYTES)),
-        ("send", socket.set_send_buffer_size(UDP_BUFFER_BYTES)),
-    ] {
-        if let Err(error) = result {
-            tracing::debug!(%error, "cannot enlarge the UDP {what} buffer");
+}
+
+impl From<ConnectingError> for Classified {
+    fn from(error: ConnectingError) -> Self {
+        match error {
+            ConnectingError::ConnectionError { source, .. } => Self::Connection(source),
+            other => Self::Other(describe(&other)),
         }
     }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+}
+
+/// Whether the handshake failed on the peer's certificate (its key is not the one dialed).
+fn is_certificate_error(error: &ConnectionError) -> bool {
+    let code = match error {
+        ConnectionError::TransportError(transport) => transport.code,
+        ConnectionError::ConnectionClosed(close) => close.error_code,
+        _ => return false,
+    };
+    // TLS alerts travel as crypto errors 0x100 + alert: bad_certificate (42),
+    // unsupported_certificate (43), certificate_unknown (46), unknown_ca (48, what a key other
+    // than the one dialed gives), decrypt_error (51).
+    [42u8, 43, 46, 48, 51]
+        .into_iter()
+        .any(|alert| code == TransportErrorCode::crypto(alert))
+}
+
+/// An error with its chain of causes, on one line.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// A peer silent this long (no packet, not even a keep-alive) is gone: killed, frozen or cut
@@ -325,21 +418,18 @@ const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Transport settings: room for many streams in flight (one per blob, besides the control
 /// stream), windows large enough for blobs of megabytes, and keep-alives that let a dead peer be
 /// noticed within [`IDLE_TIMEOUT`].
-fn transport() -> Arc<quinn::TransportConfig> {
-    let mut transport = quinn::TransportConfig::default();
-    transport
+fn transport() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(VarInt::from_u32(1024))
         .max_concurrent_uni_streams(VarInt::from_u32(1024))
         .stream_receive_window(VarInt::from_u32(16 << 20))
         .receive_window(VarInt::from_u32(64 << 20))
         .send_window(64 << 20)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(2)))
+        .keep_alive_interval(std::time::Duration::from_secs(2))
         .max_idle_timeout(Some(
-            IDLE_TIMEOUT
-                .try_into()
-                .expect("10 s is a valid idle timeout"),
-        ));
-    Arc::new(transport)
+            IdleTimeout::try_from(IDLE_TIMEOUT).expect("10 s is a valid idle timeout"),
+        ))
+        .build()
 }
 
 /// Our version's ALPN, then the version-neutral one (unless they are the same).
@@ -351,21 +441,17 @@ fn alpn_list(alpn: &[u8]) -> Vec<Vec<u8>> {
     list
 }
 
-fn config_error(error: impl std::fmt::Display) -> NetError {
-    NetError::Config(error.to_string())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
-    fn loopback() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    }
-
-    fn node(seed: u8) -> (NodeKey, Endpoint) {
+    async fn node(seed: u8) -> (NodeKey, Endpoint) {
         let key = NodeKey::from_secret([seed; 32]);
-        let endpoint = Endpoint::bind(loopback(), &key).expect("bind");
+        let endpoint = Endpoint::bind(&key, &NetConfig::loopback())
+            .await
+            .expect("bind");
         (key, endpoint)
     }
 
@@ -395,46 +481,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_file_keeps_its_node_id_on_iroh() {
+        let key = NodeKey::from_secret([7; 32]);
+        let iroh_key = iroh::SecretKey::from_bytes(&[7; 32]);
+        assert_eq!(key.node_id().as_bytes(), iroh_key.public().as_bytes());
+        let (_, endpoint) = node(7).await;
+        assert_eq!(NodeId::from_iroh(endpoint.iroh().id()), key.node_id());
+        endpoint.close();
+    }
+
+    #[tokio::test]
     async fn peers_authenticate_each_other() {
-        let (server_key, server) = node(1);
-        let (client_key, client) = node(2);
-        let addr = server.local_addr().expect("addr");
+        let (server_key, server) = node(1).await;
+        let (client_key, client) = node(2).await;
+        let addr = server.local_addr();
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
         let server = Arc::new(server);
         let mut accepted = serve(Arc::clone(&server));
         let connection = client
-            .connect(addr, server_key.node_id())
+            .connect(server_key.node_id(), [addr])
             .await
             .expect("connects");
         assert_eq!(connection.peer(), server_key.node_id());
+        assert_eq!(connection.path(), PathKind::Direct(addr));
+        assert_eq!(connection.remote_addr(), Some(addr));
         assert_eq!(next(&mut accepted).await, Ok(client_key.node_id()));
         server.close();
     }
 
     #[tokio::test]
     async fn a_peer_with_another_key_is_refused() {
-        let (_, server) = node(1);
-        let (_, client) = node(2);
+        let (_, server) = node(1).await;
+        let (_, client) = node(2).await;
         let impostor = NodeKey::from_secret([9; 32]).node_id();
-        let addr = server.local_addr().expect("addr");
+        let addr = server.local_addr();
         let server = Arc::new(server);
         let mut accepted = serve(Arc::clone(&server));
-        let error = client.connect(addr, impostor).await.unwrap_err();
-        assert_eq!(
-            error,
-            NetError::PeerIdentity {
-                addr,
-                expected: impostor,
-                found: Some(server.node_id())
-            }
+        let error = client.connect(impostor, [addr]).await.unwrap_err();
+        assert!(
+            matches!(&error, NetError::PeerIdentity { expected, .. } if *expected == impostor),
+            "{error:?}"
         );
-        assert!(error.to_string().contains(&server.node_id().to_string()));
+        assert!(error.to_string().contains(&impostor.to_string()), "{error}");
         assert!(matches!(
             next(&mut accepted).await,
             Err(NetError::Connection(_))
         ));
         // The server keeps serving: an honest dial still works.
         let honest = client
-            .connect(addr, server.node_id())
+            .connect(server.node_id(), [addr])
             .await
             .expect("connects");
         assert_eq!(honest.peer(), server.node_id());
@@ -444,15 +539,16 @@ mod tests {
 
     /// A client speaking `alpn` dials a golem node: what the client and the server each saw.
     async fn dial_speaking(alpn: &[u8]) -> (NetError, NetError) {
-        let (server_key, server) = node(1);
+        let (server_key, server) = node(1).await;
         let client_key = NodeKey::from_secret([2; 32]);
-        let client =
-            Endpoint::bind_with_alpn(loopback(), &client_key, alpn.to_vec()).expect("bind");
-        let addr = server.local_addr().expect("addr");
+        let client = Endpoint::bind_with_alpn(&client_key, &NetConfig::loopback(), alpn.to_vec())
+            .await
+            .expect("bind");
+        let addr = server.local_addr();
         let server = Arc::new(server);
         let mut accepted = serve(Arc::clone(&server));
         let client_saw = client
-            .connect(addr, server_key.node_id())
+            .connect(server_key.node_id(), [addr])
             .await
             .unwrap_err();
         let server_saw = next(&mut accepted).await.unwrap_err();
@@ -462,17 +558,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_of_another_version_is_told_so() {
-        let (client_saw, server_saw) = dial_speaking(b"golem/3").await;
+        let (client_saw, server_saw) = dial_speaking(b"golem/999").await;
         assert_eq!(
             client_saw,
             NetError::VersionMismatch {
-                ours: "golem/3".into()
+                ours: "golem/999".into()
             }
         );
         assert_eq!(
             server_saw,
             NetError::VersionMismatch {
-                ours: "golem/2".into()
+                ours: String::from_utf8_lossy(ALPN).into_owned()
             }
         );
     }

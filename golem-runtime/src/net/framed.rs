@@ -1,8 +1,9 @@
-//! Frames over QUIC streams: the [`frame`](crate::proto::frame) codec driven on quinn streams.
+//! Frames over QUIC streams: the [`frame`](crate::proto::frame) codec driven on iroh's streams.
 //!
 //! A bad frame ends only its own stream: the receiver stops the stream with
 //! [`BAD_FRAME`] so the sender learns why, and the connection and every other stream go on.
 
+use iroh::endpoint::{RecvStream, SendStream, VarInt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,14 +30,14 @@ pub enum StreamError {
 /// The sending half of a framed stream.
 #[derive(Debug)]
 pub struct FramedSend {
-    stream: quinn::SendStream,
+    stream: SendStream,
     limit: usize,
     buffer: Vec<u8>,
 }
 
 impl FramedSend {
     /// Frames `stream`, refusing to send frames above `limit` bytes.
-    pub fn new(stream: quinn::SendStream, limit: usize) -> Self {
+    pub fn new(stream: SendStream, limit: usize) -> Self {
         Self {
             stream,
             limit,
@@ -64,7 +65,7 @@ impl FramedSend {
     }
 
     /// Ends framing: the stream, for raw bytes after the frames sent so far.
-    pub fn into_inner(self) -> quinn::SendStream {
+    pub fn into_inner(self) -> SendStream {
         self.stream
     }
 
@@ -79,13 +80,13 @@ impl FramedSend {
 /// The receiving half of a framed stream.
 #[derive(Debug)]
 pub struct FramedRecv {
-    stream: quinn::RecvStream,
+    stream: RecvStream,
     decoder: FrameDecoder,
 }
 
 impl FramedRecv {
     /// Frames `stream`, refusing frames above `limit` bytes.
-    pub fn new(stream: quinn::RecvStream, limit: usize) -> Self {
+    pub fn new(stream: RecvStream, limit: usize) -> Self {
         Self {
             stream,
             decoder: FrameDecoder::new(limit),
@@ -101,8 +102,8 @@ impl FramedRecv {
                 Ok(None) => {}
                 Err(error) => return Err(self.refuse(error)),
             }
-            match self.stream.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
+            match self.stream.read_chunk(READ_CHUNK).await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk),
                 Ok(None) => {
                     return match self.decoder.finish() {
                         Ok(()) => self.decoder.next_frame().map_err(StreamError::Frame),
@@ -115,20 +116,19 @@ impl FramedRecv {
     }
 
     /// Ends framing: the bytes already received past the last frame, and the stream.
-    pub fn into_raw(mut self) -> (Vec<u8>, quinn::RecvStream) {
+    pub fn into_raw(mut self) -> (Vec<u8>, RecvStream) {
         (self.decoder.take_rest(), self.stream)
     }
 
     fn refuse(&mut self, error: FrameError) -> StreamError {
         // The stream may already be over; either way nothing more is read from it.
-        let _ = self.stream.stop(quinn::VarInt::from_u32(BAD_FRAME));
+        let _ = self.stream.stop(VarInt::from_u32(BAD_FRAME));
         StreamError::Frame(error)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -136,7 +136,7 @@ mod tests {
 
     use super::*;
     use crate::identity::NodeKey;
-    use crate::net::{Connection, Endpoint};
+    use crate::net::{Connection, Endpoint, NetConfig};
     use crate::proto::frame::DEFAULT_MAX_FRAME;
 
     const LIMIT: usize = 1024;
@@ -149,7 +149,7 @@ mod tests {
             while let Some(Ok(connection)) = endpoint.accept().await {
                 let errors = errors.clone();
                 tokio::spawn(async move {
-                    while let Ok((send, recv)) = connection.quinn().accept_bi().await {
+                    while let Ok((send, recv)) = connection.quic().accept_bi().await {
                         let errors = errors.clone();
                         tokio::spawn(async move {
                             let (mut send, mut recv) =
@@ -179,17 +179,18 @@ mod tests {
     /// A client node connected to `server`; the endpoint must live as long as the connection.
     async fn client(server: &Endpoint, seed: u8) -> (Endpoint, Connection) {
         let key = NodeKey::from_secret([seed; 32]);
-        let endpoint = Endpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &key).expect("bind");
-        let addr = server.local_addr().expect("addr");
+        let endpoint = Endpoint::bind(&key, &NetConfig::loopback())
+            .await
+            .expect("bind");
         let connection = endpoint
-            .connect(addr, server.node_id())
+            .connect(server.node_id(), [server.local_addr()])
             .await
             .expect("connects");
         (endpoint, connection)
     }
 
     async fn open(connection: &Connection) -> (FramedSend, FramedRecv) {
-        let (send, recv) = connection.quinn().open_bi().await.expect("stream");
+        let (send, recv) = connection.quic().open_bi().await.expect("stream");
         (
             FramedSend::new(send, DEFAULT_MAX_FRAME),
             FramedRecv::new(recv, LIMIT),
@@ -206,11 +207,9 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_bad_frames_end_only_their_stream() {
         let server = Arc::new(
-            Endpoint::bind(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                &NodeKey::from_secret([1; 32]),
-            )
-            .expect("bind"),
+            Endpoint::bind(&NodeKey::from_secret([1; 32]), &NetConfig::loopback())
+                .await
+                .expect("bind"),
         );
         let mut errors = doubling_server(Arc::clone(&server));
         let (_honest_node, honest) = client(&server, 2).await;

@@ -1,9 +1,15 @@
-//! QUIC transport between nodes: quinn with rustls, authenticated by node keys.
+//! QUIC transport between nodes: iroh (QUIC through noq, TLS 1.3 with raw public keys).
 //!
-//! * [`tls`]: each node's certificate is self-signed by its ed25519 node key; both sides check
-//!   the peer's certificate key, and a dialer checks it against the node id it expects.
-//! * [`Endpoint`]: binds a UDP socket, accepts and dials connections, and refuses peers that
-//!   present another key or speak another protocol version, each with its own [`NetError`].
+//! A node's ed25519 key is its iroh secret key, so its [`NodeId`](crate::identity::NodeId) is
+//! its iroh `EndpointId` and both sides of every connection are authenticated by the handshake
+//! itself: a dialer names the node it expects and the handshake fails unless the peer holds
+//! that key.
+//!
+//! * [`Endpoint`]: binds a UDP socket as [`NetConfig`] says (no address lookup service, only
+//!   the relays named there), accepts and dials connections, and refuses peers that present
+//!   another key or speak another protocol version, each with its own [`NetError`].
+//! * [`Connection`]: an authenticated connection; [`Connection::path`] says whether its packets
+//!   go direct or through a relay.
 //! * [`FramedSend`] / [`FramedRecv`]: protocol frames on QUIC streams; a bad frame ends its
 //!   stream with a typed [`StreamError`], not the connection.
 //!
@@ -14,10 +20,10 @@
 
 mod endpoint;
 mod framed;
-pub mod tls;
 
-pub use self::endpoint::{Connection, Endpoint, NetError};
+pub use self::endpoint::{Connection, Endpoint, NetConfig, NetError, PathKind};
 pub use self::framed::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
+pub use iroh::RelayUrl;
 
 /// Application close code: the peer speaks another protocol version.
 pub const VERSION_MISMATCH: u32 = 1;

@@ -8,6 +8,55 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::net::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
 use crate::proto::message::{BlobHeader, BlobId};
 
+/// A blob a job refers to, with its id.
+#[derive(Clone)]
+pub struct Blob {
+    id: BlobId,
+    bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blob")
+            .field("id", &self.id)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Blob {
+    /// The blob of `bytes`; hashes them.
+    pub fn new(bytes: Arc<[u8]>) -> Self {
+        Self {
+            id: BlobId::of(&bytes),
+            bytes,
+        }
+    }
+
+    /// The blob of `bytes` whose id was computed before (a module's hash, embedded at build
+    /// time), so large blobs used by every job are not hashed again for each. A wrong id costs
+    /// the job, not its correctness: providers check every blob against its id and refuse a
+    /// mismatch.
+    pub fn with_id(id: BlobId, bytes: Arc<[u8]>) -> Self {
+        debug_assert_eq!(
+            id,
+            BlobId::of(&bytes),
+            "a blob's id is the hash of its bytes"
+        );
+        Self { id, bytes }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> BlobId {
+        self.id
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+}
+
 /// Bytes written to a blob stream at a time.
 const CHUNK: usize = 1 << 20;
 
@@ -219,7 +268,7 @@ impl BlobStore {
 
 /// Sends a blob on a new unidirectional stream of `connection`; returns the bytes sent.
 pub(crate) async fn send_blob(
-    connection: &quinn::Connection,
+    connection: &iroh::endpoint::Connection,
     id: BlobId,
     bytes: &[u8],
 ) -> Result<u64, StreamError> {
@@ -246,7 +295,7 @@ const HEADER_LIMIT: usize = 256;
 /// Receives a blob from a unidirectional stream, refusing blobs above `limit` bytes and bytes
 /// that do not hash to the announced id.
 pub(crate) async fn receive_blob(
-    stream: quinn::RecvStream,
+    stream: iroh::endpoint::RecvStream,
     limit: u64,
 ) -> Result<(BlobId, Vec<u8>), BlobError> {
     let mut framed = FramedRecv::new(stream, HEADER_LIMIT);
@@ -257,21 +306,21 @@ pub(crate) async fn receive_blob(
     let (first, mut stream) = framed.into_raw();
     let BlobHeader { id, len } = header;
     if len > limit {
-        let _ = stream.stop(quinn::VarInt::from_u32(BAD_FRAME));
+        let _ = stream.stop(iroh::endpoint::VarInt::from_u32(BAD_FRAME));
         return Err(BlobError::TooLarge { id, len, limit });
     }
     let expected = usize::try_from(len).map_err(|_| BlobError::TooLarge { id, len, limit })?;
     let mut bytes = Vec::with_capacity(expected);
     bytes.extend_from_slice(&first);
     while bytes.len() <= expected {
-        match stream.read_chunk(CHUNK, true).await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk.bytes),
+        match stream.read_chunk(CHUNK).await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(error) => return Err(StreamError::Io(error.to_string()).into()),
         }
     }
     if bytes.len() != expected {
-        let _ = stream.stop(quinn::VarInt::from_u32(BAD_FRAME));
+        let _ = stream.stop(iroh::endpoint::VarInt::from_u32(BAD_FRAME));
         return Err(BlobError::Length {
             id,
             expected: len,

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use self::blobs::{BlobError, BlobStore};
+pub use self::blobs::{Blob, BlobError, BlobStore};
 pub use self::exec::subtask_seed;
 pub use self::provider::{ProviderNode, ProviderNodeConfig};
 pub use self::requestor::{
@@ -28,7 +28,7 @@ pub use self::requestor::{
 use crate::identity::NodeId;
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetError};
 use crate::proto::PROTOCOL_VERSION;
-use crate::proto::message::{Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Reply, Request};
+use crate::proto::message::{Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Peer, Reply, Request};
 
 /// A node could not start or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,34 +59,36 @@ impl NodeError {
     }
 }
 
-/// Where to join a network: an address, optionally with the node id expected there
-/// (`NODE_ID@HOST:PORT`). Without an id, whatever node answers is accepted and its id learned.
+/// Where to join a network: a node's id and an address it listens on (`NODE_ID@HOST:PORT`).
+///
+/// The id is not optional: nodes are dialed by their key, and the handshake fails unless the
+/// peer holds it. A provider daemon prints its `NODE_ID@HOST:PORT` when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Bootstrap {
-    /// The address.
+    /// The node.
+    pub node: NodeId,
+    /// Its address.
     pub addr: SocketAddr,
-    /// The node expected there.
-    pub node: Option<NodeId>,
 }
 
-impl From<SocketAddr> for Bootstrap {
-    fn from(addr: SocketAddr) -> Self {
-        Self { addr, node: None }
+impl From<Peer> for Bootstrap {
+    fn from(peer: Peer) -> Self {
+        Self {
+            node: peer.node,
+            addr: peer.addr,
+        }
     }
 }
 
 impl std::fmt::Display for Bootstrap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.node {
-            Some(node) => write!(f, "{node}@{}", self.addr),
-            None => write!(f, "{}", self.addr),
-        }
+        write!(f, "{}@{}", self.node, self.addr)
     }
 }
 
 /// A bootstrap address did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{text}` is not a node address (HOST:PORT or NODE_ID@HOST:PORT): {reason}")]
+#[error("`{text}` is not a node address (NODE_ID@HOST:PORT): {reason}")]
 pub struct BootstrapParseError {
     text: String,
     reason: String,
@@ -95,19 +97,20 @@ pub struct BootstrapParseError {
 impl FromStr for Bootstrap {
     type Err = BootstrapParseError;
 
-    /// Parses `HOST:PORT` or `NODE_ID@HOST:PORT`; a host name is resolved (first address).
+    /// Parses `NODE_ID@HOST:PORT`; a host name is resolved (first address).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let error = |reason: String| BootstrapParseError {
             text: text.into(),
             reason,
         };
-        let (node, host) = match text.split_once('@') {
-            Some((node, host)) => (
-                Some(node.parse::<NodeId>().map_err(|e| error(e.to_string()))?),
-                host,
-            ),
-            None => (None, text),
+        let Some((node, host)) = text.split_once('@') else {
+            return Err(error(
+                "the node id is missing: a node is dialed by its id, which a provider prints \
+                 (as NODE_ID@HOST:PORT) when it starts"
+                    .into(),
+            ));
         };
+        let node = node.parse::<NodeId>().map_err(|e| error(e.to_string()))?;
         let addr = match host.parse::<SocketAddr>() {
             Ok(addr) => addr,
             Err(_) => host
@@ -132,7 +135,7 @@ pub(crate) struct Handshake {
     pub(crate) replies: FramedRecv,
 }
 
-/// Dials `target` (checking its node id when given), opens the control stream, introduces
+/// Dials `target` (the handshake checks its node id), opens the control stream, introduces
 /// ourselves with `ours` and reads the peer's hello, all within [`HANDSHAKE_TIMEOUT`].
 pub(crate) async fn handshake(
     endpoint: &Endpoint,
@@ -140,13 +143,12 @@ pub(crate) async fn handshake(
     ours: Hello,
 ) -> Result<Handshake, String> {
     let exchange = async {
-        let connection = match target.node {
-            Some(node) => endpoint.connect(target.addr, node).await,
-            None => endpoint.connect_any(target.addr).await,
-        }
-        .map_err(|error| error.to_string())?;
+        let connection = endpoint
+            .connect(target.node, [target.addr])
+            .await
+            .map_err(|error| error.to_string())?;
         let (send, recv) = connection
-            .quinn()
+            .quic()
             .open_bi()
             .await
             .map_err(|error| error.to_string())?;
@@ -191,16 +193,16 @@ mod tests {
     use crate::identity::NodeKey;
 
     #[test]
-    fn bootstrap_addresses_parse_with_and_without_a_node_id() {
-        let plain: Bootstrap = "127.0.0.1:4433".parse().unwrap();
-        assert_eq!(plain.node, None);
-        assert_eq!(plain.addr.port(), 4433);
+    fn bootstrap_addresses_parse_and_need_a_node_id() {
         let node = NodeKey::from_secret([9; 32]).node_id();
         let pinned: Bootstrap = format!("{node}@[::1]:7").parse().unwrap();
-        assert_eq!(pinned.node, Some(node));
+        assert_eq!(pinned.node, node);
+        assert_eq!(pinned.addr.port(), 7);
         assert_eq!(pinned.to_string(), format!("{node}@[::1]:7"));
         let bad = "nothex@127.0.0.1:1".parse::<Bootstrap>().unwrap_err();
         assert!(bad.to_string().contains("nothex@127.0.0.1:1"), "{bad}");
-        assert!("127.0.0.1".parse::<Bootstrap>().is_err());
+        let bare = "127.0.0.1:4433".parse::<Bootstrap>().unwrap_err();
+        assert!(bare.to_string().contains("node id is missing"), "{bare}");
+        assert!(format!("{node}@127.0.0.1").parse::<Bootstrap>().is_err());
     }
 }

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use iroh::endpoint::RecvStream;
 use tokio::sync::{mpsc, watch};
 
 use super::blobs::{BlobError, BlobStore, receive_blob};
 use super::exec::{Executor, run_batch};
 use super::{Bootstrap, NodeError, handshake, reachable};
 use crate::identity::{NodeId, NodeKey};
-use crate::net::{Connection, Endpoint, FramedRecv, FramedSend};
+use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
 use crate::payment::{Books, Payee};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
@@ -26,8 +27,8 @@ use crate::sandbox::Sandbox;
 /// Settings of a [`ProviderNode`].
 #[derive(Debug, Clone)]
 pub struct ProviderNodeConfig {
-    /// Address to listen on (port 0 picks a free port).
-    pub listen: SocketAddr,
+    /// Where the endpoint binds, its relays, port mapping.
+    pub net: NetConfig,
     /// Address to tell peers, when it differs from the listening one (behind NAT, or when
     /// listening on 0.0.0.0).
     pub advertise: Option<SocketAddr>,
@@ -62,7 +63,7 @@ impl ProviderNodeConfig {
     /// with the sandbox's memory cap and no fuel cap.
     pub fn local(sandbox: &Sandbox, concurrency: u32) -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            net: NetConfig::loopback(),
             advertise: None,
             offers: vec![Offer {
                 flavor: "default".into(),
@@ -204,7 +205,7 @@ impl std::fmt::Debug for ProviderNode {
 
 impl ProviderNode {
     /// Binds the endpoint, starts the worker threads and the bootstrap joins.
-    pub fn start(
+    pub async fn start(
         key: &NodeKey,
         sandbox: Arc<Sandbox>,
         config: ProviderNodeConfig,
@@ -216,28 +217,29 @@ impl ProviderNode {
             #[cfg(feature = "adversarial")]
             None,
         )
+        .await
     }
 
     /// [`ProviderNode::start`] for a provider that lies as `cheat` says: for tests of
     /// verification only.
     #[cfg(feature = "adversarial")]
-    pub fn start_cheating(
+    pub async fn start_cheating(
         key: &NodeKey,
         sandbox: Arc<Sandbox>,
         config: ProviderNodeConfig,
         cheat: crate::adversarial::Cheat,
     ) -> Result<Self, NodeError> {
-        Self::start_inner(key, sandbox, config, Some(cheat))
+        Self::start_inner(key, sandbox, config, Some(cheat)).await
     }
 
-    fn start_inner(
+    async fn start_inner(
         key: &NodeKey,
         sandbox: Arc<Sandbox>,
         config: ProviderNodeConfig,
         #[cfg(feature = "adversarial")] cheat: Option<crate::adversarial::Cheat>,
     ) -> Result<Self, NodeError> {
-        let endpoint = Endpoint::bind(config.listen, key)?;
-        let addr = endpoint.local_addr()?;
+        let endpoint = Endpoint::bind(key, &config.net).await?;
+        let addr = endpoint.local_addr();
         let store = Arc::new(
             match &config.cache_dir {
                 Some(dir) => BlobStore::on_disk(dir).map_err(|error| {
@@ -304,6 +306,11 @@ impl ProviderNode {
             node: self.node_id(),
             addr: self.addr,
         }
+    }
+
+    /// How to join it: `NODE_ID@ADDR` as text.
+    pub fn bootstrap(&self) -> Bootstrap {
+        Bootstrap::from(self.peer())
     }
 
     /// The flavors it sells.
@@ -379,7 +386,7 @@ enum ConnEvent {
 async fn serve(shared: Arc<Shared>, connection: Connection) {
     let peer = connection.peer();
     let streams =
-        tokio::time::timeout(Duration::from_secs(30), connection.quinn().accept_bi()).await;
+        tokio::time::timeout(Duration::from_secs(30), connection.quic().accept_bi()).await;
     let (send, recv) = match streams {
         Ok(Ok(streams)) => streams,
         Ok(Err(error)) => {
@@ -388,14 +395,14 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
         }
         Err(_) => {
             tracing::info!(%peer, "no control stream within 30 s; closing");
-            connection.quinn().close(0u32.into(), b"no control stream");
+            connection.close("no control stream");
             return;
         }
     };
     let (events, mut inbox) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_requests(recv, events.clone()));
     let blobs = tokio::spawn(accept_blobs(
-        connection.quinn().clone(),
+        connection.quic().clone(),
         Arc::clone(&shared.store),
         shared.config.max_blob_bytes,
         events.clone(),
@@ -501,9 +508,12 @@ fn register_peer(shared: &Shared, connection: &Connection, hello: Option<&Hello>
     if hello.offers.is_empty() {
         return;
     }
+    let Some(seen_at) = connection.remote_addr() else {
+        return;
+    };
     let peer = Peer {
         node: connection.peer(),
-        addr: reachable(listen, connection.remote_address().ip()),
+        addr: reachable(listen, seen_at.ip()),
     };
     tracing::info!(node = %peer.node, addr = %peer.addr, "peer joined");
     shared.peers().insert(peer.node, peer);
@@ -516,7 +526,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn read_requests(recv: quinn::RecvStream, events: mpsc::UnboundedSender<ConnEvent>) {
+async fn read_requests(recv: RecvStream, events: mpsc::UnboundedSender<ConnEvent>) {
     let mut framed = FramedRecv::new(recv, MAX_REQUEST_FRAME);
     loop {
         let event = match framed.recv::<Request>().await {
@@ -532,7 +542,7 @@ async fn read_requests(recv: quinn::RecvStream, events: mpsc::UnboundedSender<Co
 }
 
 async fn accept_blobs(
-    connection: quinn::Connection,
+    connection: iroh::endpoint::Connection,
     store: Arc<BlobStore>,
     limit: u64,
     events: mpsc::UnboundedSender<ConnEvent>,
@@ -592,7 +602,7 @@ async fn join_once(shared: &Shared, target: Bootstrap) -> Result<String, String>
         .map_or(target.addr, |listen| reachable(listen, target.addr.ip()));
     tracing::info!(%node, %addr, "joined");
     shared.peers().insert(node, Peer { node, addr });
-    let reason = joined.connection.quinn().closed().await;
+    let reason = joined.connection.quic().closed().await;
     shared.peers().remove(&node);
     Ok(reason.to_string())
 }

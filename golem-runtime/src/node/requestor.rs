@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::blobs::send_blob;
+use super::blobs::{Blob, send_blob};
 use super::exec::{Executor, input_bytes, run_batch};
 use super::{Bootstrap, Handshake, NodeError, handshake};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
-use crate::net::{Connection, Endpoint};
+use crate::net::{Connection, Endpoint, NetConfig};
 use crate::payment::{Payee, PaymentHook, Priced};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
@@ -35,8 +35,8 @@ pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
 /// Settings of a [`Requestor`].
 #[derive(Clone)]
 pub struct RequestorConfig {
-    /// Address of the requestor's own endpoint (it dials out; port 0 is fine).
-    pub bind: SocketAddr,
+    /// The requestor's own endpoint (it dials out; port 0 is fine), its relays, port mapping.
+    pub net: NetConfig,
     /// Scheduling.
     pub scheduler: SchedulerConfig,
     /// What providers must offer to be used.
@@ -59,7 +59,7 @@ pub struct RequestorConfig {
 impl std::fmt::Debug for RequestorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestorConfig")
-            .field("bind", &self.bind)
+            .field("net", &self.net)
             .field("scheduler", &self.scheduler)
             .field("demand", &self.demand)
             .field("reputation", &self.reputation)
@@ -71,7 +71,7 @@ impl std::fmt::Debug for RequestorConfig {
 impl Default for RequestorConfig {
     fn default() -> Self {
         Self {
-            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            net: NetConfig::direct(SocketAddr::from(([0, 0, 0, 0], 0))),
             scheduler: SchedulerConfig::default(),
             demand: Demand::for_limits(&Limits::default()),
             peer_exchange: Duration::from_secs(2),
@@ -87,8 +87,8 @@ impl Default for RequestorConfig {
 pub struct JobRequest {
     /// Module, task, context, seed, limits.
     pub spec: JobSpec,
-    /// The bytes of every blob the job refers to (module, context, large inputs).
-    pub blobs: Vec<Arc<[u8]>>,
+    /// Every blob the job refers to (module, context, large inputs).
+    pub blobs: Vec<Blob>,
     /// Inputs in order.
     pub inputs: Vec<Input>,
     /// How results are verified.
@@ -115,7 +115,7 @@ impl std::fmt::Debug for JobRequest {
 pub struct ProviderInfo {
     /// Its node id.
     pub node: NodeId,
-    /// Its address.
+    /// The address it was dialed at.
     pub addr: SocketAddr,
     /// The flavor bought.
     pub offer: Offer,
@@ -189,8 +189,8 @@ impl std::fmt::Debug for Requestor {
 
 impl Requestor {
     /// Binds the requestor's endpoint, loads its provider records and starts its task.
-    pub fn start(key: &NodeKey, config: RequestorConfig) -> Result<Self, NodeError> {
-        let endpoint = Arc::new(Endpoint::bind(config.bind, key)?);
+    pub async fn start(key: &NodeKey, config: RequestorConfig) -> Result<Self, NodeError> {
+        let endpoint = Arc::new(Endpoint::bind(key, &config.net).await?);
         let (commands, inbox) = mpsc::unbounded_channel();
         let (providers_tx, providers) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
@@ -478,8 +478,9 @@ impl Owner {
                 // A fresh nonce: this run is a job of its own in receipts and payments.
                 let _ = getrandom::fill(&mut request.spec.nonce);
                 let mut ids = Vec::with_capacity(request.blobs.len());
-                for bytes in request.blobs {
-                    let id = BlobId::of(&bytes);
+                for blob in request.blobs {
+                    let id = blob.id();
+                    let bytes = Arc::clone(blob.bytes());
                     self.blobs.entry(id).or_insert((bytes, 0)).1 += 1;
                     ids.push(id);
                 }
@@ -523,10 +524,7 @@ impl Owner {
             Command::Reply(_, Reply::Peers(peers)) => {
                 for peer in peers {
                     if peer.node != self.node && !self.conns.contains_key(&peer.node) {
-                        self.dial(Bootstrap {
-                            addr: peer.addr,
-                            node: Some(peer.node),
-                        });
+                        self.dial(Bootstrap::from(peer));
                     }
                 }
             }
@@ -578,7 +576,7 @@ impl Owner {
         self.dialing.remove(&target.addr);
         let node = connection.peer();
         if self.conns.contains_key(&node) || node == self.node {
-            connection.quinn().close(0u32.into(), b"already connected");
+            connection.close("already connected");
             return;
         }
         let info = self
@@ -587,7 +585,7 @@ impl Owner {
             .choose(&hello.offers)
             .map(|offer| ProviderInfo {
                 node,
-                addr: connection.remote_address(),
+                addr: target.addr,
                 offer: offer.clone(),
                 engine: hello.engine,
             });
@@ -599,7 +597,7 @@ impl Owner {
         match &info {
             Some(info) if !self.session.add_provider(node, slot(info), now) => {
                 tracing::info!(%node, "refused a banned provider");
-                connection.quinn().close(0u32.into(), b"banned");
+                connection.close("banned");
                 return;
             }
             Some(info) => {
@@ -627,9 +625,7 @@ impl Owner {
 
     fn disconnect(&mut self, node: NodeId, reason: &str, now: Instant) {
         if let Some(conn) = self.conns.remove(&node) {
-            conn.connection
-                .quinn()
-                .close(0u32.into(), reason.as_bytes());
+            conn.connection.close(reason);
             if conn.info.is_some() {
                 tracing::info!(%node, %reason, "provider left");
                 self.session.remove_provider(node, now);
@@ -697,7 +693,7 @@ impl Owner {
                         continue;
                     };
                     let bytes = Arc::clone(bytes);
-                    let connection = conn.connection.quinn().clone();
+                    let connection = conn.connection.quic().clone();
                     let stats = Arc::clone(&self.stats);
                     tokio::spawn(async move {
                         match send_blob(&connection, id, &bytes).await {
@@ -780,9 +776,7 @@ impl Owner {
 
     fn close(&mut self, node: NodeId, reason: &str) {
         if let Some(conn) = self.conns.remove(&node) {
-            conn.connection
-                .quinn()
-                .close(0u32.into(), reason.as_bytes());
+            conn.connection.close(reason);
             self.publish();
         }
     }

@@ -427,6 +427,7 @@ impl Watcher {
         let url = rpc
             .parse()
             .map_err(|error| ChainError::Config(format!("`{rpc}` is not a URL: {error}")))?;
+        install_tls_provider();
         Ok(Self {
             provider: ProviderBuilder::new().connect_http(url).erased(),
             rpc: rpc.into(),
@@ -499,6 +500,19 @@ impl Watcher {
 /// Most blocks one log query spans.
 const LOG_RANGE: u64 = 5_000;
 
+/// Makes ring the process's TLS crypto provider, unless the program installed one.
+///
+/// alloy's HTTP client (reqwest) shares its build with iroh's, which asks for rustls without a
+/// crypto provider of its own; such a client panics when it is built unless a process default
+/// exists. Every constructor here calls this; call it before building alloy providers of your
+/// own.
+pub fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Another thread may have installed one in between; either way one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// A provider signing with `secret`, with gas estimation, the node's nonce each time (a
 /// refused transaction leaves no gap) and the chain id.
 fn wallet_provider(rpc: &str, secret: [u8; 32]) -> Result<(DynProvider, Address), ChainError> {
@@ -508,6 +522,7 @@ fn wallet_provider(rpc: &str, secret: [u8; 32]) -> Result<(DynProvider, Address)
     let signer = PrivateKeySigner::from_bytes(&B256::from(secret))
         .map_err(|error| ChainError::Config(format!("the payer key is not usable: {error}")))?;
     let payer = signer.address();
+    install_tls_provider();
     let provider = ProviderBuilder::new()
         .disable_recommended_fillers()
         .with_gas_estimation()

@@ -110,6 +110,7 @@ impl Anvil {
         }
         let url = url.expect("anvil printed where it listens");
         assert!(!keys.is_empty(), "anvil printed its accounts' keys");
+        golem_runtime::payment::ethereum::install_tls_provider();
         let provider = ProviderBuilder::new()
             .connect_http(url.parse().expect("anvil's URL"))
             .erased();

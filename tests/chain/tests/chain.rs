@@ -274,11 +274,11 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
     let key = NodeKey::from_secret([0x33; 32]);
     // Started on anvil's runtime, which outlives it.
     let provider = anvil
-        .block_on(async { ProviderNode::start(&key, sandbox, config) })
+        .block_on(ProviderNode::start(&key, sandbox, config))
         .expect("provider");
     let ledger = Arc::new(Ledger::in_memory().expect("ledger"));
     let golem = Golem::builder()
-        .join(format!("{}@{}", provider.node_id(), provider.addr()))
+        .join(provider.bootstrap().to_string())
         .payments(ledger.clone())
         .build_blocking()
         .expect("the provider is found");
