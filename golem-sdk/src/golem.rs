@@ -109,6 +109,13 @@ impl Golem {
         self.inner.requestor.providers()
     }
 
+    /// Every provider heard of on the gossip topic and believed (its signed announcement
+    /// checked), whether jobs are scheduled on it or not: those banned for cheating, or whose
+    /// offers do not match, are heard of and never used.
+    pub fn announced(&self) -> Vec<golem_runtime::discovery::Announcement> {
+        self.inner.requestor.announced()
+    }
+
     /// Waits until at least `count` providers are known or `timeout` passes; returns how many
     /// there are.
     pub async fn wait_for_providers(&self, count: usize, timeout: Duration) -> usize {

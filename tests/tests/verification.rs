@@ -157,20 +157,23 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
             );
         }
     }
-    // A new requestor with the same records refuses the cheaters it caught.
+    // A new requestor with the same records, told of one honest provider, hears of every
+    // provider on the gossip topic, and refuses the cheaters it caught.
     let golem = Golem::builder()
         .reputation(&records)
         .providers(0)
         .min_providers(7)
-        .join(network.providers()[0].bootstrap().to_string());
-    let golem = network
-        .providers()
-        .iter()
-        .fold(golem, |builder, provider| {
-            builder.join(provider.bootstrap().to_string())
-        })
+        .join(network.providers()[0].bootstrap().to_string())
         .build_blocking()
         .expect("the honest providers");
+    let started = std::time::Instant::now();
+    while golem.announced().len() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not every provider heard of"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let used: HashSet<NodeId> = golem.provider_list().iter().map(|p| p.node).collect();
     assert!(

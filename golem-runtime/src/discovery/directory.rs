@@ -24,7 +24,8 @@ pub enum Change {
 /// make it grow without bound.
 #[derive(Debug)]
 pub struct Directory {
-    providers: HashMap<NodeId, Announcement>,
+    /// Each provider's newest announcement, with the signed bytes it came in (to pass on).
+    providers: HashMap<NodeId, (Announcement, Vec<u8>)>,
     /// The newest sequence number seen from each node, with when it stops mattering (the
     /// expiry of that announcement): it outlives the entry, so a replay of an older
     /// announcement after the provider left is still refused.
@@ -93,7 +94,8 @@ impl Directory {
         }
         self.latest
             .insert(node, (announcement.seq, announcement.expires_at));
-        self.providers.insert(node, announcement.clone());
+        self.providers
+            .insert(node, (announcement.clone(), bytes.to_vec()));
         Ok(if known {
             Change::Updated(announcement)
         } else {
@@ -106,7 +108,7 @@ impl Directory {
         let mut gone: Vec<NodeId> = self
             .providers
             .iter()
-            .filter(|(_, announcement)| announcement.expires_at <= now)
+            .filter(|(_, (announcement, _))| announcement.expires_at <= now)
             .map(|(node, _)| *node)
             .collect();
         gone.sort();
@@ -121,12 +123,29 @@ impl Directory {
 
     /// The announcement of `node`, if it is known and valid.
     pub fn get(&self, node: &NodeId) -> Option<&Announcement> {
-        self.providers.get(node)
+        self.providers
+            .get(node)
+            .map(|(announcement, _)| announcement)
     }
 
     /// Every provider known, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Announcement> {
-        self.providers.values()
+        self.providers
+            .values()
+            .map(|(announcement, _)| announcement)
+    }
+
+    /// The signed bytes of up to `limit` announcements, the latest to expire first: what a
+    /// node passes to a new neighbour so it need not wait for every provider to announce
+    /// itself again.
+    pub fn signed(&self, limit: usize) -> Vec<Vec<u8>> {
+        let mut newest: Vec<&(Announcement, Vec<u8>)> = self.providers.values().collect();
+        newest.sort_by_key(|(announcement, _)| std::cmp::Reverse(announcement.expires_at));
+        newest
+            .into_iter()
+            .take(limit)
+            .map(|(_, bytes)| bytes.clone())
+            .collect()
     }
 
     /// How many providers are known.
@@ -173,6 +192,8 @@ mod tests {
             ));
         }
         assert_eq!(directory.get(&key.node_id()), Some(&newer));
+        assert_eq!(directory.signed(10), vec![newer_bytes]);
+        assert!(directory.signed(0).is_empty());
     }
 
     #[test]

@@ -2,11 +2,16 @@
 
 use std::net::SocketAddr;
 
+use iroh::address_lookup::memory::MemoryLookup;
 use iroh::endpoint::{
     ConnectError, ConnectOptions, ConnectWithOptsError, ConnectingError, ConnectionError,
     IdleTimeout, PortmapperConfig, QuicTransportConfig, TransportErrorCode, VarInt, presets,
 };
 use iroh::{EndpointAddr, RelayMode, RelayUrl};
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use super::{ALPN_ANY_VERSION, VERSION_MISMATCH};
 use crate::identity::{NodeId, NodeKey};
@@ -159,15 +164,28 @@ impl Connection {
 }
 
 /// A node's endpoint, listening and dialing with its node key.
+///
+/// Besides golem's protocol it speaks iroh-gossip on the same socket, for
+/// [`discovery`](crate::discovery).
 #[derive(Debug)]
 pub struct Endpoint {
     inner: iroh::Endpoint,
     node_id: NodeId,
-    alpn: Vec<u8>,
+    protocol: Arc<Protocol>,
+    /// Golem connections accepted, handshaken and checked, for [`Endpoint::accept`].
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Result<Connection, NetError>>>,
     local_addr: SocketAddr,
+    /// Addresses of nodes learned from bootstrap addresses and announcements, so they can be
+    /// dialed by id.
+    lookup: MemoryLookup,
+    gossip: iroh_gossip::Gossip,
     /// Where [`Endpoint::close`] runs its (async) close from any thread.
     runtime: tokio::runtime::Handle,
 }
+
+/// Largest gossip message, on every node (iroh-gossip's default): announcements stay well
+/// below it ([`MAX_ANNOUNCEMENT_BYTES`](crate::discovery::MAX_ANNOUNCEMENT_BYTES)).
+pub const GOSSIP_MESSAGE_BYTES: usize = 4096;
 
 impl Endpoint {
     /// Binds an endpoint as the node of `key`, as `config` says. Needs a tokio runtime.
@@ -191,8 +209,12 @@ impl Endpoint {
         } else {
             RelayMode::custom(config.relays.iter().cloned())
         };
+        let lookup = MemoryLookup::new();
+        let mut alpns = alpn_list(&alpn);
+        alpns.push(iroh_gossip::ALPN.to_vec());
         let builder = iroh::Endpoint::builder(presets::Minimal)
             .clear_address_lookup()
+            .address_lookup(lookup.clone())
             .relay_mode(relay_mode)
             .portmapper_config(if config.port_mapping {
                 PortmapperConfig::default()
@@ -200,7 +222,7 @@ impl Endpoint {
                 PortmapperConfig::Disabled
             })
             .secret_key(key.to_iroh())
-            .alpns(alpn_list(&alpn))
+            .alpns(alpns)
             .transport_config(transport())
             .clear_ip_transports()
             .bind_addr(addr)
@@ -214,11 +236,25 @@ impl Endpoint {
             .into_iter()
             .find(|bound| bound.is_ipv4() == addr.is_ipv4())
             .ok_or_else(|| bind_error("no socket was bound".into()))?;
+        let gossip = iroh_gossip::Gossip::builder()
+            .max_message_size(GOSSIP_MESSAGE_BYTES)
+            .spawn(inner.clone());
+        let protocol = Arc::new(Protocol { alpn });
+        let (accepted, incoming) = mpsc::channel(ACCEPT_QUEUE);
+        tokio::spawn(route_incoming(
+            inner.clone(),
+            gossip.clone(),
+            Arc::clone(&protocol),
+            accepted,
+        ));
         Ok(Self {
             inner,
             node_id: key.node_id(),
-            alpn,
+            protocol,
+            incoming: tokio::sync::Mutex::new(incoming),
             local_addr,
+            lookup,
+            gossip,
             runtime,
         })
     }
@@ -238,7 +274,50 @@ impl Endpoint {
         &self.inner
     }
 
-    /// Dials `node` at `addrs` (and through its relay, when it is known to have one); fails
+    /// The gossip instance on this endpoint.
+    pub fn gossip(&self) -> &iroh_gossip::Gossip {
+        &self.gossip
+    }
+
+    /// The addresses this endpoint knows other nodes by.
+    pub(crate) fn lookup(&self) -> &MemoryLookup {
+        &self.lookup
+    }
+
+    /// Remembers that `node` can be reached at `addrs` (and through `relay`), so it can be
+    /// dialed by id, by golem and by gossip.
+    pub fn remember(
+        &self,
+        node: NodeId,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        relay: Option<RelayUrl>,
+    ) {
+        if node == self.node_id {
+            return;
+        }
+        let mut target = EndpointAddr::new(node.to_iroh());
+        for addr in addrs {
+            target = target.with_ip_addr(addr);
+        }
+        if let Some(relay) = relay {
+            target = target.with_relay_url(relay);
+        }
+        if !target.is_empty() {
+            self.lookup.add_endpoint_info(target);
+        }
+    }
+
+    /// The addresses this node can be reached at directly, as it sees them now.
+    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.addr().ip_addrs().copied().collect()
+    }
+
+    /// The relay this node keeps its home on, if it has one.
+    pub fn home_relay(&self) -> Option<RelayUrl> {
+        self.inner.addr().relay_urls().next().cloned()
+    }
+
+    /// Dials `node` at `addrs`, and at the addresses and relay it is remembered by; fails
     /// unless the peer proves it holds that node's key and speaks our protocol version.
     pub async fn connect(
         &self,
@@ -249,37 +328,49 @@ impl Endpoint {
         for addr in addrs {
             target = target.with_ip_addr(addr);
         }
-        let options =
-            ConnectOptions::new().with_additional_alpns(alpn_list(&self.alpn).split_off(1));
+        let options = ConnectOptions::new()
+            .with_additional_alpns(alpn_list(&self.protocol.alpn).split_off(1));
         let connecting = self
             .inner
-            .connect_with_opts(target, &self.alpn, options)
+            .connect_with_opts(target, &self.protocol.alpn, options)
             .await
-            .map_err(|error| self.classify_dial(node, ConnectError::from(error)))?;
+            .map_err(|error| self.protocol.classify_dial(node, ConnectError::from(error)))?;
         let connection = connecting
             .await
-            .map_err(|error| self.classify_dial(node, ConnectError::from(error)))?;
-        self.establish(connection)
+            .map_err(|error| self.protocol.classify_dial(node, ConnectError::from(error)))?;
+        self.protocol.establish(connection)
     }
 
-    /// The next incoming connection, authenticated; `None` once the endpoint is closed. A peer
-    /// that fails the handshake yields an error and the endpoint keeps accepting.
+    /// The next incoming golem connection, authenticated; `None` once the endpoint is closed.
+    /// A peer that fails the handshake yields an error and the endpoint keeps accepting. (Gossip
+    /// connections never show here: the endpoint hands them to its gossip instance.)
+    ///
+    /// Connections not taken are held up to a small bound; past it they are closed as busy. A
+    /// node that serves nothing takes them and closes them.
     pub async fn accept(&self) -> Option<Result<Connection, NetError>> {
-        let incoming = self.inner.accept().await?;
-        Some(match incoming.await {
-            Ok(connection) => self.establish(connection),
-            Err(error) => Err(self.classify(&error)),
-        })
+        self.incoming.lock().await.recv().await
     }
 
     /// Closes every connection and stops accepting. Returns at once; the close frames go out
     /// in the background.
     pub fn close(&self) {
         let inner = self.inner.clone();
+        let gossip = self.gossip.clone();
         // A runtime that has shut down has closed the sockets already.
-        drop(self.runtime.spawn(async move { inner.close().await }));
+        drop(self.runtime.spawn(async move {
+            let _ = gossip.shutdown().await;
+            inner.close().await;
+        }));
     }
+}
 
+/// What golem speaks on an endpoint: checks connections and names failures.
+#[derive(Debug)]
+struct Protocol {
+    alpn: Vec<u8>,
+}
+
+impl Protocol {
     /// Checks the negotiated version.
     fn establish(&self, connection: iroh::endpoint::Connection) -> Result<Connection, NetError> {
         if connection.alpn() != self.alpn.as_slice() {
@@ -360,7 +451,40 @@ impl Endpoint {
     }
 }
 
-/// A failure reduced to what [`Endpoint::classify`] looks at.
+/// Golem connections waiting for [`Endpoint::accept`] before new ones are refused as busy.
+const ACCEPT_QUEUE: usize = 64;
+
+/// Takes every incoming connection through its handshake, each in a task of its own so a slow
+/// peer holds up no other: gossip connections go to gossip, golem ones (checked) to `accepted`.
+async fn route_incoming(
+    endpoint: iroh::Endpoint,
+    gossip: iroh_gossip::Gossip,
+    protocol: Arc<Protocol>,
+    accepted: mpsc::Sender<Result<Connection, NetError>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (gossip, protocol, accepted) =
+            (gossip.clone(), Arc::clone(&protocol), accepted.clone());
+        tokio::spawn(async move {
+            let result = match incoming.await {
+                Ok(connection) if connection.alpn() == iroh_gossip::ALPN => {
+                    if let Err(error) = gossip.handle_connection(connection).await {
+                        tracing::debug!(%error, "gossip connection refused");
+                    }
+                    return;
+                }
+                Ok(connection) => protocol.establish(connection),
+                Err(error) => Err(protocol.classify(&error)),
+            };
+            if let Err(mpsc::error::TrySendError::Full(Ok(connection))) = accepted.try_send(result)
+            {
+                connection.close("busy: too many connections waiting");
+            }
+        });
+    }
+}
+
+/// A failure reduced to what [`Protocol::classify`] looks at.
 enum Classified {
     Connection(ConnectionError),
     Other(String),

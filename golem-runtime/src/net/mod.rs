@@ -21,7 +21,9 @@
 mod endpoint;
 mod framed;
 
-pub use self::endpoint::{Connection, Endpoint, NetConfig, NetError, PathKind};
+pub use self::endpoint::{
+    Connection, Endpoint, GOSSIP_MESSAGE_BYTES, NetConfig, NetError, PathKind,
+};
 pub use self::framed::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
 pub use iroh::RelayUrl;
 

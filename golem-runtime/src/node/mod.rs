@@ -1,12 +1,15 @@
 //! Nodes on a real network: the async drivers around the sans-IO [`proto`](crate::proto)
 //! state machines.
 //!
-//! * [`ProviderNode`]: listens on a QUIC endpoint, introduces itself with its offers, fetches
-//!   only the blobs it lacks, runs batches on worker threads in a shared sandbox, and keeps a
-//!   table of the peers that joined through it for peer exchange.
-//! * [`Requestor`]: dials bootstrap addresses and the peers they name, matches their offers
-//!   against its demand, and runs jobs over every matching provider with the
+//! * [`ProviderNode`]: listens on a QUIC endpoint, announces itself on the gossip topic
+//!   ([`discovery`](crate::discovery)), introduces itself with its offers, fetches only the
+//!   blobs it lacks, and runs batches on worker threads in a shared sandbox.
+//! * [`Requestor`]: joins the topic through its bootstrap nodes, dials by node id the announced
+//!   providers whose offers match its demand, and runs jobs over them with the
 //!   [`RequestorSession`](crate::proto::requestor::RequestorSession) scheduler.
+//!
+//! Both log the path of each connection (direct or relayed) when it is set up and when it
+//! changes.
 //! * [`BlobStore`]: content-addressed blobs in memory, optionally backed by a directory.
 
 mod blobs;
@@ -14,7 +17,7 @@ mod exec;
 mod provider;
 mod requestor;
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -25,10 +28,11 @@ pub use self::requestor::{
     JobRequest, ProgressFn, ProviderInfo, RemoteJob, Requestor, RequestorConfig, TransferStats,
 };
 
+use crate::discovery::{AnnouncementError, DiscoveryError};
 use crate::identity::NodeId;
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetError};
 use crate::proto::PROTOCOL_VERSION;
-use crate::proto::message::{Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Peer, Reply, Request};
+use crate::proto::message::{Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Reply, Request};
 
 /// A node could not start or stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +41,12 @@ pub enum NodeError {
     /// The endpoint could not be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The node could not join the gossip topic.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// The provider's announcement cannot be made (too many flavors, say).
+    #[error(transparent)]
+    Announcement(#[from] AnnouncementError),
     /// A thread or directory could not be created.
     #[error("{what}: {message}")]
     Io {
@@ -69,15 +79,6 @@ pub struct Bootstrap {
     pub node: NodeId,
     /// Its address.
     pub addr: SocketAddr,
-}
-
-impl From<Peer> for Bootstrap {
-    fn from(peer: Peer) -> Self {
-        Self {
-            node: peer.node,
-            addr: peer.addr,
-        }
-    }
 }
 
 impl std::fmt::Display for Bootstrap {
@@ -135,16 +136,18 @@ pub(crate) struct Handshake {
     pub(crate) replies: FramedRecv,
 }
 
-/// Dials `target` (the handshake checks its node id), opens the control stream, introduces
-/// ourselves with `ours` and reads the peer's hello, all within [`HANDSHAKE_TIMEOUT`].
+/// Dials `node` (at `addrs` and wherever it is remembered; the handshake checks its id), opens
+/// the control stream, introduces ourselves with `ours` and reads the peer's hello, all within
+/// [`HANDSHAKE_TIMEOUT`].
 pub(crate) async fn handshake(
     endpoint: &Endpoint,
-    target: Bootstrap,
+    node: NodeId,
+    addrs: Vec<SocketAddr>,
     ours: Hello,
 ) -> Result<Handshake, String> {
     let exchange = async {
         let connection = endpoint
-            .connect(target.node, [target.addr])
+            .connect(node, addrs)
             .await
             .map_err(|error| error.to_string())?;
         let (send, recv) = connection
@@ -178,13 +181,21 @@ pub(crate) async fn handshake(
         .unwrap_or_else(|_| Err(format!("no hello within {HANDSHAKE_TIMEOUT:?}")))
 }
 
-/// The address to reach a node that listens on `listen`: a node bound to 0.0.0.0 (or `[::]`)
-/// is reached at the address it was seen at.
-pub(crate) fn reachable(mut listen: SocketAddr, seen_at: IpAddr) -> SocketAddr {
-    if listen.ip().is_unspecified() {
-        listen.set_ip(seen_at);
+/// Logs the path a connection's packets take (direct or relayed) when it is set up and each
+/// time it changes, until the connection closes.
+pub(crate) async fn log_paths(connection: Connection) {
+    use n0_future::StreamExt;
+    let peer = connection.peer();
+    let mut last = connection.path();
+    tracing::info!(%peer, path = %last, "connection path");
+    let mut events = connection.quic().path_events();
+    while events.next().await.is_some() {
+        let path = connection.path();
+        if path != last {
+            tracing::info!(%peer, %path, "connection path changed");
+            last = path;
+        }
     }
-    listen
 }
 
 #[cfg(test)]

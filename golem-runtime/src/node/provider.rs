@@ -12,13 +12,17 @@ use tokio::sync::{mpsc, watch};
 
 use super::blobs::{BlobError, BlobStore, receive_blob};
 use super::exec::{Executor, run_batch};
-use super::{Bootstrap, NodeError, handshake, reachable};
+use super::{Bootstrap, NodeError, log_paths};
+use crate::discovery::{
+    ANNOUNCE_EVERY, ANNOUNCEMENT_TTL, Announcement, Discovery, DiscoveryConfig, MAX_ADDRESSES,
+    unix_now,
+};
 use crate::identity::{NodeId, NodeKey};
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
 use crate::payment::{Books, Payee};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
-    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Peer, Reply,
+    Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Reply,
     Request,
 };
 use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
@@ -95,8 +99,8 @@ struct Shared {
     key: NodeKey,
     #[cfg(feature = "adversarial")]
     cheater: Option<Mutex<crate::adversarial::Cheater>>,
-    /// Peers that joined through this node, and the nodes it joined.
-    peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Its part in the gossip topic, where it announces itself.
+    discovery: Discovery,
     /// The credit limit now ([`ProviderNodeConfig::credit_limit`] at start).
     credit_limit: Mutex<Option<u128>>,
     /// Batches refused because their requestor owed too much.
@@ -106,19 +110,24 @@ struct Shared {
 }
 
 impl Shared {
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Peer>> {
-        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn peers_except(&self, node: NodeId) -> Vec<Peer> {
-        let mut peers: Vec<Peer> = self
-            .peers()
-            .values()
-            .filter(|peer| peer.node != node)
-            .copied()
-            .collect();
-        peers.sort_by_key(|peer| peer.node);
-        peers
+    /// This provider's announcement number `seq`, valid from `now` (Unix seconds) for
+    /// [`ANNOUNCEMENT_TTL`].
+    fn announcement(&self, seq: u64, now: u64) -> Announcement {
+        let mut addrs = match self.config.advertise {
+            Some(advertised) => vec![advertised],
+            None => self.endpoint.direct_addrs(),
+        };
+        addrs.truncate(MAX_ADDRESSES);
+        Announcement {
+            node: self.endpoint.node_id(),
+            seq,
+            expires_at: now + ANNOUNCEMENT_TTL.as_secs(),
+            offers: self.config.offers.clone(),
+            engine: self.hello.engine,
+            payee: self.config.payee,
+            relay: self.endpoint.home_relay().map(|relay| relay.to_string()),
+            addrs,
+        }
     }
 
     /// Runs `batch` on this thread and signs the receipt of its outputs.
@@ -261,11 +270,15 @@ impl ProviderNode {
             .map_err(|error| NodeError::io("cannot start the worker threads", &error))?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
-            listen: Some(config.advertise.unwrap_or(addr)),
             offers: config.offers.clone(),
             engine: Some(sandbox.fingerprint()),
             payee: config.payee,
         };
+        for target in &config.bootstrap {
+            endpoint.remember(target.node, [target.addr], None);
+        }
+        let bootstrap = config.bootstrap.iter().map(|target| target.node).collect();
+        let discovery = Discovery::join(&endpoint, bootstrap, DiscoveryConfig::default()).await?;
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             endpoint,
@@ -276,16 +289,16 @@ impl ProviderNode {
             key: NodeKey::from_secret(key.secret_bytes()),
             #[cfg(feature = "adversarial")]
             cheater: cheat.map(|cheat| Mutex::new(crate::adversarial::Cheater::new(cheat))),
-            peers: Mutex::default(),
+            discovery,
             credit_limit: Mutex::new(config.credit_limit),
             unpaid_refusals: AtomicU64::new(0),
             config,
             stop,
         });
+        // An announcement that cannot be made is an error now, not a silent absence later.
+        shared.announcement(0, unix_now()).sign(key)?;
         tokio::spawn(accept_loop(Arc::clone(&shared)));
-        for target in shared.config.bootstrap.clone() {
-            tokio::spawn(join_loop(Arc::clone(&shared), target));
-        }
+        tokio::spawn(announce_loop(Arc::clone(&shared)));
         tracing::info!(node = %shared.endpoint.node_id(), %addr, "provider listening");
         Ok(Self { shared, addr })
     }
@@ -300,17 +313,12 @@ impl ProviderNode {
         self.addr
     }
 
-    /// How to dial it.
-    pub fn peer(&self) -> Peer {
-        Peer {
+    /// How to join it (`NODE_ID@ADDR` as text).
+    pub fn bootstrap(&self) -> Bootstrap {
+        Bootstrap {
             node: self.node_id(),
             addr: self.addr,
         }
-    }
-
-    /// How to join it: `NODE_ID@ADDR` as text.
-    pub fn bootstrap(&self) -> Bootstrap {
-        Bootstrap::from(self.peer())
     }
 
     /// The flavors it sells.
@@ -318,9 +326,9 @@ impl ProviderNode {
         &self.shared.config.offers
     }
 
-    /// The peers it knows (joined through it, or joined by it).
-    pub fn known_peers(&self) -> Vec<Peer> {
-        self.shared.peers_except(self.node_id())
+    /// The other providers it believes, from their announcements on the gossip topic.
+    pub fn known_providers(&self) -> Vec<Announcement> {
+        self.shared.discovery.providers()
     }
 
     /// Changes the credit limit (`None`: none); batches arriving from now on are held to it.
@@ -400,6 +408,7 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
         }
     };
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let paths = tokio::spawn(log_paths(connection.clone()));
     let reader = tokio::spawn(read_requests(recv, events.clone()));
     let blobs = tokio::spawn(accept_blobs(
         connection.quic().clone(),
@@ -424,15 +433,8 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
         };
         match event {
             Some(ConnEvent::Request(request)) => {
-                let hello = matches!(request, Request::Hello(_));
-                if matches!(request, Request::Peers) {
-                    session.set_peers(shared.peers_except(peer));
-                }
                 let store = &shared.store;
                 session.handle_request(request, Instant::now(), |id| store.contains(id));
-                if hello {
-                    register_peer(&shared, &connection, session.peer_hello());
-                }
             }
             Some(ConnEvent::Blob(id)) => session.handle_blob(id),
             Some(ConnEvent::BlobFailed(id, reason)) => session.handle_blob_failed(id, &reason),
@@ -497,26 +499,7 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
     tracing::debug!(%peer, %reason, "connection over");
     reader.abort();
     blobs.abort();
-    shared.peers().remove(&peer);
-}
-
-/// Records a peer that introduced itself with a listening address and offers: it joined the
-/// network through this node.
-fn register_peer(shared: &Shared, connection: &Connection, hello: Option<&Hello>) {
-    let Some(hello) = hello else { return };
-    let Some(listen) = hello.listen else { return };
-    if hello.offers.is_empty() {
-        return;
-    }
-    let Some(seen_at) = connection.remote_addr() else {
-        return;
-    };
-    let peer = Peer {
-        node: connection.peer(),
-        addr: reachable(listen, seen_at.ip()),
-    };
-    tracing::info!(node = %peer.node, addr = %peer.addr, "peer joined");
-    shared.peers().insert(peer.node, peer);
+    paths.abort();
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -574,35 +557,30 @@ async fn accept_blobs(
     }
 }
 
-/// Joins `target` and stays connected, rejoining after a pause when the connection drops.
-async fn join_loop(shared: Arc<Shared>, target: Bootstrap) {
+/// Announces this provider on the gossip topic every [`ANNOUNCE_EVERY`], each announcement
+/// numbered above the last (also above those of an earlier run: the numbers start from the
+/// clock).
+async fn announce_loop(shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
+    let mut seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
     loop {
-        let outcome = tokio::select! {
-            outcome = join_once(&shared, target) => outcome,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        match outcome {
-            Ok(reason) => tracing::info!(%target, %reason, "left the bootstrap node"),
-            Err(error) => tracing::warn!(%target, %error, "cannot join the bootstrap node"),
+        let signed = shared.announcement(seq, unix_now()).sign(&shared.key);
+        seq += 1;
+        match signed {
+            Ok(signed) => {
+                if let Err(error) = shared.discovery.publish(signed).await {
+                    tracing::warn!(%error, "cannot announce this provider");
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot make this provider's announcement"),
         }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
     }
-}
-
-async fn join_once(shared: &Shared, target: Bootstrap) -> Result<String, String> {
-    let joined = handshake(&shared.endpoint, target, shared.hello.clone()).await?;
-    let node = joined.connection.peer();
-    let addr = joined
-        .hello
-        .listen
-        .map_or(target.addr, |listen| reachable(listen, target.addr.ip()));
-    tracing::info!(%node, %addr, "joined");
-    shared.peers().insert(node, Peer { node, addr });
-    let reason = joined.connection.quic().closed().await;
-    shared.peers().remove(&node);
-    Ok(reason.to_string())
 }

@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::blobs::{Blob, send_blob};
 use super::exec::{Executor, input_bytes, run_batch};
-use super::{Bootstrap, Handshake, NodeError, handshake};
+use super::{Bootstrap, Handshake, NodeError, handshake, log_paths};
+use crate::discovery::{Announcement, Discovery, DiscoveryConfig, DiscoveryStats, Heard};
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
-use crate::net::{Connection, Endpoint, NetConfig};
+use crate::net::{Connection, Endpoint, NetConfig, PathKind};
 use crate::payment::{Payee, PaymentHook, Priced};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
@@ -41,9 +42,10 @@ pub struct RequestorConfig {
     pub scheduler: SchedulerConfig,
     /// What providers must offer to be used.
     pub demand: Demand,
-    /// How often connected nodes are asked for the peers they know, and lost bootstrap nodes
-    /// dialed again.
-    pub peer_exchange: Duration,
+    /// How often lost bootstrap nodes are dialed again.
+    pub redial: Duration,
+    /// How announcements heard on the gossip topic are taken in.
+    pub discovery: DiscoveryConfig,
     /// The requestor's own sandbox, to re-run results (spot checks, tie-breaks, confirming
     /// failures). Jobs verified other than [`Verify::None`] need it.
     pub checker: Option<Arc<Sandbox>>,
@@ -74,7 +76,8 @@ impl Default for RequestorConfig {
             net: NetConfig::direct(SocketAddr::from(([0, 0, 0, 0], 0))),
             scheduler: SchedulerConfig::default(),
             demand: Demand::for_limits(&Limits::default()),
-            peer_exchange: Duration::from_secs(2),
+            redial: Duration::from_secs(2),
+            discovery: DiscoveryConfig::default(),
             checker: None,
             check_threads: 1,
             reputation: None,
@@ -115,8 +118,8 @@ impl std::fmt::Debug for JobRequest {
 pub struct ProviderInfo {
     /// Its node id.
     pub node: NodeId,
-    /// The address it was dialed at.
-    pub addr: SocketAddr,
+    /// How its connection's packets travelled when it was connected: direct or relayed.
+    pub path: PathKind,
     /// The flavor bought.
     pub offer: Offer,
     /// Its sandbox engine.
@@ -152,15 +155,15 @@ enum Command {
         connection: Connection,
         hello: Hello,
         writer: mpsc::UnboundedSender<Request>,
-        target: Bootstrap,
     },
     Reply(NodeId, Reply),
     Checked(u64, CheckResult),
     Forgive(NodeId),
     Records(oneshot::Sender<Vec<(NodeId, Record)>>),
+    /// A dial failed (`connection` is `None`) or a connection ended.
     Down {
-        node: Option<NodeId>,
-        target: Bootstrap,
+        node: NodeId,
+        connection: Option<usize>,
         reason: String,
     },
 }
@@ -171,6 +174,7 @@ enum Command {
 /// ends when the last handle and job are dropped.
 pub struct Requestor {
     commands: mpsc::UnboundedSender<Command>,
+    discovery: Arc<Discovery>,
     providers: watch::Receiver<Vec<ProviderInfo>>,
     stats: Arc<Stats>,
     tickets: AtomicU64,
@@ -191,6 +195,18 @@ impl Requestor {
     /// Binds the requestor's endpoint, loads its provider records and starts its task.
     pub async fn start(key: &NodeKey, config: RequestorConfig) -> Result<Self, NodeError> {
         let endpoint = Arc::new(Endpoint::bind(key, &config.net).await?);
+        let discovery =
+            Arc::new(Discovery::join(&endpoint, Vec::new(), config.discovery.clone()).await?);
+        // Gossip neighbours dial requestors too (the endpoint hands those connections to
+        // gossip); anyone asking a requestor for golem's service is told it has none.
+        let refusing = Arc::clone(&endpoint);
+        tokio::spawn(async move {
+            while let Some(incoming) = refusing.accept().await {
+                if let Ok(connection) = incoming {
+                    connection.close("a requestor serves nothing");
+                }
+            }
+        });
         let (commands, inbox) = mpsc::unbounded_channel();
         let (providers_tx, providers) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
@@ -231,6 +247,7 @@ impl Requestor {
             node: key.node_id(),
             conns: HashMap::new(),
             dialing: HashSet::new(),
+            discovery: Arc::clone(&discovery),
             bootstraps: Vec::new(),
             jobs: HashMap::new(),
             tickets: HashMap::new(),
@@ -243,6 +260,7 @@ impl Requestor {
         tokio::spawn(owner.run(inbox));
         Ok(Self {
             commands,
+            discovery,
             providers,
             stats,
             tickets: AtomicU64::new(0),
@@ -256,8 +274,8 @@ impl Requestor {
         self.node
     }
 
-    /// Dials `target`, then every peer it names, and keeps scheduling on those whose offers
-    /// match the demand.
+    /// Dials `target` and joins the gossip topic through it; schedules on it and on every
+    /// provider announced there whose offers match the demand.
     pub fn join(&self, target: Bootstrap) {
         let _ = self.commands.send(Command::Join(target));
     }
@@ -314,6 +332,16 @@ impl Requestor {
         let (sender, receiver) = oneshot::channel();
         let _ = self.commands.send(Command::Records(sender));
         async move { receiver.await.unwrap_or_default() }
+    }
+
+    /// The providers heard of on the gossip topic and believed (connected or not).
+    pub fn announced(&self) -> Vec<Announcement> {
+        self.discovery.providers()
+    }
+
+    /// What the gossip topic brought so far: announcements believed, refused, dropped.
+    pub fn discovery_stats(&self) -> DiscoveryStats {
+        self.discovery.stats()
     }
 
     /// Blob traffic so far.
@@ -376,7 +404,6 @@ impl Drop for RemoteJob {
 struct Conn {
     connection: Connection,
     writer: mpsc::UnboundedSender<Request>,
-    target: Bootstrap,
     info: Option<ProviderInfo>,
 }
 
@@ -401,8 +428,10 @@ struct Owner {
     endpoint: Arc<Endpoint>,
     node: NodeId,
     conns: HashMap<NodeId, Conn>,
-    /// Addresses being dialed.
-    dialing: HashSet<SocketAddr>,
+    /// Nodes being dialed.
+    dialing: HashSet<NodeId>,
+    /// Its part in the gossip topic.
+    discovery: Arc<Discovery>,
     bootstraps: Vec<Bootstrap>,
     jobs: HashMap<JobId, JobEntry>,
     tickets: HashMap<u64, JobId>,
@@ -417,8 +446,9 @@ struct Owner {
 
 impl Owner {
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
-        let mut exchange = tokio::time::interval(self.config.peer_exchange);
-        exchange.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(self.config.redial);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = self.discovery.subscribe();
         loop {
             let deadline = self.session.poll_timeout();
             tokio::select! {
@@ -427,7 +457,19 @@ impl Owner {
                     None => break,
                 },
                 () = sleep_until(deadline) => self.session.handle_timeout(Instant::now()),
-                _ = exchange.tick() => self.exchange_peers(),
+                _ = redial.tick() => self.redial(),
+                news = heard.recv() => match news {
+                    Ok(Heard::Announced(announcement)) => self.announced(&announcement),
+                    Ok(Heard::Expired(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for announcement in self.discovery.providers() {
+                            self.announced(&announcement);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        heard = self.discovery.subscribe();
+                    }
+                },
             }
             self.flush();
         }
@@ -458,10 +500,13 @@ impl Owner {
         let now = Instant::now();
         match command {
             Command::Join(target) => {
+                self.endpoint.remember(target.node, [target.addr], None);
                 if !self.bootstraps.contains(&target) {
                     self.bootstraps.push(target);
+                    let discovery = Arc::clone(&self.discovery);
+                    tokio::spawn(async move { discovery.add_bootstrap(target.node).await });
                 }
-                self.dial(target);
+                self.dial(target.node, vec![target.addr]);
             }
             Command::Submit {
                 ticket,
@@ -519,15 +564,7 @@ impl Owner {
                 connection,
                 hello,
                 writer,
-                target,
-            } => self.connected(connection, hello, writer, target, now),
-            Command::Reply(_, Reply::Peers(peers)) => {
-                for peer in peers {
-                    if peer.node != self.node && !self.conns.contains_key(&peer.node) {
-                        self.dial(Bootstrap::from(peer));
-                    }
-                }
-            }
+            } => self.connected(connection, hello, writer, now),
             Command::Reply(node, reply) => self.session.handle_reply(node, reply, now),
             Command::Checked(id, result) => self.session.handle_check(id, result, now),
             Command::Forgive(node) => {
@@ -546,22 +583,23 @@ impl Owner {
             }
             Command::Down {
                 node,
-                target,
+                connection,
                 reason,
-            } => {
-                self.dialing.remove(&target.addr);
-                if let Some(node) = node {
+            } => match connection {
+                None => {
+                    self.dialing.remove(&node);
+                    tracing::info!(%node, %reason, "cannot reach node");
+                }
+                Some(id) => {
                     let same = self
                         .conns
                         .get(&node)
-                        .is_some_and(|conn| conn.target.addr == target.addr);
+                        .is_some_and(|conn| conn.connection.quic().stable_id() == id);
                     if same {
                         self.disconnect(node, &reason, now);
                     }
-                } else {
-                    tracing::info!(%target, %reason, "cannot reach node");
                 }
-            }
+            },
         }
     }
 
@@ -570,11 +608,10 @@ impl Owner {
         connection: Connection,
         hello: Hello,
         writer: mpsc::UnboundedSender<Request>,
-        target: Bootstrap,
         now: Instant,
     ) {
-        self.dialing.remove(&target.addr);
         let node = connection.peer();
+        self.dialing.remove(&node);
         if self.conns.contains_key(&node) || node == self.node {
             connection.close("already connected");
             return;
@@ -585,7 +622,7 @@ impl Owner {
             .choose(&hello.offers)
             .map(|offer| ProviderInfo {
                 node,
-                addr: target.addr,
+                path: connection.path(),
                 offer: offer.clone(),
                 engine: hello.engine,
             });
@@ -601,7 +638,7 @@ impl Owner {
                 return;
             }
             Some(info) => {
-                tracing::info!(%node, addr = %info.addr, flavor = %info.offer.flavor, "provider joined");
+                tracing::info!(%node, path = %info.path, flavor = %info.offer.flavor, "provider joined");
                 self.prices
                     .insert(node, (info.offer.price_per_gfuel, hello.payee));
             }
@@ -610,13 +647,12 @@ impl Owner {
             }
             None => tracing::info!(%node, "no offer of this provider matches the demand"),
         }
-        let _ = writer.send(Request::Peers);
+        tokio::spawn(log_paths(connection.clone()));
         self.conns.insert(
             node,
             Conn {
                 connection,
                 writer,
-                target,
                 info,
             },
         );
@@ -655,27 +691,42 @@ impl Owner {
         }
     }
 
-    fn exchange_peers(&mut self) {
-        for conn in self.conns.values() {
-            let _ = conn.writer.send(Request::Peers);
-        }
-        let connected: HashSet<SocketAddr> =
-            self.conns.values().map(|conn| conn.target.addr).collect();
+    /// Dials the bootstrap nodes that are not connected.
+    fn redial(&mut self) {
         for target in self.bootstraps.clone() {
-            if !connected.contains(&target.addr) {
-                self.dial(target);
+            let banned = self.session.reputation().is_banned(&target.node);
+            if !banned && !self.conns.contains_key(&target.node) {
+                self.dial(target.node, vec![target.addr]);
             }
         }
     }
 
-    fn dial(&mut self, target: Bootstrap) {
-        if !self.dialing.insert(target.addr) {
+    /// Dials a provider heard of on the gossip topic, unless it is known already, banned, or
+    /// sells nothing the demand takes. Its addresses were remembered by discovery.
+    fn announced(&mut self, announcement: &Announcement) {
+        let node = announcement.node;
+        if node == self.node || self.conns.contains_key(&node) || self.dialing.contains(&node) {
+            return;
+        }
+        if self.session.reputation().is_banned(&node) {
+            tracing::debug!(%node, "a banned provider announced itself; not dialed");
+            return;
+        }
+        if self.config.demand.choose(&announcement.offers).is_none() {
+            tracing::debug!(%node, "no offer of an announced provider matches the demand");
+            return;
+        }
+        self.dial(node, Vec::new());
+    }
+
+    fn dial(&mut self, node: NodeId, addrs: Vec<SocketAddr>) {
+        if node == self.node || !self.dialing.insert(node) {
             return;
         }
         let Some(commands) = self.commands.upgrade() else {
             return;
         };
-        tokio::spawn(dial(Arc::clone(&self.endpoint), target, commands));
+        tokio::spawn(dial(Arc::clone(&self.endpoint), node, addrs, commands));
     }
 
     /// Carries out what the session asks for and reports what it says.
@@ -871,21 +922,16 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Dials `target`, exchanges hellos, then relays the connection's replies to the owner until
+/// Dials `node`, exchanges hellos, then relays the connection's replies to the owner until
 /// it closes.
 async fn dial(
     endpoint: Arc<Endpoint>,
-    target: Bootstrap,
+    node: NodeId,
+    addrs: Vec<SocketAddr>,
     commands: mpsc::UnboundedSender<Command>,
 ) {
-    let down = |node, reason: String| Command::Down {
-        node,
-        target,
-        reason,
-    };
     let ours = Hello {
         version: PROTOCOL_VERSION,
-        listen: None,
         offers: Vec::new(),
         engine: None,
         payee: None,
@@ -895,20 +941,24 @@ async fn dial(
         hello,
         mut requests,
         mut replies,
-    } = match handshake(&endpoint, target, ours).await {
+    } = match handshake(&endpoint, node, addrs, ours).await {
         Ok(parts) => parts,
         Err(reason) => {
-            let _ = commands.send(down(None, reason));
+            let down = Command::Down {
+                node,
+                connection: None,
+                reason,
+            };
+            let _ = commands.send(down);
             return;
         }
     };
-    let node = connection.peer();
+    let id = connection.quic().stable_id();
     let (writer, mut outbox) = mpsc::unbounded_channel::<Request>();
     let up = Command::Up {
         connection,
         hello,
         writer,
-        target,
     };
     if commands.send(up).is_err() {
         return;
@@ -939,5 +989,9 @@ async fn dial(
         },
         reason = read => reason,
     };
-    let _ = commands.send(down(Some(node), reason));
+    let _ = commands.send(Command::Down {
+        node,
+        connection: Some(id),
+        reason,
+    });
 }

@@ -6,11 +6,10 @@
 //! exactly `len` raw bytes, checked against the id (their blake3 hash) before use.
 
 use std::fmt;
-use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{NodeId, Signature};
+use crate::identity::Signature;
 use crate::payment::Payee;
 use crate::sandbox::{EngineFingerprint, Limits, ModuleError, ModuleHash, SubtaskError};
 
@@ -69,22 +68,11 @@ pub struct Offer {
     pub concurrency: u32,
 }
 
-/// A node that can be dialed: its id and an address it listens on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Peer {
-    /// The node's id (its public key); dialing checks it.
-    pub node: NodeId,
-    /// Where it listens.
-    pub addr: SocketAddr,
-}
-
 /// The first frame each side sends on a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The sender's protocol version ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
     pub version: u32,
-    /// Where the sender accepts connections, if it does.
-    pub listen: Option<SocketAddr>,
     /// What the sender sells; empty for a pure requestor.
     pub offers: Vec<Offer>,
     /// The sender's sandbox engine: outputs are byte-comparable between equal fingerprints.
@@ -181,8 +169,6 @@ pub enum Request {
         /// The batch.
         batch: u64,
     },
-    /// Ask for the nodes this provider knows.
-    Peers,
 }
 
 /// The result of one subtask.
@@ -246,8 +232,6 @@ pub enum Reply {
         /// How it ended.
         outcome: Outcome,
     },
-    /// The nodes this provider knows, itself excluded.
-    Peers(Vec<Peer>),
 }
 
 /// The first frame of a blob stream; exactly `len` raw bytes follow.
@@ -272,6 +256,7 @@ pub const INLINE_INPUT_MAX: usize = 64 << 10;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::NodeId;
     use crate::proto::frame::{FrameDecoder, encode};
 
     #[test]

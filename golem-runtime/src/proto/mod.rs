@@ -3,7 +3,7 @@
 //! * [`frame`]: postcard messages behind a length prefix, with a hard size cap; a decoder that
 //!   takes bytes as they arrive and yields whole frames, or a typed error that ends the stream.
 //! * [`message`]: what travels in the frames: hello, batches of subtasks, blob requests,
-//!   outcomes, peer lists.
+//!   outcomes.
 //! * [`provider`]: the provider's side of a connection as a state machine.
 //! * [`requestor`]: the requestor's scheduler over all its providers as a state machine:
 //!   batching, deadlines, retries, backup copies.
@@ -21,7 +21,7 @@ mod sim;
 
 /// Version of the wire protocol. It is part of the ALPN, so peers of different versions fail
 /// the TLS handshake with a clear error instead of misreading each other's frames.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The ALPN identifier of [`PROTOCOL_VERSION`].
-pub const ALPN: &[u8] = b"golem/2";
+pub const ALPN: &[u8] = b"golem/3";

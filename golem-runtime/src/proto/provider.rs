@@ -10,7 +10,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::message::{Batch, BlobId, Hello, Outcome, Peer, Reply, Request};
+use super::message::{Batch, BlobId, Hello, Outcome, Reply, Request};
 
 /// Settings of a provider session.
 #[derive(Debug, Clone)]
@@ -42,7 +42,6 @@ pub struct ProviderSession {
     config: ProviderSessionConfig,
     hello: Hello,
     peer_hello: Option<Hello>,
-    peers: Vec<Peer>,
     /// Batches accepted and not done: parked, queued or running.
     live: HashSet<u64>,
     parked: Vec<Parked>,
@@ -69,7 +68,6 @@ impl ProviderSession {
             config,
             hello,
             peer_hello: None,
-            peers: Vec::new(),
             live: HashSet::new(),
             parked: Vec::new(),
             asked: HashSet::new(),
@@ -81,11 +79,6 @@ impl ProviderSession {
     /// The peer's introduction, once it arrived.
     pub fn peer_hello(&self) -> Option<&Hello> {
         self.peer_hello.as_ref()
-    }
-
-    /// Replaces the nodes given to a [`Request::Peers`].
-    pub fn set_peers(&mut self, peers: Vec<Peer>) {
-        self.peers = peers;
     }
 
     /// Batches accepted and not yet done.
@@ -112,7 +105,6 @@ impl ProviderSession {
                     self.work.retain(|queued| queued.id != batch);
                 }
             }
-            Request::Peers => self.replies.push_back(Reply::Peers(self.peers.clone())),
         }
     }
 
@@ -252,7 +244,6 @@ mod tests {
     fn hello() -> Hello {
         Hello {
             version: 1,
-            listen: None,
             offers: Vec::new(),
             engine: None,
             payee: None,

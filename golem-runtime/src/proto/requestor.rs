@@ -662,7 +662,7 @@ impl RequestorSession {
             Reply::Need { batch, blobs } => self.handle_need(node, batch, blobs),
             Reply::Done { batch, outcome } => self.handle_done(node, batch, outcome, now),
             // Introductions and peer lists are the driver's business.
-            Reply::Hello(_) | Reply::Peers(_) => {}
+            Reply::Hello(_) => {}
         }
         self.dispatch(now);
     }

@@ -116,7 +116,6 @@ impl Sim {
                 session: ProviderSession::new(
                     Hello {
                         version: 1,
-                        listen: None,
                         offers: Vec::new(),
                         engine: None,
                         payee: None,
@@ -559,9 +558,15 @@ fn a_job_waits_for_providers_and_survives_all_of_them_leaving() {
     // Only the first provider is known when the job starts; it dies, and the second joins later.
     sim.connect(0, 1);
     // Something must be on the clock for virtual time to reach the join.
+    let hello = Hello {
+        version: crate::proto::PROTOCOL_VERSION,
+        offers: Vec::new(),
+        engine: None,
+        payee: None,
+    };
     sim.schedule(
         Duration::from_millis(100),
-        Deliver::Reply(1, Reply::Peers(Vec::new())),
+        Deliver::Reply(1, Reply::Hello(hello)),
     );
     let items = inputs(3_000);
     let mut joined = false;
