@@ -107,7 +107,7 @@ pub use crate::{
 #[cfg(not(target_arch = "wasm32"))]
 pub use golem_runtime::{
     payment::{Account, Books, Ledger, NANO, Payee, PaymentHook, Priced},
-    proto::requestor::{Caught, JobReport},
+    proto::requestor::{Caught, JobReport, Route},
     receipt::Receipt,
     reputation::Record,
     sandbox::{Limits, SandboxConfig},

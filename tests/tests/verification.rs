@@ -59,6 +59,18 @@ fn the_same_job_gives_the_same_bytes_on_every_provider() {
     assert_eq!(outputs.len(), 300);
     assert!(report.caught.is_empty(), "{:?}", report.caught);
     assert_eq!(report.provider_runs, 4 * 300);
+    // The report says how each provider was reached: straight at its loopback address.
+    let routed: HashSet<NodeId> = report.routes.iter().map(|route| route.node).collect();
+    let paid: HashSet<NodeId> = report.receipts.iter().map(|r| r.provider).collect();
+    assert_eq!(routed, paid);
+    assert!(
+        report
+            .routes
+            .iter()
+            .all(|route| !route.relayed && route.via.starts_with("127.0.0.1:")),
+        "{:?}",
+        report.routes
+    );
     let mut per_batch = std::collections::BTreeMap::new();
     for receipt in &report.receipts {
         assert_eq!(receipt.verify(), Ok(()));

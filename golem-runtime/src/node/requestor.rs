@@ -1,6 +1,6 @@
 //! The requestor node: dials providers, keeps them matched and scheduled, runs jobs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +24,9 @@ use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
     Check, CheckKind, CheckResult, Event, JobFailure, JobId, JobOutput, JobTerms, ProviderSlot,
-    RequestorSession, SchedulerConfig, Transmit,
+    RequestorSession, Route, SchedulerConfig, Transmit,
 };
+use crate::receipt::Receipt;
 use crate::reputation::{Record, ReputationStore, StoreError};
 use crate::sandbox::{EngineFingerprint, Limits, Sandbox};
 use crate::verify::{CheckFn, Verify};
@@ -771,7 +772,15 @@ impl Owner {
                         let _ = std::panic::catch_unwind(call);
                     }
                 }
-                Event::Finished { job, result } => {
+                Event::Finished { job, mut result } => {
+                    let report = match &mut result {
+                        Ok(done) => Some(&mut done.report),
+                        Err(JobFailure::Budget { report, .. }) => Some(&mut **report),
+                        Err(_) => None,
+                    };
+                    if let Some(report) = report {
+                        report.routes = self.routes(&report.receipts);
+                    }
                     let report = match &result {
                         Ok(done) => Some(&done.report),
                         Err(JobFailure::Budget { report, .. }) => Some(&**report),
@@ -823,6 +832,23 @@ impl Owner {
             self.run_check(check);
         }
         self.save_records_soon(false);
+    }
+
+    /// The path to each provider that signed one of `receipts`, as it is now.
+    fn routes(&self, receipts: &[Receipt]) -> Vec<Route> {
+        let providers: BTreeSet<NodeId> = receipts.iter().map(|receipt| receipt.provider).collect();
+        providers
+            .into_iter()
+            .filter_map(|node| {
+                let path = self.conns.get(&node)?.connection.path();
+                let (relayed, via) = match path {
+                    PathKind::Direct(addr) => (false, addr.to_string()),
+                    PathKind::Relayed(url) => (true, url.to_string()),
+                    PathKind::None => return None,
+                };
+                Some(Route { node, relayed, via })
+            })
+            .collect()
     }
 
     fn close(&mut self, node: NodeId, reason: &str) {

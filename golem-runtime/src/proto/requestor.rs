@@ -182,6 +182,20 @@ pub struct JobReport {
     pub caught: Vec<Caught>,
     /// Receipts of the accepted results, by batch: what the providers are owed.
     pub receipts: Vec<Receipt>,
+    /// How the requestor reached each provider whose results it accepted, as the job ended
+    /// (filled in by the network driver; the state machine knows no paths).
+    pub routes: Vec<Route>,
+}
+
+/// How a requestor's packets reached a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The provider.
+    pub node: NodeId,
+    /// Whether they went through a relay rather than straight to the provider.
+    pub relayed: bool,
+    /// Where they went: the provider's address, or the relay's URL.
+    pub via: String,
 }
 
 impl JobReport {
