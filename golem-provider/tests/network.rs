@@ -82,6 +82,11 @@ fn send(pid: u32, signal: Signal) {
     rustix::process::kill_process(pid, signal).expect("signal the daemon");
 }
 
+/// How long a requestor told of one daemon may take to hear of the others on the gossip topic:
+/// usually at once (neighbours pass on what they know), at the latest when each has announced
+/// itself again.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(30);
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,6 +121,7 @@ fn a_requestor_finds_daemons_through_one_bootstrap_node_and_renders_on_them() {
         let golem = Golem::builder()
             .join(first.address.as_str())
             .min_providers(3)
+            .wait(DISCOVERY_WAIT)
             .build()
             .await
             .expect("three providers found through the first");
@@ -216,6 +222,7 @@ fn run_disrupted(daemons: &[Daemon], disrupt: impl FnOnce() + Send + 'static) {
         let golem = Golem::builder()
             .join(daemons[0].address.as_str())
             .min_providers(daemons.len())
+            .wait(DISCOVERY_WAIT)
             .build()
             .await
             .expect("providers");

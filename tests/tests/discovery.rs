@@ -111,3 +111,31 @@ fn a_requestor_that_joins_through_one_node_learns_every_provider_by_gossip() {
         requestor.shutdown();
     });
 }
+
+#[test]
+fn a_provider_whose_announcement_would_not_fit_gossip_does_not_start() {
+    runtime().block_on(async {
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(2)).expect("engine"));
+        let mut config = ProviderNodeConfig::local(&sandbox, 1);
+        let offer = config.offers[0].clone();
+        config.offers = (0..100)
+            .map(|index| golem_runtime::proto::message::Offer {
+                flavor: format!("flavor-{index:03}-with-a-name-long-enough-to-matter"),
+                ..offer.clone()
+            })
+            .collect();
+        let refused = ProviderNode::start(&NodeKey::from_secret([0x70; 32]), sandbox, config)
+            .await
+            .expect_err("a hundred long flavors do not fit one announcement");
+        assert!(
+            matches!(
+                refused,
+                golem_runtime::node::NodeError::Announcement(
+                    golem_runtime::discovery::AnnouncementError::TooLarge { .. }
+                )
+            ),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("fewer"), "{refused}");
+    });
+}

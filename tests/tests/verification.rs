@@ -175,6 +175,7 @@ fn spot_checks_over_real_providers_catch_every_cheater() {
         .reputation(&records)
         .providers(0)
         .min_providers(7)
+        .wait(Duration::from_secs(30))
         .join(network.providers()[0].bootstrap().to_string())
         .build_blocking()
         .expect("the honest providers");

@@ -70,8 +70,7 @@ impl Directory {
     pub fn receive(&mut self, bytes: &[u8], now: u64) -> Result<Change, Refused> {
         let announcement = Announcement::verify(bytes, now)?;
         let node = announcement.node;
-        if let Some(&(latest, until)) = self.latest.get(&node)
-            && until > now
+        if let Some(&(latest, _)) = self.latest.get(&node)
             && announcement.seq <= latest
         {
             return Err(AnnouncementError::Replayed {
@@ -119,6 +118,11 @@ impl Directory {
         self.latest
             .retain(|_, (_, until)| until.saturating_add(MAX_TTL_SECS) > now);
         gone
+    }
+
+    /// Forgets `node`'s announcement (its sequence number is still remembered).
+    pub fn forget(&mut self, node: &NodeId) {
+        self.providers.remove(node);
     }
 
     /// The announcement of `node`, if it is known and valid.
@@ -217,6 +221,25 @@ mod tests {
         assert!(matches!(
             directory.receive(&back, 1_070),
             Ok(Change::Added(_))
+        ));
+    }
+
+    #[test]
+    fn an_older_announcement_is_refused_even_after_a_newer_one_expired() {
+        let key = NodeKey::from_secret([1; 32]);
+        let mut directory = Directory::new(10);
+        // The older one lasts longer than the newer (a restart with a shorter lifetime).
+        let older = announcement(&key, 5, 1_100).sign(&key).expect("signs");
+        let newer = announcement(&key, 6, 1_020).sign(&key).expect("signs");
+        directory.receive(&older, 1_000).expect("taken");
+        directory.receive(&newer, 1_001).expect("taken");
+        assert_eq!(directory.expire(1_030), vec![key.node_id()]);
+        assert!(matches!(
+            directory.receive(&older, 1_040),
+            Err(Refused::Announcement(AnnouncementError::Replayed {
+                latest: 6,
+                ..
+            }))
         ));
     }
 

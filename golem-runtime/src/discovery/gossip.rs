@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use iroh_gossip::TopicId;
 use iroh_gossip::api::{Event, GossipReceiver, GossipSender};
+use iroh_gossip::proto::DeliveryScope;
 use n0_future::StreamExt;
 use tokio::sync::broadcast;
 
@@ -15,9 +16,12 @@ use super::directory::{Change, Directory, Refused};
 use crate::identity::NodeId;
 use crate::net::Endpoint;
 
-/// The topic every golem node of a protocol version meets on.
+/// The topic every golem node of a protocol version meets on: named after the protocol's
+/// ALPN, so nodes of another version never hear each other's announcements.
 fn topic() -> TopicId {
-    TopicId::from_bytes(*blake3::hash(b"golem/announcements/v1").as_bytes())
+    let mut hasher = blake3::Hasher::new_derive_key("golem announcements topic");
+    hasher.update(crate::proto::ALPN);
+    TopicId::from_bytes(*hasher.finalize().as_bytes())
 }
 
 /// What a node hears about providers.
@@ -34,8 +38,9 @@ pub enum Heard {
 pub struct DiscoveryConfig {
     /// Most providers believed at once.
     pub capacity: usize,
-    /// Messages taken from one gossip neighbour per second, on average; more are dropped
-    /// unread, so a neighbour that floods the topic costs its victims little.
+    /// Messages a gossip neighbour may send to its neighbours alone per second, on average;
+    /// more are dropped unread, so a neighbour that floods its neighbours costs them little.
+    /// (Messages of the whole topic are not charged to the neighbour that forwarded them.)
     pub neighbour_rate: u32,
     /// Messages a neighbour may send in one burst above its rate.
     pub neighbour_burst: u32,
@@ -124,7 +129,7 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Most announcements passed to new neighbours at once; past it, providers are learned as they
 /// announce themselves again (every [`ANNOUNCE_EVERY`](super::ANNOUNCE_EVERY)).
-const SYNC_MAX: usize = 1024;
+const SYNC_MAX: usize = 256;
 
 impl Discovery {
     /// Joins the topic on `endpoint`'s gossip, through `bootstrap` (nodes whose addresses the
@@ -265,7 +270,8 @@ impl Listener {
                 event = receiver.next() => match event {
                     Some(Ok(Event::Received(message))) => {
                         let from = NodeId::from_iroh(message.delivered_from);
-                        self.receive(from, &message.content);
+                        let direct = message.scope == DeliveryScope::Neighbors;
+                        self.receive(from, direct, &message.content);
                     }
                     Some(Ok(Event::NeighborUp(node))) => {
                         self.neighbours += 1;
@@ -301,14 +307,20 @@ impl Listener {
         }
     }
 
-    /// Takes in one message from neighbour `from`, unless it floods.
-    fn receive(&mut self, from: NodeId, bytes: &[u8]) {
+    /// Takes in one message passed on by neighbour `from`; `direct` when the neighbour sent it
+    /// to its neighbours only (it wrote it, or is passing on what it knows to a newcomer).
+    ///
+    /// Only those count against the neighbour's rate: a message of the whole topic reached us
+    /// through whichever neighbour forwarded it first, which says nothing of who wrote it, and
+    /// charging the forwarder would let one flooder silence honest neighbours everywhere.
+    /// Messages of the whole topic cost one signature check each, like anything gossip carries.
+    fn receive(&mut self, from: NodeId, direct: bool, bytes: &[u8]) {
         let counters = Arc::clone(&self.counters);
         counters.received.fetch_add(1, Ordering::Relaxed);
         counters
             .received_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if !self.admit(from) {
+        if direct && !self.admit(from) {
             counters.flooded.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -319,6 +331,15 @@ impl Listener {
             .unwrap_or_else(PoisonError::into_inner)
             .receive(bytes, now);
         match result {
+            Ok(Change::Added(announcement) | Change::Updated(announcement))
+                if announcement.node.to_iroh() == self.endpoint.id() =>
+            {
+                // Our own, passed back by a neighbour: not another provider.
+                self.directory
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(&announcement.node);
+            }
             Ok(Change::Added(announcement) | Change::Updated(announcement)) => {
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
                 self.remember(&announcement);
@@ -389,17 +410,17 @@ impl Listener {
         }
     }
 
-    /// Lets the endpoint dial an announced provider by its id.
+    /// Lets the endpoint dial an announced provider by its id, at the addresses it announced
+    /// (added to what is known of it: a bootstrap node keeps the address it was given). Its
+    /// relay is not taken from the announcement: only relays this node was configured with
+    /// are ever contacted.
     fn remember(&self, announcement: &Announcement) {
         let mut addr = iroh::EndpointAddr::new(announcement.node.to_iroh());
         for direct in &announcement.addrs {
             addr = addr.with_ip_addr(*direct);
         }
-        if let Some(relay) = announcement.relay_url() {
-            addr = addr.with_relay_url(relay);
-        }
-        if !addr.is_empty() && announcement.node.to_iroh() != self.endpoint.id() {
-            self.lookup.set_endpoint_info(addr);
+        if !addr.is_empty() {
+            self.lookup.add_endpoint_info(addr);
         }
     }
 
@@ -409,8 +430,16 @@ impl Listener {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .expire(unix_now());
+        let bootstrap = self
+            .bootstrap
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         for node in gone {
             tracing::debug!(%node, "announcement expired");
+            if !bootstrap.contains(&node) {
+                self.lookup.remove_endpoint_info(node.to_iroh());
+            }
             let _ = self.heard.send(Heard::Expired(node));
         }
     }

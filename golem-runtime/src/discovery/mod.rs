@@ -9,7 +9,7 @@
 //! * [`Discovery`]: a node's part in the gossip topic (iroh-gossip on the node's own endpoint):
 //!   providers publish their announcement every [`ANNOUNCE_EVERY`]; every node checks what it
 //!   hears, keeps the believed announcements in its directory, and tells its subscribers.
-//!   A neighbour that sends more than its rate is dropped unread.
+//!   What a neighbour sends its neighbours beyond its rate is dropped unread.
 //!
 //! A provider that leaves stops being offered when its last announcement expires, at most
 //! [`ANNOUNCEMENT_TTL`] after it was made (at once to requestors connected to it).

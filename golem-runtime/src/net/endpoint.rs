@@ -451,6 +451,14 @@ impl Protocol {
     }
 }
 
+impl Drop for Endpoint {
+    /// An endpoint dropped without [`Endpoint::close`] (a node that failed to start, say) does
+    /// not keep its socket and tasks: the accept loop and gossip hold iroh's endpoint, not this.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// Golem connections waiting for [`Endpoint::accept`] before new ones are refused as busy.
 const ACCEPT_QUEUE: usize = 64;
 

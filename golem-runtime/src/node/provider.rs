@@ -38,7 +38,8 @@ pub struct ProviderNodeConfig {
     pub advertise: Option<SocketAddr>,
     /// The flavors sold. A batch runs when its limits fit one of them.
     pub offers: Vec<Offer>,
-    /// Nodes to join at start, and to rejoin when the connection drops.
+    /// Nodes to join the gossip topic through; asked again while the provider has no gossip
+    /// neighbour.
     pub bootstrap: Vec<Bootstrap>,
     /// Directory that keeps received blobs across restarts; memory only when `None`.
     pub cache_dir: Option<PathBuf>,
@@ -247,6 +248,19 @@ impl ProviderNode {
         config: ProviderNodeConfig,
         #[cfg(feature = "adversarial")] cheat: Option<crate::adversarial::Cheat>,
     ) -> Result<Self, NodeError> {
+        // An announcement that cannot be made is an error now, not a silent absence later:
+        // checked with the most addresses and a long relay URL before anything is started.
+        Announcement {
+            node: key.node_id(),
+            seq: u64::MAX,
+            expires_at: u64::MAX,
+            offers: config.offers.clone(),
+            engine: Some(sandbox.fingerprint()),
+            payee: config.payee,
+            relay: Some(format!("https://{}.example:65535/", "relay".repeat(16))),
+            addrs: vec![SocketAddr::from(([0xffff; 8], u16::MAX)); MAX_ADDRESSES],
+        }
+        .sign(key)?;
         let endpoint = Endpoint::bind(key, &config.net).await?;
         let addr = endpoint.local_addr();
         let store = Arc::new(
@@ -295,8 +309,6 @@ impl ProviderNode {
             config,
             stop,
         });
-        // An announcement that cannot be made is an error now, not a silent absence later.
-        shared.announcement(0, unix_now()).sign(key)?;
         tokio::spawn(accept_loop(Arc::clone(&shared)));
         tokio::spawn(announce_loop(Arc::clone(&shared)));
         tracing::info!(node = %shared.endpoint.node_id(), %addr, "provider listening");
@@ -567,6 +579,7 @@ async fn announce_loop(shared: Arc<Shared>) {
         .map_or(0, |since| {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         });
+    let mut announced = 0u32;
     loop {
         let signed = shared.announcement(seq, unix_now()).sign(&shared.key);
         seq += 1;
@@ -578,8 +591,16 @@ async fn announce_loop(shared: Arc<Shared>) {
             }
             Err(error) => tracing::error!(%error, "cannot make this provider's announcement"),
         }
+        // Again after 1 s and 3 s, while the node finds its gossip neighbours (an announcement
+        // made before it has any reaches no one); then every ANNOUNCE_EVERY.
+        let pause = match announced {
+            0 => Duration::from_secs(1),
+            1 => Duration::from_secs(2),
+            _ => ANNOUNCE_EVERY,
+        };
+        announced += 1;
         tokio::select! {
-            () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
     }

@@ -198,16 +198,6 @@ impl Requestor {
         let endpoint = Arc::new(Endpoint::bind(key, &config.net).await?);
         let discovery =
             Arc::new(Discovery::join(&endpoint, Vec::new(), config.discovery.clone()).await?);
-        // Gossip neighbours dial requestors too (the endpoint hands those connections to
-        // gossip); anyone asking a requestor for golem's service is told it has none.
-        let refusing = Arc::clone(&endpoint);
-        tokio::spawn(async move {
-            while let Some(incoming) = refusing.accept().await {
-                if let Ok(connection) = incoming {
-                    connection.close("a requestor serves nothing");
-                }
-            }
-        });
         let (commands, inbox) = mpsc::unbounded_channel();
         let (providers_tx, providers) = watch::channel(Vec::new());
         let stats = Arc::new(Stats::default());
@@ -259,6 +249,16 @@ impl Requestor {
             config,
         };
         tokio::spawn(owner.run(inbox));
+        // Gossip neighbours dial requestors too (the endpoint hands those connections to
+        // gossip); anyone asking a requestor for golem's service is told it has none.
+        let refusing = Arc::clone(&endpoint);
+        tokio::spawn(async move {
+            while let Some(incoming) = refusing.accept().await {
+                if let Ok(connection) = incoming {
+                    connection.close("a requestor serves nothing");
+                }
+            }
+        });
         Ok(Self {
             commands,
             discovery,

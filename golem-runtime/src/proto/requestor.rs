@@ -182,8 +182,9 @@ pub struct JobReport {
     pub caught: Vec<Caught>,
     /// Receipts of the accepted results, by batch: what the providers are owed.
     pub receipts: Vec<Receipt>,
-    /// How the requestor reached each provider whose results it accepted, as the job ended
-    /// (filled in by the network driver; the state machine knows no paths).
+    /// How the requestor reached each provider whose results it accepted and that was still
+    /// connected as the job ended (filled in by the network driver; the state machine knows no
+    /// paths).
     pub routes: Vec<Route>,
 }
 
@@ -675,7 +676,7 @@ impl RequestorSession {
         match reply {
             Reply::Need { batch, blobs } => self.handle_need(node, batch, blobs),
             Reply::Done { batch, outcome } => self.handle_done(node, batch, outcome, now),
-            // Introductions and peer lists are the driver's business.
+            // Introductions are the driver's business.
             Reply::Hello(_) => {}
         }
         self.dispatch(now);
