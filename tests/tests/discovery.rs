@@ -63,7 +63,22 @@ fn a_requestor_that_joins_through_one_node_learns_every_provider_by_gossip() {
         expected.sort();
         let connected: Vec<NodeId> = requestor.providers().iter().map(|p| p.node).collect();
         assert_eq!(connected, expected);
-        // What it believes of each came from that provider's own signed announcement.
+        // What it believes of each came from that provider's own signed announcement. The node
+        // it joined through was dialed at once, so its announcement may come a moment later:
+        // with the next pass to new neighbours, or its next announcement at the latest.
+        let started = Instant::now();
+        while requestor.announced().len() < 6 {
+            assert!(
+                started.elapsed() < golem_runtime::discovery::ANNOUNCE_EVERY,
+                "announced: {:?}",
+                requestor
+                    .announced()
+                    .iter()
+                    .map(|a| a.node)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let announced = requestor.announced();
         assert_eq!(
             announced.iter().map(|a| a.node).collect::<Vec<_>>(),
