@@ -48,6 +48,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let (pixels, report) = job.with_report().await?;
     eprintln!();
+    if joined.is_some() {
+        for route in &report.routes {
+            let how = if route.relayed {
+                "relayed through"
+            } else {
+                "direct to"
+            };
+            println!("provider {}: {how} {}", route.node, route.via);
+        }
+    }
     for caught in &report.caught {
         println!("provider {} caught: {}", caught.node, caught.reason);
     }

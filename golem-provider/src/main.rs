@@ -5,20 +5,24 @@
 //! ```
 //!
 //! It prints `golem-provider NODE_ID@ADDR` on stdout once it listens; requestors join it with
-//! `Golem::builder().join("NODE_ID@ADDR")`. Logs go to stderr
+//! `Golem::builder().join("NODE_ID@ADDR")`. On a public address it can serve as a relay for
+//! providers and requestors behind NATs (`--serve-relay 0.0.0.0:3340 --relay-public
+//! IP:3340`); nodes that join it use its relay. Logs go to stderr
 //! (`--log debug`, or `RUST_LOG`). Ctrl-C (or SIGTERM) shuts it down gracefully.
 
 mod flavor;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use golem_runtime::identity::NodeKey;
-use golem_runtime::net::NetConfig;
+use golem_runtime::net::relay::{RelayServer, RelayServerConfig};
+use golem_runtime::net::{NetConfig, Relay};
 use golem_runtime::node::{Bootstrap, ProviderNode, ProviderNodeConfig};
 use golem_runtime::payment::{Books, Payee};
 use golem_runtime::proto::provider::ProviderSessionConfig;
@@ -45,6 +49,47 @@ struct Args {
     /// of the others through it.
     #[arg(long = "bootstrap", value_name = "ADDR")]
     bootstrap: Vec<Bootstrap>,
+
+    /// A relay to keep a home on, where nodes that cannot dial this provider directly (it is
+    /// behind a NAT) reach it, as NODE_ID@HOST:PORT: a provider serving as a relay (see
+    /// --serve-relay) and its node id. Repeat for several. The relays the bootstrap nodes
+    /// announce are used too.
+    #[arg(long = "relay", value_name = "ADDR")]
+    relays: Vec<Relay>,
+
+    /// Use no relay, neither --relay nor those the bootstrap nodes announce: only nodes that
+    /// can dial this provider directly reach it.
+    #[arg(long, conflicts_with = "relays")]
+    no_relays: bool,
+
+    /// Do not ask the router for a port mapping (UPnP, PCP, NAT-PMP).
+    #[arg(long)]
+    no_port_mapping: bool,
+
+    /// Serve as a relay for other nodes, listening on this address: HTTPS on its TCP port,
+    /// QUIC address discovery on the same UDP port. Needs a public address. Nodes that join
+    /// this provider use its relay; its TLS certificate is made from the node key, and clients
+    /// accept it only with that node id. Without this flag the provider relays for no one.
+    #[arg(long, value_name = "HOST:PORT")]
+    serve_relay: Option<SocketAddr>,
+
+    /// The address clients reach the relay at, when it differs from --serve-relay (which
+    /// listens on 0.0.0.0, or behind a forwarded port).
+    #[arg(long, value_name = "HOST:PORT", requires = "serve_relay")]
+    relay_public: Option<SocketAddr>,
+
+    /// Most clients the relay serves at once; more are refused.
+    #[arg(
+        long,
+        default_value_t = 256,
+        value_name = "N",
+        requires = "serve_relay"
+    )]
+    relay_max_clients: usize,
+
+    /// Bytes a second each relay client may send through the relay (K, M, G).
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = parse_rate, requires = "serve_relay")]
+    relay_client_rate: NonZeroU32,
 
     /// A flavor to sell: NAME[:memory=SIZE,fuel=N,price=N,concurrency=N]. memory caps each
     /// subtask's linear memory (K, M, G; default 1G); fuel caps each subtask's instructions
@@ -130,6 +175,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_rate(text: &str) -> Result<NonZeroU32, String> {
+    u32::try_from(parse_bytes(text)?)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("`{text}` is not a rate between 1 byte and 4G a second"))
+}
+
 fn parse_bytes_usize(text: &str) -> Result<usize, String> {
     usize::try_from(parse_bytes(text)?).map_err(|_| format!("`{text}` is too large"))
 }
@@ -193,8 +245,18 @@ fn run(args: Args) -> Result<(), String> {
         ),
         _ => None,
     };
-    let config = ProviderNodeConfig {
-        net: NetConfig::direct(args.listen),
+    let mut net = NetConfig::internet(args.listen);
+    net.relays = args.relays;
+    net.learn_relays = !args.no_relays;
+    net.port_mapping = !args.no_port_mapping;
+    let relay_server = args.serve_relay.map(|bind| RelayServerConfig {
+        bind,
+        public: args.relay_public,
+        max_clients: args.relay_max_clients,
+        client_bytes_per_second: args.relay_client_rate,
+    });
+    let mut config = ProviderNodeConfig {
+        net,
         advertise: args.advertise,
         offers,
         bootstrap: args.bootstrap,
@@ -214,6 +276,17 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| format!("cannot start the network runtime: {error}"))?;
     runtime.block_on(async move {
+        // The relay first, so that this node keeps its home there and announces it.
+        let relay = match &relay_server {
+            Some(relay_server) => {
+                let relay = RelayServer::spawn(&key, relay_server)
+                    .await
+                    .map_err(|error| format!("cannot serve as a relay: {error}"))?;
+                config.net.relays.push(relay.relay());
+                Some(relay)
+            }
+            None => None,
+        };
         let node = ProviderNode::start(&key, sandbox, config)
             .await
             .map_err(|error| error.to_string())?;
@@ -240,6 +313,9 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.shutdown();
+        if let Some(relay) = relay {
+            relay.shutdown().await;
+        }
         // Let the close frames go out before the process ends.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         Ok::<(), String>(())

@@ -1,7 +1,7 @@
 //! Provider daemons as separate processes on 127.0.0.1, and requestors that join them.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,76 +11,7 @@ use golem_examples::mandelbrot::{Scene, render};
 use golem_fixture::grind;
 use rustix::process::Signal;
 
-/// A `golem-provider` process, killed when dropped.
-struct Daemon {
-    child: Child,
-    /// `NODE_ID@ADDR`, as printed by the daemon.
-    address: String,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Daemon {
-    fn start(name: &str, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("golem-daemon-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_golem-provider"))
-            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--dir"])
-            .arg(&dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start golem-provider");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the daemon prints its address");
-        let address = line
-            .trim()
-            .strip_prefix("golem-provider ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            address,
-            _dir: TempDir(dir),
-        }
-    }
-
-    fn node(&self) -> &str {
-        self.address.split_once('@').map_or("", |(node, _)| node)
-    }
-
-    fn signal(&self, signal: Signal) {
-        send(self.child.id(), signal);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn send(pid: u32, signal: Signal) {
-    let pid = rustix::process::Pid::from_raw(pid.try_into().expect("pid")).expect("pid");
-    rustix::process::kill_process(pid, signal).expect("signal the daemon");
-}
+use crate::common::{Daemon, send};
 
 /// How long a requestor told of one daemon may take to hear of the others on the gossip topic:
 /// usually at once (neighbours pass on what they know), at the latest when each has announced

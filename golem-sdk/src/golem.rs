@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use golem_runtime::identity::{NodeId, NodeKey};
 use golem_runtime::market::Demand;
-use golem_runtime::net::NetConfig;
+use golem_runtime::net::{NetConfig, Relay};
 use golem_runtime::node::{
     Bootstrap, ProviderInfo, ProviderNode, ProviderNodeConfig, Requestor, RequestorConfig,
     TransferStats,
@@ -234,6 +234,8 @@ pub struct GolemBuilder {
     limits: Limits,
     sandbox: Option<SandboxConfig>,
     join: Vec<String>,
+    relays: Vec<String>,
+    port_mapping: Option<bool>,
     min_providers: Option<usize>,
     wait: Option<Duration>,
     max_price: Option<u64>,
@@ -268,6 +270,21 @@ impl GolemBuilder {
     /// they appear.
     pub fn join(mut self, addr: impl Into<String>) -> Self {
         self.join.push(addr.into());
+        self
+    }
+
+    /// A relay to reach providers behind NATs through, as `NODE_ID@HOST:PORT` (a provider
+    /// serving as a relay, `golem-provider --serve-relay`). Repeat for several. Without it, the
+    /// relays the joined nodes announce are used.
+    pub fn relay(mut self, addr: impl Into<String>) -> Self {
+        self.relays.push(addr.into());
+        self
+    }
+
+    /// Asks the router for a port mapping (UPnP, PCP, NAT-PMP) when joining a network
+    /// (default: yes).
+    pub fn port_mapping(mut self, port_mapping: bool) -> Self {
+        self.port_mapping = Some(port_mapping);
         self
     }
 
@@ -349,6 +366,14 @@ impl GolemBuilder {
                     .map_err(|error| Error::Address(error.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let relays = self
+            .relays
+            .iter()
+            .map(|text| {
+                text.parse::<Relay>()
+                    .map_err(|error| Error::Address(error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let local = self.providers.unwrap_or(if targets.is_empty() {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         } else {
@@ -380,10 +405,17 @@ impl GolemBuilder {
         let mut demand = Demand::for_limits(&self.limits);
         demand.max_price_per_gfuel = self.max_price;
         let requestor_config = RequestorConfig {
-            net: if targets.is_empty() {
+            net: if targets.is_empty() && relays.is_empty() {
                 NetConfig::loopback()
             } else {
-                NetConfig::direct(([0, 0, 0, 0], 0).into())
+                // A network of this machine only is joined on loopback, with no router.
+                let local = targets.iter().all(|target| target.addr.ip().is_loopback())
+                    && relays.iter().all(|relay| relay.addr.ip().is_loopback());
+                let ip = if local { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
+                let mut net = NetConfig::internet((ip, 0).into());
+                net.relays = relays;
+                net.port_mapping = net.port_mapping && self.port_mapping.unwrap_or(true);
+                net
             },
             demand,
             scheduler: self.scheduler.unwrap_or_default(),

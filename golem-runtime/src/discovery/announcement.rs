@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{IdentityError, NodeId, NodeKey, Signature};
+use crate::net::Relay;
 use crate::payment::Payee;
 use crate::proto::message::Offer;
 use crate::sandbox::EngineFingerprint;
@@ -40,8 +41,9 @@ pub struct Announcement {
     pub engine: Option<EngineFingerprint>,
     /// Where it wants to be paid.
     pub payee: Option<Payee>,
-    /// The relay it can be reached through, as a URL.
-    pub relay: Option<String>,
+    /// The relay it keeps its home on, where it can be reached when it cannot be dialed
+    /// directly.
+    pub relay: Option<Relay>,
     /// Addresses it can be reached at directly.
     pub addrs: Vec<SocketAddr>,
 }
@@ -69,6 +71,15 @@ pub enum AnnouncementError {
     TooManyAddresses {
         /// How many it lists.
         count: usize,
+    },
+    /// An address listed cannot be dialed (unspecified, multicast, or port 0): peers would
+    /// be sent to dial nothing, or everyone.
+    #[error("the announcement of node {node} lists an address no node has: {addr}")]
+    BadAddress {
+        /// Its node.
+        node: NodeId,
+        /// The address.
+        addr: SocketAddr,
     },
     /// The signature is not the announced node's.
     #[error(transparent)]
@@ -106,13 +117,13 @@ pub enum AnnouncementError {
         /// The newest known.
         latest: u64,
     },
-    /// The relay URL does not parse.
-    #[error("the announcement of node {node} names an invalid relay `{relay}`")]
+    /// The relay named is no relay (an unspecified or multicast address, or port 0).
+    #[error("the announcement of node {node} names an impossible relay {relay}")]
     BadRelay {
         /// Its node.
         node: NodeId,
-        /// The text.
-        relay: String,
+        /// The relay named.
+        relay: Relay,
     },
 }
 
@@ -183,13 +194,17 @@ impl Announcement {
                 count: announcement.addrs.len(),
             });
         }
-        if let Some(relay) = &announcement.relay
-            && relay.parse::<iroh::RelayUrl>().is_err()
+        if let Some(&addr) = announcement
+            .addrs
+            .iter()
+            .find(|addr| addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast())
         {
-            return Err(AnnouncementError::BadRelay {
-                node,
-                relay: relay.clone(),
-            });
+            return Err(AnnouncementError::BadAddress { node, addr });
+        }
+        if let Some(relay) = announcement.relay
+            && !relay.is_plausible()
+        {
+            return Err(AnnouncementError::BadRelay { node, relay });
         }
         let expires_at = announcement.expires_at;
         if expires_at <= now {
@@ -207,11 +222,6 @@ impl Announcement {
             });
         }
         Ok(announcement)
-    }
-
-    /// The relay as a URL (checked by [`Announcement::verify`]).
-    pub fn relay_url(&self) -> Option<iroh::RelayUrl> {
-        self.relay.as_deref().and_then(|relay| relay.parse().ok())
     }
 }
 
@@ -244,7 +254,10 @@ pub(crate) mod tests {
             offers: vec![flavor("std")],
             engine: Some(EngineFingerprint([3; 32])),
             payee: Some(Payee::Ethereum([7; 20])),
-            relay: Some("http://198.51.100.1:3340/".into()),
+            relay: Some(Relay {
+                node: NodeKey::from_secret([9; 32]).node_id(),
+                addr: "198.51.100.1:3340".parse().expect("address"),
+            }),
             addrs: vec!["198.51.100.1:4433".parse().expect("address")],
         }
     }
@@ -255,10 +268,45 @@ pub(crate) mod tests {
         let sent = announcement(&key, 5, 1_000);
         let bytes = sent.sign(&key).expect("signs");
         assert_eq!(Announcement::verify(&bytes, 990), Ok(sent.clone()));
-        assert_eq!(
-            sent.relay_url().map(|url| url.to_string()),
-            Some("http://198.51.100.1:3340/".into())
-        );
+    }
+
+    #[test]
+    fn an_announcement_listing_an_address_no_node_has_is_refused() {
+        let key = NodeKey::from_secret([1; 32]);
+        for addr in ["0.0.0.0:4433", "[ff02::1]:4433", "198.51.100.1:0"] {
+            let mut sent = announcement(&key, 5, 1_000);
+            let addr: SocketAddr = addr.parse().expect("address");
+            sent.addrs.push(addr);
+            let bytes = sent.sign(&key).expect("signs");
+            assert_eq!(
+                Announcement::verify(&bytes, 990),
+                Err(AnnouncementError::BadAddress {
+                    node: key.node_id(),
+                    addr
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn an_announcement_naming_an_impossible_relay_is_refused() {
+        let key = NodeKey::from_secret([1; 32]);
+        for addr in ["0.0.0.0:3340", "224.0.0.1:3340", "198.51.100.1:0"] {
+            let mut sent = announcement(&key, 5, 1_000);
+            let relay = Relay {
+                node: key.node_id(),
+                addr: addr.parse().expect("address"),
+            };
+            sent.relay = Some(relay);
+            let bytes = sent.sign(&key).expect("signs");
+            assert_eq!(
+                Announcement::verify(&bytes, 990),
+                Err(AnnouncementError::BadRelay {
+                    node: key.node_id(),
+                    relay
+                })
+            );
+        }
     }
 
     #[test]

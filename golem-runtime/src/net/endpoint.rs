@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::relay::{Relay, RelayTrust};
 use super::{ALPN_ANY_VERSION, VERSION_MISMATCH};
 use crate::identity::{NodeId, NodeKey};
 use crate::proto::ALPN;
@@ -65,14 +66,17 @@ pub enum NetError {
 /// its router for a port.
 ///
 /// No third-party service is ever contacted: there is no address lookup (DNS, pkarr), and the
-/// only relays are the ones listed here.
+/// only relays are the ones listed here and, with `learn_relays`, those the bootstrap nodes
+/// announce (see [`relay`](super::relay) for how they are trusted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     /// Address of the node's UDP socket (port 0 picks a free one).
     pub bind: SocketAddr,
-    /// Relays the node keeps a home on and reaches relayed peers through; none turns relaying
-    /// off.
-    pub relays: Vec<RelayUrl>,
+    /// Relays the node keeps a home on and reaches relayed peers through.
+    pub relays: Vec<Relay>,
+    /// Also use the relays the bootstrap nodes announce. With no relays at all, a node reaches
+    /// only peers it can dial directly, and only such peers reach it.
+    pub learn_relays: bool,
     /// Asks the router for a port mapping (UPnP, PCP, NAT-PMP) so that peers behind other NATs
     /// can reach the node directly.
     pub port_mapping: bool,
@@ -89,8 +93,25 @@ impl NetConfig {
         Self {
             bind,
             relays: Vec::new(),
+            learn_relays: false,
             port_mapping: false,
         }
+    }
+
+    /// Bound to `bind`, for the internet: relays the bootstrap nodes announce, hole punching,
+    /// and a port mapping asked of the router (unless `bind` is a loopback address: no router
+    /// is involved).
+    pub fn internet(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            relays: Vec::new(),
+            learn_relays: true,
+            port_mapping: !bind.ip().is_loopback(),
+        }
+    }
+
+    fn uses_relays(&self) -> bool {
+        self.learn_relays || !self.relays.is_empty()
     }
 }
 
@@ -179,6 +200,7 @@ pub struct Endpoint {
     /// dialed by id.
     lookup: MemoryLookup,
     gossip: iroh_gossip::Gossip,
+    relays: Relays,
     /// Where [`Endpoint::close`] runs its (async) close from any thread.
     runtime: tokio::runtime::Handle,
 }
@@ -204,10 +226,15 @@ impl Endpoint {
             .map_err(|_| NetError::Config("no async runtime (tokio) is running".into()))?;
         let addr = config.bind;
         let bind_error = |message: String| NetError::Bind { addr, message };
-        let relay_mode = if config.relays.is_empty() {
-            RelayMode::Disabled
+        let trust = Arc::new(RelayTrust::default());
+        for relay in &config.relays {
+            trust.insert(*relay);
+        }
+        // A node that may learn relays later keeps the relay transport with an empty map.
+        let relay_mode = if config.uses_relays() {
+            RelayMode::Custom(config.relays.iter().map(Relay::config).collect())
         } else {
-            RelayMode::custom(config.relays.iter().cloned())
+            RelayMode::Disabled
         };
         let lookup = MemoryLookup::new();
         let mut alpns = alpn_list(&alpn);
@@ -216,6 +243,16 @@ impl Endpoint {
             .clear_address_lookup()
             .address_lookup(lookup.clone())
             .relay_mode(relay_mode)
+            .ca_tls_config(trust.verifier())
+            // Relays are probed over QUIC only: no HTTPS latency probes, no captive-portal
+            // check on port 80 of the relay's host.
+            .net_report_config(iroh::NetReportConfig::minimal())
+            .dns_resolver(
+                iroh::dns::DnsResolver::builder()
+                    .with_system_defaults()
+                    .disable_fallback()
+                    .build(),
+            )
             .portmapper_config(if config.port_mapping {
                 PortmapperConfig::default()
             } else {
@@ -247,6 +284,11 @@ impl Endpoint {
             Arc::clone(&protocol),
             accepted,
         ));
+        let relays = Relays {
+            endpoint: inner.clone(),
+            trust,
+            learn: config.learn_relays,
+        };
         Ok(Self {
             inner,
             node_id: key.node_id(),
@@ -255,6 +297,7 @@ impl Endpoint {
             local_addr,
             lookup,
             gossip,
+            relays,
             runtime,
         })
     }
@@ -312,9 +355,9 @@ impl Endpoint {
         self.inner.addr().ip_addrs().copied().collect()
     }
 
-    /// The relay this node keeps its home on, if it has one.
-    pub fn home_relay(&self) -> Option<RelayUrl> {
-        self.inner.addr().relay_urls().next().cloned()
+    /// The relays this node trusts, and its home among them.
+    pub fn relays(&self) -> &Relays {
+        &self.relays
     }
 
     /// Dials `node` at `addrs`, and at the addresses and relay it is remembered by; fails
@@ -361,6 +404,55 @@ impl Endpoint {
             let _ = gossip.shutdown().await;
             inner.close().await;
         }));
+    }
+}
+
+/// The relays a node trusts: the ones it was configured with, and those it learned.
+#[derive(Debug, Clone)]
+pub struct Relays {
+    endpoint: iroh::Endpoint,
+    trust: Arc<RelayTrust>,
+    learn: bool,
+}
+
+impl Relays {
+    /// The relay this node keeps its home on, if it has one.
+    pub fn home(&self) -> Option<Relay> {
+        let url = self.endpoint.addr().relay_urls().next().cloned()?;
+        self.trust.get(&url)
+    }
+
+    /// The home relay if this node is connected to it now (not refused, not unreachable).
+    pub fn connected_home(&self) -> Option<Relay> {
+        use iroh::Watcher;
+        let status = self.endpoint.home_relay_status().get();
+        let connected = status.iter().find(|status| status.is_connected())?;
+        self.trust.get(connected.url())
+    }
+
+    /// Every relay trusted.
+    pub fn all(&self) -> Vec<Relay> {
+        self.trust.all()
+    }
+
+    /// Whether `relay` is trusted.
+    pub fn trusts(&self, relay: &Relay) -> bool {
+        self.trust.contains(relay)
+    }
+
+    /// Trusts and uses `relay`, which a bootstrap node announced, if this node learns relays.
+    pub fn learn(&self, relay: Relay) {
+        if !self.learn || self.trust.contains(&relay) {
+            return;
+        }
+        tracing::info!(%relay, "using a relay a bootstrap node announced");
+        self.trust.insert(relay);
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            endpoint
+                .insert_relay(relay.url(), Arc::new(relay.config()))
+                .await;
+        });
     }
 }
 

@@ -17,7 +17,7 @@ mod exec;
 mod provider;
 mod requestor;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -104,22 +104,7 @@ impl FromStr for Bootstrap {
             text: text.into(),
             reason,
         };
-        let Some((node, host)) = text.split_once('@') else {
-            return Err(error(
-                "the node id is missing: a node is dialed by its id, which a provider prints \
-                 (as NODE_ID@HOST:PORT) when it starts"
-                    .into(),
-            ));
-        };
-        let node = node.parse::<NodeId>().map_err(|e| error(e.to_string()))?;
-        let addr = match host.parse::<SocketAddr>() {
-            Ok(addr) => addr,
-            Err(_) => host
-                .to_socket_addrs()
-                .map_err(|e| error(e.to_string()))?
-                .next()
-                .ok_or_else(|| error("the host has no address".into()))?,
-        };
+        let (node, addr) = crate::net::parse_node_at(text).map_err(error)?;
         Ok(Self { addr, node })
     }
 }

@@ -126,7 +126,7 @@ impl Shared {
             offers: self.config.offers.clone(),
             engine: self.hello.engine,
             payee: self.config.payee,
-            relay: self.endpoint.home_relay().map(|relay| relay.to_string()),
+            relay: self.endpoint.relays().home(),
             addrs,
         }
     }
@@ -249,7 +249,7 @@ impl ProviderNode {
         #[cfg(feature = "adversarial")] cheat: Option<crate::adversarial::Cheat>,
     ) -> Result<Self, NodeError> {
         // An announcement that cannot be made is an error now, not a silent absence later:
-        // checked with the most addresses and a long relay URL before anything is started.
+        // checked with the most addresses and a relay before anything is started.
         Announcement {
             node: key.node_id(),
             seq: u64::MAX,
@@ -257,7 +257,10 @@ impl ProviderNode {
             offers: config.offers.clone(),
             engine: Some(sandbox.fingerprint()),
             payee: config.payee,
-            relay: Some(format!("https://{}.example:65535/", "relay".repeat(16))),
+            relay: Some(crate::net::Relay {
+                node: key.node_id(),
+                addr: SocketAddr::from(([0xffff; 8], u16::MAX)),
+            }),
             addrs: vec![SocketAddr::from(([0xffff; 8], u16::MAX)); MAX_ADDRESSES],
         }
         .sign(key)?;
