@@ -59,7 +59,7 @@ struct Args {
 
     /// Use no relay, neither --relay nor those the bootstrap nodes announce: only nodes that
     /// can dial this provider directly reach it.
-    #[arg(long, conflicts_with = "relays")]
+    #[arg(long, conflicts_with_all = ["relays", "serve_relay"])]
     no_relays: bool,
 
     /// Do not ask the router for a port mapping (UPnP, PCP, NAT-PMP).
@@ -248,7 +248,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut net = NetConfig::internet(args.listen);
     net.relays = args.relays;
     net.learn_relays = !args.no_relays;
-    net.port_mapping = !args.no_port_mapping;
+    net.port_mapping &= !args.no_port_mapping;
     let relay_server = args.serve_relay.map(|bind| RelayServerConfig {
         bind,
         public: args.relay_public,

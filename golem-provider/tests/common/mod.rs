@@ -53,6 +53,12 @@ impl Daemon {
             .spawn()
             .expect("start golem-provider");
         let stdout = child.stdout.take().expect("stdout");
+        // Killed on drop from here on, even if it never prints its address.
+        let mut daemon = Self {
+            child,
+            address: String::new(),
+            _dir: TempDir(dir),
+        };
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -62,16 +68,12 @@ impl Daemon {
         let line = receiver
             .recv_timeout(Duration::from_secs(60))
             .expect("the daemon prints its address");
-        let address = line
+        daemon.address = line
             .trim()
             .strip_prefix("golem-provider ")
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
-        Self {
-            child,
-            address,
-            _dir: TempDir(dir),
-        }
+        daemon
     }
 
     /// Its node id.

@@ -197,7 +197,7 @@ impl Announcement {
         if let Some(&addr) = announcement
             .addrs
             .iter()
-            .find(|addr| addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast())
+            .find(|addr| !crate::net::relay::is_dialable(**addr))
         {
             return Err(AnnouncementError::BadAddress { node, addr });
         }

@@ -244,9 +244,13 @@ impl Endpoint {
             .address_lookup(lookup.clone())
             .relay_mode(relay_mode)
             .ca_tls_config(trust.verifier())
-            // Relays are probed over QUIC only: no HTTPS latency probes, no captive-portal
-            // check on port 80 of the relay's host.
-            .net_report_config(iroh::NetReportConfig::minimal())
+            // No captive-portal check on port 80 of the relay's host (QUIC and HTTPS probes go
+            // to the relay itself, through the pinning verifier).
+            .net_report_config({
+                let mut report = iroh::NetReportConfig::default();
+                report.captive_portal_check = false;
+                report
+            })
             .dns_resolver(
                 iroh::dns::DnsResolver::builder()
                     .with_system_defaults()
@@ -276,6 +280,11 @@ impl Endpoint {
         let gossip = iroh_gossip::Gossip::builder()
             .max_message_size(GOSSIP_MESSAGE_BYTES)
             .spawn(inner.clone());
+        // iroh-gossip adds a lookup of the addresses peers tell it in their join and shuffle
+        // messages: gossip needs it to dial the neighbours it is introduced to (without it,
+        // nodes of a 200-node topic keep one or two neighbours). Those addresses are not
+        // checked, so a peer can name any host as another node's relay; the relay's TLS
+        // handshake then fails on the pinned key, but the connection is attempted.
         let protocol = Arc::new(Protocol { alpn });
         let (accepted, incoming) = mpsc::channel(ACCEPT_QUEUE);
         tokio::spawn(route_incoming(
@@ -407,6 +416,9 @@ impl Endpoint {
     }
 }
 
+/// Most relays a node uses; relays its bootstrap nodes announce beyond it are ignored.
+pub const MAX_RELAYS: usize = 8;
+
 /// The relays a node trusts: the ones it was configured with, and those it learned.
 #[derive(Debug, Clone)]
 pub struct Relays {
@@ -430,19 +442,20 @@ impl Relays {
         self.trust.get(connected.url())
     }
 
-    /// Every relay trusted.
-    pub fn all(&self) -> Vec<Relay> {
-        self.trust.all()
-    }
-
     /// Whether `relay` is trusted.
     pub fn trusts(&self, relay: &Relay) -> bool {
         self.trust.contains(relay)
     }
 
-    /// Trusts and uses `relay`, which a bootstrap node announced, if this node learns relays.
+    /// Trusts and uses `relay`, which a bootstrap node announced, if this node learns relays
+    /// (up to [`MAX_RELAYS`] in all: a bootstrap node that names a new relay every time is not
+    /// followed past it).
     pub fn learn(&self, relay: Relay) {
         if !self.learn || self.trust.contains(&relay) {
+            return;
+        }
+        if self.trust.len() >= MAX_RELAYS {
+            tracing::debug!(%relay, "not using another announced relay: {MAX_RELAYS} are in use");
             return;
         }
         tracing::info!(%relay, "using a relay a bootstrap node announced");

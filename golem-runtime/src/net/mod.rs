@@ -16,7 +16,7 @@
 //! * [`FramedSend`] / [`FramedRecv`]: protocol frames on QUIC streams; a bad frame ends its
 //!   stream with a typed [`StreamError`], not the connection.
 //!
-//! ALPN carries the protocol version (`golem/3`). Every node also accepts the bare `golem`
+//! ALPN carries the protocol version (`golem/4`). Every node also accepts the bare `golem`
 //! ALPN, so that a peer of another version completes the handshake and is then closed with
 //! [`VERSION_MISMATCH`] and our version as the reason: it learns why, instead of seeing a bare
 //! TLS alert. A peer that is not a golem node fails the handshake.
@@ -26,10 +26,10 @@ mod framed;
 pub mod relay;
 
 pub use self::endpoint::{
-    Connection, Endpoint, GOSSIP_MESSAGE_BYTES, NetConfig, NetError, PathKind, Relays,
+    Connection, Endpoint, GOSSIP_MESSAGE_BYTES, MAX_RELAYS, NetConfig, NetError, PathKind, Relays,
 };
 pub use self::framed::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
-pub use self::relay::{Relay, RelayTrust};
+pub use self::relay::Relay;
 pub use iroh::RelayUrl;
 
 use std::net::{SocketAddr, ToSocketAddrs};

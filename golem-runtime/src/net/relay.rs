@@ -1,19 +1,20 @@
 //! Relays: where nodes that cannot reach each other directly (behind NATs) meet, and where
 //! they learn their public address.
 //!
-//! Any provider on a public address can serve as a relay ([`RelayServer`], the relay server of
-//! `iroh-relay`). A relay is named like any node, `NODE_ID@HOST:PORT`: HTTPS (the relay
+//! Any provider on a public address can serve as a relay (`RelayServer`, with the
+//! `relay-server` feature: the relay server of `iroh-relay`). A relay is named like any node, `NODE_ID@HOST:PORT`: HTTPS (the relay
 //! protocol, over WebSocket) on TCP port PORT, and QUIC address discovery on UDP port PORT.
 //!
 //! **Trust.** A relay's TLS certificate is self-signed with the relay's node key, and a client
-//! accepts it only if that key is the node id it was given for that address ([`RelayTrust`]).
-//! There are no certificate authorities: a relay is trusted because the user named it
+//! accepts it only if that key is the node id it was given for that address (trust is per IP
+//! address: TLS names a server without its port). There are no certificate authorities: a relay is trusted because the user named it
 //! (`--relay`), or because a bootstrap node the user named announced it, signed with its own
-//! key. Relays never see what nodes say to each other: every relayed packet is QUIC, encrypted
-//! and authenticated end to end by the two nodes' keys. A relay can only delay or drop packets,
-//! or see which nodes talk; a node keeps any direct path it has when its relay fails.
+//! key; a relay any other peer names is never trusted. Relays never see what nodes say to
+//! each other: every relayed packet is QUIC, encrypted and authenticated end to end by the two
+//! nodes' keys. A relay can only delay or drop packets, or see which nodes talk; a node keeps
+//! any direct path it has when its relay fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -45,8 +46,7 @@ impl Relay {
     /// Whether a peer could mean it: a unicast address and a port. (Peers name relays in their
     /// announcements; an unspecified or multicast address is no relay.)
     pub fn is_plausible(&self) -> bool {
-        let ip = self.addr.ip();
-        self.addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast()
+        is_dialable(self.addr)
     }
 
     /// How iroh reaches it: the relay protocol at [`Relay::url`], address discovery on the same
@@ -57,6 +57,14 @@ impl Relay {
             Some(iroh_relay::RelayQuicConfig::new(self.addr.port())),
         )
     }
+}
+
+/// Whether some node could have address `addr`: not unspecified, multicast or broadcast (also
+/// as IPv4-mapped IPv6), and a port.
+pub(crate) fn is_dialable(addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0 && !ip.is_unspecified() && !ip.is_multicast() && !broadcast
 }
 
 fn relay_url(addr: SocketAddr) -> RelayUrl {
@@ -97,30 +105,25 @@ impl FromStr for Relay {
 /// The relays a node trusts, by the address it reaches them at, and the TLS verifier that
 /// holds them to it: a relay's certificate must carry the key of the node named for its
 /// address, and the handshake must be signed with that key.
+///
+/// TLS names a server by its IP address only (no port), so trust is per IP: a relay trusted at
+/// one port of an address is accepted at any port of it.
 #[derive(Debug, Default)]
-pub struct RelayTrust {
-    pins: RwLock<HashMap<IpAddr, HashSet<NodeId>>>,
+pub(crate) struct RelayTrust {
     by_url: RwLock<HashMap<RelayUrl, Relay>>,
 }
 
 impl RelayTrust {
-    /// Trusts `relay`. Returns whether it was new.
-    pub fn insert(&self, relay: Relay) -> bool {
-        self.pins
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(relay.addr.ip())
-            .or_default()
-            .insert(relay.node);
+    /// Trusts `relay` (in place of any relay trusted at its URL before).
+    pub(crate) fn insert(&self, relay: Relay) {
         self.by_url
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(relay.url(), relay)
-            .is_none_or(|old| old != relay)
+            .insert(relay.url(), relay);
     }
 
     /// The trusted relay at `url`.
-    pub fn get(&self, url: &RelayUrl) -> Option<Relay> {
+    pub(crate) fn get(&self, url: &RelayUrl) -> Option<Relay> {
         self.by_url
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -129,29 +132,24 @@ impl RelayTrust {
     }
 
     /// Whether `relay` is trusted (its node, at its address).
-    pub fn contains(&self, relay: &Relay) -> bool {
+    pub(crate) fn contains(&self, relay: &Relay) -> bool {
         self.get(&relay.url()).is_some_and(|known| known == *relay)
     }
 
-    /// Every trusted relay.
-    pub fn all(&self) -> Vec<Relay> {
-        let mut all: Vec<Relay> = self
-            .by_url
+    /// How many relays are trusted.
+    pub(crate) fn len(&self) -> usize {
+        self.by_url
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .copied()
-            .collect();
-        all.sort_by_key(|relay| (relay.node, relay.addr));
-        all
+            .len()
     }
 
     fn pinned(&self, ip: IpAddr, key: &[u8]) -> bool {
-        self.pins
+        self.by_url
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&ip)
-            .is_some_and(|nodes| nodes.iter().any(|node| ed25519_spki(node) == key))
+            .values()
+            .any(|relay| relay.addr.ip() == ip && ed25519_spki(&relay.node) == key)
     }
 
     /// A TLS verifier for relay connections that accepts only trusted relays.
@@ -270,8 +268,8 @@ mod server {
         /// Where to listen: HTTPS on this TCP port, QUIC address discovery on the same UDP
         /// port. Port 0 picks a free one.
         pub bind: SocketAddr,
-        /// The address clients reach it at, when it differs from `bind` (a public address
-        /// forwarded to this machine, or `bind` is unspecified).
+        /// The address clients reach it at, when it differs from `bind` (`bind` is
+        /// unspecified, or a public address and port are forwarded to it: both TCP and UDP).
         pub public: Option<SocketAddr>,
         /// Most clients connected at once; more are refused.
         pub max_clients: usize,
@@ -307,19 +305,40 @@ mod server {
                 addr: config.bind,
                 message,
             };
-            let mut bind = config.bind;
-            if bind.port() == 0 {
-                // One port for both protocols: take a free TCP port and ask for it over UDP
-                // too.
-                let probe = std::net::TcpListener::bind(bind)
-                    .map_err(|error| bind_error(error.to_string()))?;
-                bind.set_port(
-                    probe
-                        .local_addr()
-                        .map_err(|error| bind_error(error.to_string()))?
-                        .port(),
-                );
+            // One port for both protocols. Port 0: take a free TCP port and ask for it over
+            // UDP too, again if another socket took it meanwhile.
+            let attempts = if config.bind.port() == 0 { 5 } else { 1 };
+            let mut last_error = String::new();
+            for _ in 0..attempts {
+                let mut bind = config.bind;
+                if bind.port() == 0 {
+                    let probe = std::net::TcpListener::bind(bind)
+                        .map_err(|error| bind_error(error.to_string()))?;
+                    bind.set_port(
+                        probe
+                            .local_addr()
+                            .map_err(|error| bind_error(error.to_string()))?
+                            .port(),
+                    );
+                }
+                match Self::spawn_at(key, config, bind).await {
+                    Ok(server) => return Ok(server),
+                    Err(NetError::Bind { message, .. }) => last_error = message,
+                    Err(other) => return Err(other),
+                }
             }
+            Err(bind_error(last_error))
+        }
+
+        async fn spawn_at(
+            key: &NodeKey,
+            config: &RelayServerConfig,
+            bind: SocketAddr,
+        ) -> Result<Self, NetError> {
+            let bind_error = |message: String| NetError::Bind {
+                addr: bind,
+                message,
+            };
             let public = match config.public {
                 Some(public) => public,
                 None if bind.ip().is_unspecified() => {
@@ -330,13 +349,29 @@ mod server {
                 }
                 None => bind,
             };
+            let relay = Relay {
+                node: key.node_id(),
+                addr: public,
+            };
+            if !relay.is_plausible() {
+                return Err(NetError::Config(format!(
+                    "clients cannot reach a relay at {public}: give its public address and port"
+                )));
+            }
             let tls = certificate(key, public)?;
             let clients = Arc::new(Capped {
                 max: config.max_clients,
                 now: AtomicUsize::new(0),
             });
-            let mut relay = RelayConfig::new(SocketAddr::new(bind.ip(), 0));
-            relay.tls = Some(TlsConfig::new(
+            // The plain-HTTP listener iroh-relay opens beside HTTPS (a captive-portal check no
+            // client of ours makes) stays on loopback.
+            let loopback: std::net::IpAddr = if bind.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            let mut relay_config = RelayConfig::new(SocketAddr::new(loopback, 0));
+            relay_config.tls = Some(TlsConfig::new(
                 bind,
                 CertConfig::Manual {
                     server_config: tls.clone(),
@@ -346,21 +381,17 @@ mod server {
             rate.max_burst_bytes = config
                 .client_bytes_per_second
                 .checked_mul(NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
-            relay.limits.client_rx = Some(rate);
-            relay.key_cache_capacity = Some(config.max_clients.saturating_mul(4).max(64));
-            relay.access = Arc::clone(&clients) as _;
+            relay_config.limits.client_rx = Some(rate);
+            relay_config.key_cache_capacity = Some(config.max_clients.saturating_mul(4).max(64));
+            relay_config.access = Arc::clone(&clients) as _;
             let mut server = ServerConfig::default();
-            server.relay = Some(relay);
+            server.relay = Some(relay_config);
             let mut quic = QuicConfig::new(bind);
             quic.server_config = Some(tls);
             server.quic = Some(quic);
             let server = Server::spawn(server)
                 .await
                 .map_err(|error| bind_error(error.to_string()))?;
-            let relay = Relay {
-                node: key.node_id(),
-                addr: SocketAddr::new(public.ip(), bind.port()),
-            };
             tracing::info!(%relay, max_clients = config.max_clients, "serving as a relay");
             Ok(Self {
                 server,
@@ -463,8 +494,7 @@ mod tests {
         assert!("192.0.2.1:3340".parse::<Relay>().is_err());
 
         let trust = RelayTrust::default();
-        assert!(trust.insert(relay));
-        assert!(!trust.insert(relay));
+        trust.insert(relay);
         assert!(trust.contains(&relay));
         assert_eq!(trust.get(&relay.url()), Some(relay));
         let spki = ed25519_spki(&node);
@@ -472,6 +502,33 @@ mod tests {
         assert!(!trust.pinned("192.0.2.2".parse().expect("ip"), &spki));
         let other = NodeKey::from_secret([8; 32]).node_id();
         assert!(!trust.pinned(relay.addr.ip(), &ed25519_spki(&other)));
+        // Another key named for the same address replaces the first.
+        let replaced = Relay {
+            node: other,
+            ..relay
+        };
+        trust.insert(replaced);
+        assert!(!trust.contains(&relay));
+        assert!(trust.pinned(relay.addr.ip(), &ed25519_spki(&other)));
+        assert!(!trust.pinned(relay.addr.ip(), &spki));
+    }
+
+    #[test]
+    fn addresses_no_node_has_are_not_dialable() {
+        for bad in [
+            "0.0.0.0:1",
+            "255.255.255.255:1",
+            "224.0.0.1:1",
+            "[::]:1",
+            "[ff02::1]:1",
+            "[::ffff:224.0.0.1]:1",
+            "[::ffff:0.0.0.0]:1",
+            "192.0.2.1:0",
+        ] {
+            assert!(!is_dialable(bad.parse().expect("address")), "{bad}");
+        }
+        assert!(is_dialable("192.0.2.1:1".parse().expect("address")));
+        assert!(is_dialable("[2001:db8::1]:1".parse().expect("address")));
     }
 
     #[cfg(feature = "relay-server")]

@@ -126,7 +126,7 @@ impl Shared {
             offers: self.config.offers.clone(),
             engine: self.hello.engine,
             payee: self.config.payee,
-            relay: self.endpoint.relays().home(),
+            relay: self.endpoint.relays().connected_home(),
             addrs,
         }
     }
