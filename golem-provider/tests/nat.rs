@@ -49,14 +49,14 @@ const JOB_WAIT: Duration = Duration::from_secs(60);
 impl Lab {
     /// Builds the topology above; `symmetric` makes router A a symmetric NAT.
     fn build(tag: &str, symmetric: bool) -> Option<Self> {
-        if let Err(missing) = capable() {
+        let prefix = format!("g{}{tag}", std::process::id() % 100_000);
+        if let Err(missing) = capable(&prefix) {
             if std::env::var("CI").is_ok_and(|ci| ci == "true") {
                 panic!("the NAT test needs root, iproute2 and nftables: {missing}");
             }
             eprintln!("NAT test not run: {missing}");
             return None;
         }
-        let prefix = format!("g{}{tag}", std::process::id() % 100_000);
         let mut lab = Self {
             prefix,
             names: Vec::new(),
@@ -160,8 +160,8 @@ impl Drop for Lab {
     }
 }
 
-/// Whether this process can build the lab, or what is missing.
-fn capable() -> Result<(), String> {
+/// Whether this process can build the lab named `prefix`, or what is missing.
+fn capable(prefix: &str) -> Result<(), String> {
     if !rustix::process::geteuid().is_root() {
         return Err("not running as root".into());
     }
@@ -175,7 +175,7 @@ fn capable() -> Result<(), String> {
         }
     }
     // Root without the capability to make namespaces (in a container, say) cannot either.
-    let probe = format!("g{}probe", std::process::id() % 100_000);
+    let probe = format!("{prefix}-probe");
     let made = Command::new("ip").args(["netns", "add", &probe]).output();
     let _ = Command::new("ip").args(["netns", "del", &probe]).output();
     match made {
