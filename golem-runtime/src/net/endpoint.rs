@@ -428,13 +428,8 @@ pub struct Relays {
 }
 
 impl Relays {
-    /// The relay this node keeps its home on, if it has one.
-    pub fn home(&self) -> Option<Relay> {
-        let url = self.endpoint.addr().relay_urls().next().cloned()?;
-        self.trust.get(&url)
-    }
-
-    /// The home relay if this node is connected to it now (not refused, not unreachable).
+    /// The relay this node keeps its home on, if it is connected to it now (not refused, not
+    /// unreachable).
     pub fn connected_home(&self) -> Option<Relay> {
         use iroh::Watcher;
         let status = self.endpoint.home_relay_status().get();
