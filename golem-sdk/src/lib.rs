@@ -62,6 +62,13 @@
 //! `[dev-dependencies]` or `[target.'cfg(not(target_arch = "wasm32"))'.dependencies]`, so the
 //! guest build stays small.
 //!
+//! # Features
+//!
+//! - `runtime` (default): [`Golem`] and everything that runs tasks (wasmtime, the network).
+//!   Without it a crate only defines tasks: `#[golem::task]` and [`Task`], what its guest build
+//!   compiles anyway.
+//! - `ethereum`: settlement on Ethereum (`Golem::settle`, the `ethereum` module).
+//!
 //! A [`Golem`] needs no task to start:
 //!
 //! ```
@@ -77,17 +84,17 @@
 
 mod task;
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 pub mod blocking;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 mod error;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 mod golem;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 mod iterate;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 mod map_reduce;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 mod par_for;
 
 #[doc = include_str!("docs/task.md")]
@@ -96,15 +103,16 @@ pub use golem_macros::task;
 pub use crate::task::{Task, TaskData};
 
 #[cfg(not(target_arch = "wasm32"))]
+pub use crate::task::GuestModule;
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 pub use crate::{
     error::{Error, ModuleError, NodeError, Partial, Result, SandboxError, SubtaskError},
     golem::{Golem, GolemBuilder},
     iterate::{Iterated, Until},
     map_reduce::MapReduce,
     par_for::{ContextFor, NoContext, ParFor, Reported, WithContext},
-    task::GuestModule,
 };
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
 pub use golem_runtime::{
     payment::{Account, Books, Ledger, NANO, Payee, PaymentHook, Priced},
     proto::requestor::{Caught, JobReport, Route},
@@ -123,7 +131,7 @@ pub use golem_runtime::payment::ethereum;
 pub mod prelude {
     pub use crate::Task;
     pub use crate::task;
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
     pub use crate::{Error, Golem, Iterated, Limits, Until, Verify};
     pub use serde::{Deserialize, Serialize};
 }

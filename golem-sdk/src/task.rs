@@ -42,8 +42,13 @@ impl<T: Serialize + DeserializeOwned> TaskData for T {}
 #[derive(Debug)]
 pub struct GuestModule {
     bytes: &'static [u8],
+    #[cfg_attr(
+        not(feature = "runtime"),
+        allow(dead_code, reason = "read when jobs are sent")
+    )]
     hash: &'static [u8; 32],
     /// The bytes as the blob every job sends, made once.
+    #[cfg(feature = "runtime")]
     blob: std::sync::OnceLock<golem_runtime::node::Blob>,
 }
 
@@ -55,6 +60,7 @@ impl GuestModule {
         Self {
             bytes,
             hash,
+            #[cfg(feature = "runtime")]
             blob: std::sync::OnceLock::new(),
         }
     }
@@ -65,11 +71,13 @@ impl GuestModule {
     }
 
     /// The blake3 hash of [`bytes`](Self::bytes).
+    #[cfg(feature = "runtime")]
     pub fn hash(&self) -> golem_runtime::sandbox::ModuleHash {
         golem_runtime::sandbox::ModuleHash(*self.hash)
     }
 
     /// The module as a job's blob: copied and identified once, shared by every job after.
+    #[cfg(feature = "runtime")]
     pub(crate) fn blob(&self) -> golem_runtime::node::Blob {
         self.blob
             .get_or_init(|| {
