@@ -93,6 +93,18 @@ pub enum ModuleError {
     /// memory or tables exceed the sandbox's limits).
     #[error("the module cannot be instantiated: {0}")]
     Instantiate(String),
+    /// The module's start code and version export, run once when it is prepared, went past
+    /// what preparing a module may cost.
+    #[error(
+        "the module's start-up ran past its limits ({fuel} fuel, {deadline:?}) when its ABI \
+         version was read"
+    )]
+    StartupLimit {
+        /// Fuel start-up may burn ([`PROBE_FUEL`](super::PROBE_FUEL)).
+        fuel: u64,
+        /// Wall time start-up may take ([`PROBE_DEADLINE`](super::PROBE_DEADLINE)).
+        deadline: Duration,
+    },
 }
 
 /// One call of a task failed. Guest failures are data: the host keeps serving.

@@ -4,6 +4,10 @@
 //! (it advances a fixed step per reading), randomness is a blake3 stream keyed by the call's
 //! seed, stdout/stderr are captured in capped buffers, and every file-system call answers
 //! `EBADF`. So a module given the same input produces the same bytes on every provider.
+//!
+//! Host calls are paid in fuel like guest instructions: [`HOST_CALL_FUEL`] each, plus the bytes
+//! they copy ([`COPY_BYTES_PER_FUEL`]) or generate ([`RANDOM_FUEL_PER_BYTE`]), charged before
+//! the work is done. A guest cannot make the host work for it for free.
 
 use std::sync::Arc;
 
@@ -28,6 +32,14 @@ const CLOCK_START_NS: u64 = 1_735_689_600_000_000_000;
 const CLOCK_STEP_NS: u64 = 1_000;
 /// Longest panic message kept.
 const PANIC_MESSAGE_BYTES: usize = 4096;
+
+/// Fuel every host call costs besides the bytes it touches.
+pub const HOST_CALL_FUEL: u64 = 10;
+/// Bytes a host call may copy (input, output, logs) per unit of fuel: a word per unit, what a
+/// guest loop moving the bytes itself would pay at least.
+pub const COPY_BYTES_PER_FUEL: u64 = 8;
+/// Fuel per byte of randomness: generating it (a blake3 stream) is work, not a copy.
+pub const RANDOM_FUEL_PER_BYTE: u64 = 1;
 
 /// Per-call state of a guest instance.
 pub(crate) struct GuestState {
@@ -193,6 +205,26 @@ fn abi_trap(message: impl Into<String>) -> wasmtime::Error {
     wasmtime::Error::new(HostTrap::Abi(message.into()))
 }
 
+/// Charges a host call `fuel` before it does its work, so fuel measures what a guest makes
+/// the host do: a call that cannot pay ends in [`Trap::OutOfFuel`](wasmtime::Trap), as a guest
+/// instruction would. Free when the engine does not meter fuel.
+fn charge(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
+    let Ok(left) = caller.get_fuel() else {
+        return Ok(());
+    };
+    let cost = fuel.saturating_add(HOST_CALL_FUEL);
+    if cost > left {
+        caller.set_fuel(0)?;
+        return Err(wasmtime::Trap::OutOfFuel.into());
+    }
+    caller.set_fuel(left - cost)
+}
+
+/// Fuel for copying `bytes`.
+fn copy_fuel(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(COPY_BYTES_PER_FUEL)
+}
+
 /// The guest's linear memory and the call state, borrowed together.
 fn memory_and_state<'a>(
     caller: &'a mut Caller<'_, GuestState>,
@@ -213,9 +245,21 @@ fn range(memory: &[u8], ptr: i32, len: usize) -> Option<std::ops::Range<usize>> 
     (end <= memory.len()).then_some(start..end)
 }
 
-fn read_u32(memory: &[u8], ptr: i32) -> Option<u32> {
-    let bytes = memory.get(range(memory, ptr, 4)?)?;
-    Some(u32::from_le_bytes(bytes.try_into().ok()?))
+/// The byte ranges a WASI iovec array of `count` entries at `iovs` names, each `None` when the
+/// entry or its range lies outside memory. The entries must fit in memory, which bounds them.
+fn iovecs(
+    memory: &[u8],
+    iovs: i32,
+    count: i32,
+) -> Option<impl Iterator<Item = Option<std::ops::Range<usize>>> + '_> {
+    let count = usize::try_from(count).unwrap_or(0);
+    let entries = range(memory, iovs, count.checked_mul(8)?)?;
+    Some(memory[entries].chunks_exact(8).map(move |entry| {
+        let (ptr, len) = entry.split_at(4);
+        let ptr = u32::from_le_bytes(ptr.try_into().ok()?);
+        let len = u32::from_le_bytes(len.try_into().ok()?);
+        range(memory, i32::try_from(ptr).ok()?, len as usize)
+    }))
 }
 
 fn write_bytes(memory: &mut [u8], ptr: i32, bytes: &[u8]) -> i32 {
@@ -240,7 +284,8 @@ fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         host,
         abi::INPUT_LEN,
-        |caller: Caller<'_, GuestState>, slot: i32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, GuestState>, slot: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
             let len = slot_bytes(caller.data(), slot)?.len();
             i32::try_from(len).map_err(|_| abi_trap("input larger than 2 GiB"))
         },
@@ -249,6 +294,8 @@ fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         host,
         abi::INPUT_READ,
         |mut caller: Caller<'_, GuestState>, slot: i32, ptr: i32| -> wasmtime::Result<()> {
+            let len = slot_bytes(caller.data(), slot)?.len();
+            charge(&mut caller, copy_fuel(len))?;
             let (memory, state) = memory_and_state(&mut caller)?;
             let bytes = slot_bytes(state, slot)?;
             let range = range(memory, ptr, bytes.len())
@@ -261,9 +308,9 @@ fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         host,
         abi::OUTPUT,
         |mut caller: Caller<'_, GuestState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let (memory, state) = memory_and_state(&mut caller)?;
             let len = u32::try_from(len).map_err(|_| abi_trap("output: negative length"))?;
             let len = len as usize;
+            let (_, state) = memory_and_state(&mut caller)?;
             if len > state.output_limit {
                 return Err(wasmtime::Error::new(HostTrap::OutputTooLarge {
                     size: len,
@@ -273,6 +320,8 @@ fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             if state.output.is_some() {
                 return Err(abi_trap("output was handed back twice"));
             }
+            charge(&mut caller, copy_fuel(len))?;
+            let (memory, state) = memory_and_state(&mut caller)?;
             let range =
                 range(memory, ptr, len).ok_or_else(|| abi_trap("output: source out of bounds"))?;
             state.output = Some(memory[range].to_vec());
@@ -283,8 +332,9 @@ fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         host,
         abi::PANIC,
         |mut caller: Caller<'_, GuestState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let (memory, state) = memory_and_state(&mut caller)?;
             let len = (u32::try_from(len).unwrap_or(0) as usize).min(PANIC_MESSAGE_BYTES);
+            charge(&mut caller, copy_fuel(len))?;
+            let (memory, state) = memory_and_state(&mut caller)?;
             let message = range(memory, ptr, len)
                 .map(|range| String::from_utf8_lossy(&memory[range]).into_owned())
                 .unwrap_or_else(|| "<panic message out of bounds>".into());
@@ -311,6 +361,7 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             wasi,
             name,
             |mut caller: Caller<'_, GuestState>, count: i32, size: i32| -> wasmtime::Result<i32> {
+                charge(&mut caller, 0)?;
                 let (memory, _) = memory_and_state(&mut caller)?;
                 let status = write_bytes(memory, count, &0u32.to_le_bytes());
                 Ok(if status == errno::SUCCESS {
@@ -328,6 +379,7 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         wasi,
         "clock_res_get",
         |mut caller: Caller<'_, GuestState>, _clock: i32, out: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
             let (memory, _) = memory_and_state(&mut caller)?;
             Ok(write_bytes(memory, out, &CLOCK_STEP_NS.to_le_bytes()))
         },
@@ -340,6 +392,7 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
          _precision: i64,
          out: i32|
          -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
             let (memory, state) = memory_and_state(&mut caller)?;
             state.clock_ns += CLOCK_STEP_NS;
             Ok(write_bytes(memory, out, &state.clock_ns.to_le_bytes()))
@@ -354,24 +407,36 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
          iovs_len: i32,
          written: i32|
          -> wasmtime::Result<i32> {
+            if fd != 1 && fd != 2 {
+                charge(&mut caller, 0)?;
+                return Ok(errno::BADF);
+            }
+            // Every entry is read and every byte it names is copied (or counted as dropped),
+            // so the call pays for all of them first, entries as 8 bytes each.
+            let (memory, _) = memory_and_state(&mut caller)?;
+            let touched = iovecs(memory, iovs, iovs_len).and_then(|mut entries| {
+                entries.try_fold(0usize, |sum, range| {
+                    Some(sum.saturating_add(8 + range?.len()))
+                })
+            });
+            let Some(touched) = touched else {
+                return Ok(errno::FAULT);
+            };
+            charge(&mut caller, copy_fuel(touched))?;
             let (memory, state) = memory_and_state(&mut caller)?;
-            let log = match fd {
-                1 => &mut state.stdout,
-                2 => &mut state.stderr,
-                _ => return Ok(errno::BADF),
+            let log = if fd == 1 {
+                &mut state.stdout
+            } else {
+                &mut state.stderr
             };
             let mut total: u32 = 0;
-            for index in 0..iovs_len.max(0) {
-                let entry = iovs.wrapping_add(index.wrapping_mul(8));
-                let (Some(ptr), Some(len)) = (read_u32(memory, entry), read_u32(memory, entry + 4))
-                else {
-                    return Ok(errno::FAULT);
-                };
-                let Some(range) = range(memory, ptr as i32, len as usize) else {
-                    return Ok(errno::FAULT);
-                };
+            for range in iovecs(memory, iovs, iovs_len)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                total = total.saturating_add(range.len() as u32);
                 log.write(&memory[range]);
-                total = total.saturating_add(len);
             }
             Ok(write_bytes(memory, written, &total.to_le_bytes()))
         },
@@ -389,6 +454,7 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
                 return Ok(errno::BADF);
             }
             // Standard input is always at its end.
+            charge(&mut caller, 0)?;
             let (memory, _) = memory_and_state(&mut caller)?;
             Ok(write_bytes(memory, read, &0u32.to_le_bytes()))
         },
@@ -418,6 +484,7 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             let mut fdstat = [0u8; 24];
             fdstat[0] = 2;
             fdstat[8..16].copy_from_slice(&rights.to_le_bytes());
+            charge(&mut caller, 0)?;
             let (memory, _) = memory_and_state(&mut caller)?;
             Ok(write_bytes(memory, out, &fdstat))
         },
@@ -438,13 +505,18 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         wasi,
         "random_get",
         |mut caller: Caller<'_, GuestState>, buf: i32, len: i32| -> wasmtime::Result<i32> {
-            let (memory, state) = memory_and_state(&mut caller)?;
             let Ok(len) = u32::try_from(len) else {
                 return Ok(errno::INVAL);
             };
+            let (memory, _) = memory_and_state(&mut caller)?;
             let Some(range) = range(memory, buf, len as usize) else {
                 return Ok(errno::FAULT);
             };
+            charge(
+                &mut caller,
+                u64::from(len).saturating_mul(RANDOM_FUEL_PER_BYTE),
+            )?;
+            let (memory, state) = memory_and_state(&mut caller)?;
             state.random.fill(&mut memory[range]);
             Ok(errno::SUCCESS)
         },

@@ -26,7 +26,8 @@ use wasmtime::{Engine, Linker, Store, Trap};
 
 pub use self::config::{Limits, SandboxConfig};
 pub use self::error::{ModuleError, SandboxError, SubtaskError};
-pub use self::module::{ModuleHash, PreparedModule, TaskExport};
+pub use self::host::{COPY_BYTES_PER_FUEL, HOST_CALL_FUEL, RANDOM_FUEL_PER_BYTE};
+pub use self::module::{ModuleHash, PROBE_DEADLINE, PROBE_FUEL, PreparedModule, TaskExport};
 
 use self::host::{GuestState, HostTrap};
 
@@ -177,9 +178,7 @@ impl Sandbox {
                 .set_fuel(limits.fuel)
                 .map_err(|error| SubtaskError::Internal(error.to_string()))?;
         }
-        if let Some(ticker) = &self.ticker {
-            store.set_epoch_deadline(ticker.ticks_for(limits.deadline));
-        }
+        store.set_epoch_deadline(self.epoch_ticks(limits.deadline));
 
         let outcome = module.call(&mut store, task);
         let fuel_used = self
@@ -191,6 +190,13 @@ impl Sandbox {
             Ok(()) => state.finish(fuel_used),
             Err(error) => Err(classify(&error, state, limits)),
         }
+    }
+
+    /// Epoch ticks for a deadline of `deadline` (ignored by an engine without epoch deadlines).
+    pub(crate) fn epoch_ticks(&self, deadline: Duration) -> u64 {
+        self.ticker
+            .as_ref()
+            .map_or(u64::MAX / 2, |ticker| ticker.ticks_for(deadline))
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -257,6 +263,10 @@ fn fingerprint(engine: &Engine) -> EngineFingerprint {
     let mut hasher = Blake3Hasher(blake3::Hasher::new());
     hasher.0.update(b"golem engine fingerprint");
     hasher.0.update(&golem_abi::ABI_VERSION.to_le_bytes());
+    // What host calls cost is part of the fuel figures providers report and are compared on.
+    for price in [HOST_CALL_FUEL, COPY_BYTES_PER_FUEL, RANDOM_FUEL_PER_BYTE] {
+        hasher.0.update(&price.to_le_bytes());
+    }
     engine.precompile_compatibility_hash().hash(&mut hasher);
     EngineFingerprint(*hasher.0.finalize().as_bytes())
 }

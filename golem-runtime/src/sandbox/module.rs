@@ -1,9 +1,10 @@
 //! Accepting a module: hash, size, compile, import allow-list, ABI version; then calling it.
 
 use std::fmt;
+use std::time::Duration;
 
 use golem_abi as abi;
-use wasmtime::{ExternType, InstancePre, Module, ModuleExport, Store, TypedFunc};
+use wasmtime::{ExternType, InstancePre, Module, ModuleExport, Store, Trap, TypedFunc};
 
 use super::host::GuestState;
 use super::{ModuleError, Sandbox};
@@ -276,6 +277,13 @@ fn first_mistyped_import(module: &Module) -> ModuleError {
     }
 }
 
+/// Fuel a module's start-up (start function and version export) may burn when it is prepared.
+pub const PROBE_FUEL: u64 = 1_000_000;
+/// Wall time a module's start-up may take when it is prepared (with epoch deadlines on).
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Runs the module's start-up and reads its ABI version, under [`PROBE_FUEL`] and
+/// [`PROBE_DEADLINE`]: a module that spins there is refused, not left holding a worker.
 fn check_abi_version(sandbox: &Sandbox, module: &PreparedModule) -> Result<(), ModuleError> {
     let version_export = module
         .module
@@ -295,21 +303,25 @@ fn check_abi_version(sandbox: &Sandbox, module: &PreparedModule) -> Result<(), M
     store.limiter(|state| &mut state.limiter);
     if sandbox.config().fuel_metering {
         store
-            .set_fuel(1_000_000)
+            .set_fuel(PROBE_FUEL)
             .map_err(|error| ModuleError::Instantiate(error.to_string()))?;
     }
-    store.set_epoch_deadline(u64::MAX / 2);
-    let instance = module
-        .pre
-        .instantiate(&mut store)
-        .map_err(|error| ModuleError::Instantiate(format!("{error:#}")))?;
+    store.set_epoch_deadline(sandbox.epoch_ticks(PROBE_DEADLINE));
+    let failed = |error: wasmtime::Error| match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel | Trap::Interrupt) => ModuleError::StartupLimit {
+            fuel: PROBE_FUEL,
+            deadline: PROBE_DEADLINE,
+        },
+        _ => ModuleError::Instantiate(format!("{error:#}")),
+    };
+    let instance = module.pre.instantiate(&mut store).map_err(failed)?;
     let version = instance
         .get_module_export(&mut store, &version_export)
         .and_then(|export| export.into_func())
         .and_then(|func| func.typed::<(), i32>(&store).ok())
         .ok_or(ModuleError::NotAGolemModule)?
         .call(&mut store, ())
-        .map_err(|error| ModuleError::Instantiate(format!("{error:#}")))?;
+        .map_err(failed)?;
     if u32::try_from(version).ok() != Some(abi::ABI_VERSION) {
         return Err(ModuleError::AbiVersion {
             found: i64::from(version),

@@ -393,3 +393,137 @@ fn memory_limit_above_the_pool_is_refused() {
     let error = run(&sandbox, &module("", ""), "echo", &limits).unwrap_err();
     assert!(matches!(error, SubtaskError::Internal(_)), "{error:?}");
 }
+
+const RANDOM_IMPORT: &str =
+    r#"(import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))"#;
+const WRITE_IMPORT: &str = r#"(import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))"#;
+
+/// Fuel `task` of `bytes` used.
+fn fuel_of(sandbox: &Sandbox, bytes: &[u8], task: &str) -> u64 {
+    let execution = run(sandbox, bytes, task, &Limits::default()).expect("runs");
+    execution.fuel_used.expect("fuel is metered")
+}
+
+#[test]
+fn host_calls_cost_fuel_by_the_bytes_they_touch() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    // Each pair of tasks runs the same instructions; only the sizes the host works on differ.
+    let bytes = module(
+        &format!("{RANDOM_IMPORT}\n{WRITE_IMPORT}"),
+        r#"(func $random_task (param $len i32)
+            (drop (call $random (i32.const 1024) (local.get $len)))
+            (call $output (i32.const 0) (i32.const 0)))
+           (func (export "golem_task_random_small") (call $random_task (i32.const 1000)))
+           (func (export "golem_task_random_large") (call $random_task (i32.const 60000)))
+           ;; An iovec array of $entries entries at 64, every one naming the same 60,000 bytes.
+           (func $write_task (param $entries i32) (local $i i32)
+            (loop $fill
+              (i32.store (i32.add (i32.const 64) (i32.mul (local.get $i) (i32.const 8)))
+                         (i32.const 1024))
+              (i32.store (i32.add (i32.const 68) (i32.mul (local.get $i) (i32.const 8)))
+                         (i32.const 60000))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br_if $fill (i32.lt_u (local.get $i) (i32.const 100))))
+            (drop (call $write (i32.const 1) (i32.const 64) (local.get $entries) (i32.const 0)))
+            (call $output (i32.const 0) (i32.const 0)))
+           (func (export "golem_task_write_one") (call $write_task (i32.const 1)))
+           (func (export "golem_task_write_many") (call $write_task (i32.const 100)))"#,
+    );
+
+    let random =
+        fuel_of(&sandbox, &bytes, "random_large") - fuel_of(&sandbox, &bytes, "random_small");
+    assert_eq!(
+        random,
+        59_000 * RANDOM_FUEL_PER_BYTE,
+        "randomness is paid per byte"
+    );
+
+    let write = fuel_of(&sandbox, &bytes, "write_many") - fuel_of(&sandbox, &bytes, "write_one");
+    let touched = |entries: u64| (entries * (8 + 60_000)).div_ceil(COPY_BYTES_PER_FUEL);
+    assert_eq!(
+        write,
+        touched(100) - touched(1),
+        "every byte an iovec names is paid"
+    );
+
+    // What the host keeps is still capped by the log limit; the rest is counted.
+    let execution = run(&sandbox, &bytes, "write_many", &Limits::default()).expect("runs");
+    assert_eq!(execution.stdout.len(), Limits::default().log_bytes);
+    assert_eq!(
+        execution.log_bytes_dropped,
+        100 * 60_000 - Limits::default().log_bytes as u64
+    );
+}
+
+#[test]
+fn a_loop_of_large_host_calls_runs_out_of_fuel() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    // Without charging by bytes, each call of this loop costs a few units of fuel for 60 KB of
+    // work, and the call runs until its deadline.
+    let bytes = module(
+        RANDOM_IMPORT,
+        r#"(func (export "golem_task_spin")
+            (loop $l (drop (call $random (i32.const 1024) (i32.const 60000))) (br $l)))"#,
+    );
+    let limits = Limits::default().fuel(10_000_000);
+    let started = Instant::now();
+    let error = run(&sandbox, &bytes, "spin", &limits).unwrap_err();
+    assert_eq!(error, SubtaskError::OutOfFuel { limit: 10_000_000 });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_still_serves(&sandbox);
+}
+
+/// Prepares `bytes` on another thread; fails the test if it takes longer than `within`.
+fn prepare_within(
+    sandbox: Arc<Sandbox>,
+    bytes: Vec<u8>,
+    within: Duration,
+) -> Result<Arc<PreparedModule>, ModuleError> {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(prepare(&sandbox, &bytes));
+    });
+    result
+        .recv_timeout(within)
+        .expect("preparing the module ended within its limits")
+}
+
+#[test]
+fn a_module_that_spins_at_start_up_is_refused() {
+    let startup_limit = ModuleError::StartupLimit {
+        fuel: PROBE_FUEL,
+        deadline: PROBE_DEADLINE,
+    };
+    // A start function that loops, and one that asks the host for 60 KB of randomness per
+    // iteration (a few units of fuel each before host calls were charged by bytes).
+    let spin = module("", r#"(func $spin (loop $l (br $l))) (start $spin)"#);
+    let random = module(
+        RANDOM_IMPORT,
+        r#"(func $spin (loop $l (drop (call $random (i32.const 1024) (i32.const 60000))) (br $l)))
+           (start $spin)"#,
+    );
+    let metered = Arc::new(sandbox(SandboxConfig::with_instances(4)));
+    for bytes in [&spin, &random] {
+        let error = prepare_within(Arc::clone(&metered), bytes.clone(), Duration::from_secs(30));
+        assert_eq!(error.unwrap_err(), startup_limit);
+    }
+    assert_still_serves(&metered);
+
+    // Without fuel, the probe's deadline ends it.
+    let mut config = SandboxConfig::with_instances(4);
+    config.fuel_metering = false;
+    let unmetered = Arc::new(sandbox(config));
+    let started = Instant::now();
+    let error = prepare_within(Arc::clone(&unmetered), spin, Duration::from_secs(30));
+    assert_eq!(error.unwrap_err(), startup_limit);
+    assert!(
+        started.elapsed() >= PROBE_DEADLINE,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_still_serves(&unmetered);
+}
