@@ -1,4 +1,4 @@
-//! Flavors on the command line: `NAME:memory=256M,fuel=50G,price=10,concurrency=2`.
+//! Flavors on the command line: `NAME:memory=256M,fuel=50G,output=1M,log=64K,deadline=5m,price=10,concurrency=2`.
 
 use golem_runtime::proto::message::Offer;
 
@@ -10,6 +10,12 @@ pub(crate) struct Flavor(pub(crate) Offer);
 pub(crate) const DEFAULT_MEMORY: u64 = 1 << 30;
 /// Fuel cap of a flavor unless its spec gives one.
 pub(crate) const DEFAULT_FUEL: u64 = 1_000_000_000_000;
+/// Output cap of a flavor unless its spec gives one.
+pub(crate) const DEFAULT_OUTPUT: u64 = 64 << 20;
+/// Log cap (stdout and stderr each) of a flavor unless its spec gives one.
+pub(crate) const DEFAULT_LOG: u64 = 64 << 10;
+/// Deadline cap of a flavor unless its spec gives one: 10 minutes.
+pub(crate) const DEFAULT_DEADLINE_MS: u64 = 10 * 60 * 1000;
 
 impl Flavor {
     /// The flavor sold when none is given: every core, 1 GiB, no price.
@@ -18,6 +24,9 @@ impl Flavor {
             flavor: "default".into(),
             memory_bytes: DEFAULT_MEMORY,
             fuel: DEFAULT_FUEL,
+            output_bytes: DEFAULT_OUTPUT,
+            log_bytes: DEFAULT_LOG,
+            deadline_ms: DEFAULT_DEADLINE_MS,
             price_per_gfuel: 0,
             concurrency: cores,
         })
@@ -47,6 +56,9 @@ impl std::str::FromStr for Flavor {
             match key {
                 "memory" => offer.memory_bytes = parse_bytes(value)?,
                 "fuel" => offer.fuel = parse_count(value)?,
+                "output" => offer.output_bytes = parse_bytes(value)?,
+                "log" => offer.log_bytes = parse_bytes(value)?,
+                "deadline" => offer.deadline_ms = parse_millis(value)?,
                 "price" => offer.price_per_gfuel = parse_count(value)?,
                 "concurrency" => {
                     offer.concurrency = parse_count(value)?
@@ -57,7 +69,8 @@ impl std::str::FromStr for Flavor {
                 }
                 other => {
                     return Err(format!(
-                        "unknown flavor setting `{other}` (memory, fuel, price, concurrency)"
+                        "unknown flavor setting `{other}` (memory, fuel, output, log, deadline, \
+                         price, concurrency)"
                     ));
                 }
             }
@@ -83,6 +96,25 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     value
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, in milliseconds.
+pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let factor: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("`{text}`: give a unit (ms, s, m, h), as in 10m")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a time such as 10m"))?;
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 /// `1000`, `50K`, `20M`, `50G`, `1T` (decimal multiples).
@@ -112,15 +144,19 @@ mod tests {
 
     #[test]
     fn flavors_parse_with_units_and_defaults() {
-        let flavor: Flavor = "big:memory=2G,fuel=50G,price=12,concurrency=4"
-            .parse()
-            .unwrap();
+        let flavor: Flavor =
+            "big:memory=2G,fuel=50G,output=1M,log=4K,deadline=90s,price=12,concurrency=4"
+                .parse()
+                .unwrap();
         assert_eq!(
             flavor.0,
             Offer {
                 flavor: "big".into(),
                 memory_bytes: 2 << 30,
                 fuel: 50_000_000_000,
+                output_bytes: 1 << 20,
+                log_bytes: 4 << 10,
+                deadline_ms: 90_000,
                 price_per_gfuel: 12,
                 concurrency: 4,
             }
@@ -134,6 +170,8 @@ mod tests {
             "x:memory=2Q",
             "x:colour=red",
             "x:concurrency=0",
+            "x:deadline=10",
+            "x:deadline=5d",
             "a b",
         ] {
             assert!(bad.parse::<Flavor>().is_err(), "{bad} parsed");

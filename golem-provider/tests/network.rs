@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use golem::Golem;
+use golem::{Error, Golem, Limits, SubtaskError};
 use golem_examples::mandelbrot::{Scene, render};
-use golem_fixture::grind;
+use golem_fixture::{chatty, grind};
 use rustix::process::Signal;
 
 use crate::common::{Daemon, send};
@@ -229,4 +229,57 @@ fn a_job_survives_a_provider_that_hangs() {
         send(victim, Signal::STOP);
     });
     daemons[2].signal(Signal::CONT);
+}
+
+/// A requestor may ask any limits of a batch; a provider runs it only in a flavor that holds
+/// them all. Here a requestor that matched the flavor asks more in one job: a gigabyte of logs
+/// kept on the provider, a larger output, a longer deadline.
+#[test]
+fn a_batch_asking_more_than_every_flavor_holds_is_not_run() {
+    let daemon = Daemon::start("caps", &["--flavor", "small:output=1K,log=4K,deadline=30s"]);
+    let within = Limits::default()
+        .output_bytes(1 << 10)
+        .log_bytes(4 << 10)
+        .deadline(Duration::from_secs(30));
+    runtime().block_on(async {
+        let golem = Golem::builder()
+            .join(daemon.address.as_str())
+            .limits(within.clone())
+            .build()
+            .await
+            .expect("the provider's flavor holds the requestor's limits");
+        let hi = || vec!["hi".to_string()];
+        let outputs = golem
+            .par_for(hi(), chatty)
+            .with(&())
+            .limits(within.clone())
+            .await
+            .expect("within the flavor");
+        assert_eq!(outputs, ["hi"]);
+        for (what, limits) in [
+            ("logs", within.clone().log_bytes(1 << 30)),
+            ("output", within.clone().output_bytes(64 << 20)),
+            (
+                "deadline",
+                within.clone().deadline(Duration::from_secs(3600)),
+            ),
+        ] {
+            let error = golem
+                .par_for(hi(), chatty)
+                .with(&())
+                .limits(limits)
+                .await
+                .expect_err(what);
+            match error {
+                Error::Subtask {
+                    error: SubtaskError::Internal(reason),
+                    ..
+                } => assert!(reason.contains("exceed every flavor"), "{what}: {reason}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // And it keeps serving.
+        let outputs = golem.par_for(hi(), chatty).with(&()).limits(within).await;
+        assert_eq!(outputs.expect("still serving"), ["hi"]);
+    });
 }

@@ -10,6 +10,12 @@ pub struct Demand {
     pub memory_bytes: u64,
     /// Fuel each subtask may burn.
     pub fuel: u64,
+    /// Largest output of a subtask.
+    pub output_bytes: u64,
+    /// Log bytes a subtask may have kept (stdout and stderr each).
+    pub log_bytes: u64,
+    /// Wall time a subtask may take, in milliseconds.
+    pub deadline_ms: u64,
     /// Highest acceptable price of a billion units of fuel; `None` accepts any price.
     pub max_price_per_gfuel: Option<u64>,
 }
@@ -20,14 +26,26 @@ impl Demand {
         Self {
             memory_bytes: limits.memory_bytes as u64,
             fuel: limits.fuel,
+            output_bytes: limits.output_bytes as u64,
+            log_bytes: limits.log_bytes as u64,
+            deadline_ms: u64::try_from(limits.deadline.as_millis()).unwrap_or(u64::MAX),
             max_price_per_gfuel: None,
         }
     }
 
-    /// Whether `offer` satisfies this demand.
-    pub fn accepts(&self, offer: &Offer) -> bool {
+    /// Whether `offer`'s flavor holds every limit of this demand, whatever its price. A
+    /// provider runs a batch only in a flavor that holds its limits.
+    pub fn fits(&self, offer: &Offer) -> bool {
         offer.memory_bytes >= self.memory_bytes
             && offer.fuel >= self.fuel
+            && offer.output_bytes >= self.output_bytes
+            && offer.log_bytes >= self.log_bytes
+            && offer.deadline_ms >= self.deadline_ms
+    }
+
+    /// Whether `offer` satisfies this demand: it [fits](Self::fits) at an acceptable price.
+    pub fn accepts(&self, offer: &Offer) -> bool {
+        self.fits(offer)
             && self
                 .max_price_per_gfuel
                 .is_none_or(|ceiling| offer.price_per_gfuel <= ceiling)
@@ -52,6 +70,9 @@ mod tests {
             flavor: flavor.into(),
             memory_bytes: memory_mb << 20,
             fuel: 1 << 40,
+            output_bytes: 64 << 20,
+            log_bytes: 64 << 10,
+            deadline_ms: 60_000,
             price_per_gfuel: price,
             concurrency,
         }
@@ -68,6 +89,7 @@ mod tests {
             memory_bytes: 256 << 20,
             fuel: 1 << 30,
             max_price_per_gfuel: Some(10),
+            ..Demand::for_limits(&Limits::default())
         };
         assert_eq!(
             demand.choose(&offers).map(|o| o.flavor.as_str()),
@@ -86,5 +108,55 @@ mod tests {
             ..demand
         };
         assert_eq!(stingy.choose(&offers), None);
+    }
+
+    #[test]
+    fn every_limit_must_fit_the_flavor() {
+        let offers = [offer("std", 1024, 1, 1)];
+        let fits = Demand::for_limits(&Limits::default());
+        assert!(fits.choose(&offers).is_some());
+        for (limit, demand) in [
+            (
+                "output",
+                Demand {
+                    output_bytes: (64 << 20) + 1,
+                    ..fits.clone()
+                },
+            ),
+            (
+                "log",
+                Demand {
+                    log_bytes: (64 << 10) + 1,
+                    ..fits.clone()
+                },
+            ),
+            (
+                "deadline",
+                Demand {
+                    deadline_ms: 60_001,
+                    ..fits.clone()
+                },
+            ),
+            (
+                "fuel",
+                Demand {
+                    fuel: (1 << 40) + 1,
+                    ..fits.clone()
+                },
+            ),
+            (
+                "memory",
+                Demand {
+                    memory_bytes: (1 << 30) + 1,
+                    ..fits.clone()
+                },
+            ),
+        ] {
+            assert!(
+                !demand.fits(&offers[0]),
+                "{limit} above the flavor's cap fits"
+            );
+            assert_eq!(demand.choose(&offers), None, "{limit}");
+        }
     }
 }

@@ -241,6 +241,9 @@ pub(crate) mod tests {
             flavor: name.into(),
             memory_bytes: 64 << 20,
             fuel: 1 << 40,
+            output_bytes: 64 << 20,
+            log_bytes: 64 << 10,
+            deadline_ms: 60_000,
             price_per_gfuel: 10,
             concurrency: 2,
         }

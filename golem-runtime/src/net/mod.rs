@@ -16,7 +16,7 @@
 //! * [`FramedSend`] / [`FramedRecv`]: protocol frames on QUIC streams; a bad frame ends its
 //!   stream with a typed [`StreamError`], not the connection.
 //!
-//! ALPN carries the protocol version (`golem/4`). Every node also accepts the bare `golem`
+//! ALPN carries the protocol version (`golem/5`). Every node also accepts the bare `golem`
 //! ALPN, so that a peer of another version completes the handshake and is then closed with
 //! [`VERSION_MISMATCH`] and our version as the reason: it learns why, instead of seeing a bare
 //! TLS alert. A peer that is not a golem node fails the handshake.

@@ -18,6 +18,7 @@ use crate::discovery::{
     unix_now,
 };
 use crate::identity::{NodeId, NodeKey};
+use crate::market::Demand;
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
 use crate::payment::{Books, Payee};
 use crate::proto::PROTOCOL_VERSION;
@@ -65,7 +66,7 @@ pub struct ProviderNodeConfig {
 
 impl ProviderNodeConfig {
     /// A provider on 127.0.0.1 (a free port) offering one free flavor of `concurrency` slots
-    /// with the sandbox's memory cap and no fuel cap.
+    /// with the sandbox's memory cap and no other cap: the requestor is its own provider.
     pub fn local(sandbox: &Sandbox, concurrency: u32) -> Self {
         Self {
             net: NetConfig::loopback(),
@@ -74,6 +75,9 @@ impl ProviderNodeConfig {
                 flavor: "default".into(),
                 memory_bytes: sandbox.config().max_memory_bytes as u64,
                 fuel: u64::MAX,
+                output_bytes: u64::MAX,
+                log_bytes: u64::MAX,
+                deadline_ms: u64::MAX,
                 price_per_gfuel: 0,
                 concurrency,
             }],
@@ -159,15 +163,14 @@ impl Shared {
         Outcome::signed(&self.key, batch, outputs)
     }
 
-    /// The cheapest flavor sold whose limits a batch fits: the rate it is charged at.
+    /// The cheapest flavor sold that holds every limit the batch asks for (memory, fuel,
+    /// output, logs, deadline): the rate it is charged at. A batch no flavor holds never runs.
     fn offer_for(&self, batch: &Batch) -> Option<&Offer> {
-        let limits = &batch.job.limits;
+        let demand = Demand::for_limits(&batch.job.limits);
         self.config
             .offers
             .iter()
-            .filter(|offer| {
-                limits.memory_bytes as u64 <= offer.memory_bytes && limits.fuel <= offer.fuel
-            })
+            .filter(|offer| demand.fits(offer))
             .min_by_key(|offer| offer.price_per_gfuel)
     }
 

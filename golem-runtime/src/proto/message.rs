@@ -62,6 +62,12 @@ pub struct Offer {
     pub memory_bytes: u64,
     /// Most fuel a subtask may burn.
     pub fuel: u64,
+    /// Largest encoded output of a subtask.
+    pub output_bytes: u64,
+    /// Bytes of stdout and of stderr a subtask may have kept.
+    pub log_bytes: u64,
+    /// Longest wall time of a subtask, in milliseconds.
+    pub deadline_ms: u64,
     /// Price of a billion units of fuel, in the smallest unit of the payment currency.
     pub price_per_gfuel: u64,
     /// Subtasks the provider runs at once in this flavor.

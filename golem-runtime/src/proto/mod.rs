@@ -21,7 +21,7 @@ mod sim;
 
 /// Version of the wire protocol. It is part of the ALPN, so peers of different versions fail
 /// the TLS handshake with a clear error instead of misreading each other's frames.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The ALPN identifier of [`PROTOCOL_VERSION`].
-pub const ALPN: &[u8] = b"golem/4";
+pub const ALPN: &[u8] = b"golem/5";
