@@ -817,4 +817,72 @@ mod tests {
             "{server_saw:?}"
         );
     }
+
+    /// A UDP forwarder to `server` that passes what clients send and drops every answer, so
+    /// the server sees handshakes that never complete. Each client gets its own upstream
+    /// socket, as distinct peers would.
+    async fn black_hole(server: SocketAddr) -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = socket.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut upstream = std::collections::HashMap::new();
+            let mut buffer = vec![0u8; 65_536];
+            while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+                let up = match upstream.entry(from) {
+                    std::collections::hash_map::Entry::Occupied(up) => up.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        let Ok(up) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+                            return;
+                        };
+                        slot.insert(up)
+                    }
+                };
+                let _ = up.send_to(&buffer[..len], server).await;
+            }
+        });
+        addr
+    }
+
+    /// Handshakes that stall (Initials whose answers never arrive) hold up no other
+    /// connection: each is taken through its handshake on its own.
+    #[tokio::test]
+    async fn stalled_handshakes_do_not_block_other_connections() {
+        let (server_key, server) = node(1).await;
+        let addr = server.local_addr();
+        let server = Arc::new(server);
+        let mut accepted = serve(Arc::clone(&server));
+        let hole = black_hole(addr).await;
+        let mut stalled = Vec::new();
+        for seed in 100..120 {
+            let (_, client) = node(seed).await;
+            let server = server_key.node_id();
+            stalled.push(tokio::spawn(async move {
+                let result = client.connect(server, [hole]).await;
+                (client, result.is_ok())
+            }));
+        }
+        // Give every stalled Initial time to reach the server first.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (honest_key, honest) = node(2).await;
+        let connection = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            honest.connect(server_key.node_id(), [addr]),
+        )
+        .await
+        .expect("the honest dial was not held up by the stalled ones")
+        .expect("connects");
+        assert_eq!(connection.peer(), server_key.node_id());
+        assert_eq!(next(&mut accepted).await, Ok(honest_key.node_id()));
+        for task in stalled {
+            if task.is_finished() {
+                let (_, connected) = task.await.expect("the dial task ran");
+                assert!(!connected, "a handshake through the black hole completed");
+            } else {
+                task.abort();
+            }
+        }
+        server.close();
+    }
 }
