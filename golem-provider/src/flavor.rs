@@ -81,58 +81,62 @@ impl std::str::FromStr for Flavor {
 
 /// `512K`, `256M`, `1G` (binary multiples; `KiB`, `MiB`, `GiB` also read) or plain bytes.
 pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &text[digits.len()..];
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        _ => return Err(format!("`{text}`: unknown size unit `{unit}` (K, M, G)")),
+    let shift = |unit: &str| match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => Some(0),
+        "k" | "kib" => Some(10),
+        "m" | "mib" => Some(20),
+        "g" | "gib" => Some(30),
+        _ => None,
     };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size such as 256M"))?;
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    scaled(
+        text,
+        |unit| shift(unit).map(|shift| 1 << shift),
+        "K, M, G",
+        "256M",
+    )
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, in milliseconds.
 pub(crate) fn parse_millis(text: &str) -> Result<u64, String> {
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &text[digits.len()..];
-    let factor: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("`{text}`: give a unit (ms, s, m, h), as in 10m")),
+    let factor = |unit: &str| match unit {
+        "ms" => Some(1),
+        "s" => Some(1_000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        _ => None,
     };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a time such as 10m"))?;
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too long"))
+    scaled(text, factor, "ms, s, m, h", "10m")
 }
 
 /// `1000`, `50K`, `20M`, `50G`, `1T` (decimal multiples).
 pub(crate) fn parse_count(text: &str) -> Result<u64, String> {
+    let factor = |unit: &str| match unit.to_ascii_uppercase().as_str() {
+        "" => Some(1),
+        "K" => Some(1_000),
+        "M" => Some(1_000_000),
+        "G" => Some(1_000_000_000),
+        "T" => Some(1_000_000_000_000),
+        _ => None,
+    };
+    scaled(text, factor, "K, M, G, T", "50G")
+}
+
+/// `text` as digits (`_` between them allowed) and a unit `factor` knows, scaled by it; `units`
+/// and `example` go in the message when it is not such a figure.
+fn scaled(
+    text: &str,
+    factor: impl Fn(&str) -> Option<u64>,
+    units: &str,
+    example: &str,
+) -> Result<u64, String> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
-    let factor: u64 = match unit.to_ascii_uppercase().as_str() {
-        "" => 1,
-        "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (K, M, G, T)")),
-    };
+    let factor =
+        factor(unit).ok_or_else(|| format!("`{text}`: unknown unit `{unit}` ({units})"))?;
     let value: u64 = digits
         .replace('_', "")
         .parse()
-        .map_err(|_| format!("`{text}` is not a number such as 50G"))?;
+        .map_err(|_| format!("`{text}` is not a figure such as {example}"))?;
     value
         .checked_mul(factor)
         .ok_or_else(|| format!("`{text}` is too large"))

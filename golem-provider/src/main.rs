@@ -91,13 +91,14 @@ struct Args {
     #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = parse_rate, requires = "serve_relay")]
     relay_client_rate: NonZeroU32,
 
-    /// A flavor to sell: NAME[:memory=SIZE,fuel=N,output=SIZE,log=SIZE,deadline=TIME,price=N,
-    /// concurrency=N]. Each caps what a requestor may ask of one subtask: memory its linear
-    /// memory (K, M, G; default 1G), fuel its instructions (K, M, G, T; default 1T), output its
-    /// encoded result (default 64M), log the stdout and stderr kept (default 64K), deadline its
-    /// wall time (ms, s, m, h; default 10m). A batch whose limits no flavor holds is not run.
-    /// price is per billion units of fuel (default 0); concurrency is how many subtasks run at
-    /// once (default 1). Repeat for several. Default: one flavor "default" with every core.
+    /// A flavor to sell:
+    /// NAME[:memory=SIZE,fuel=N,output=SIZE,log=SIZE,deadline=TIME,price=N,concurrency=N].
+    /// Each caps what a requestor may ask of one subtask: memory its linear memory (K, M, G;
+    /// default 1G), fuel its instructions (K, M, G, T; default 1T), output its encoded result
+    /// (K, M, G; default 64M), log the stdout and stderr kept (K, M, G; default 64K), deadline
+    /// its wall time (ms, s, m, h; default 10m). A batch whose limits no flavor holds is not
+    /// run. Price is per billion units of fuel (default 0); concurrency is how many subtasks run
+    /// at once (default 1). Repeat for several. Default: one flavor "default" with every core.
     #[arg(long = "flavor", value_name = "SPEC")]
     flavors: Vec<Flavor>,
 

@@ -28,7 +28,9 @@ impl Demand {
             fuel: limits.fuel,
             output_bytes: limits.output_bytes as u64,
             log_bytes: limits.log_bytes as u64,
-            deadline_ms: u64::try_from(limits.deadline.as_millis()).unwrap_or(u64::MAX),
+            // Rounded up: a deadline a millisecond part above the cap does not fit it.
+            deadline_ms: u64::try_from(limits.deadline.as_nanos().div_ceil(1_000_000))
+                .unwrap_or(u64::MAX),
             max_price_per_gfuel: None,
         }
     }
@@ -115,43 +117,18 @@ mod tests {
         let offers = [offer("std", 1024, 1, 1)];
         let fits = Demand::for_limits(&Limits::default());
         assert!(fits.choose(&offers).is_some());
-        for (limit, demand) in [
-            (
-                "output",
-                Demand {
-                    output_bytes: (64 << 20) + 1,
-                    ..fits.clone()
-                },
-            ),
-            (
-                "log",
-                Demand {
-                    log_bytes: (64 << 10) + 1,
-                    ..fits.clone()
-                },
-            ),
-            (
-                "deadline",
-                Demand {
-                    deadline_ms: 60_001,
-                    ..fits.clone()
-                },
-            ),
-            (
-                "fuel",
-                Demand {
-                    fuel: (1 << 40) + 1,
-                    ..fits.clone()
-                },
-            ),
-            (
-                "memory",
-                Demand {
-                    memory_bytes: (1 << 30) + 1,
-                    ..fits.clone()
-                },
-            ),
-        ] {
+        // Each limit one above the flavor's cap.
+        type Raise = fn(&mut Demand);
+        let above: [(&str, Raise); 5] = [
+            ("output", |demand| demand.output_bytes = (64 << 20) + 1),
+            ("log", |demand| demand.log_bytes = (64 << 10) + 1),
+            ("deadline", |demand| demand.deadline_ms = 60_001),
+            ("fuel", |demand| demand.fuel = (1 << 40) + 1),
+            ("memory", |demand| demand.memory_bytes = (1 << 30) + 1),
+        ];
+        for (limit, raise) in above {
+            let mut demand = fits.clone();
+            raise(&mut demand);
             assert!(
                 !demand.fits(&offers[0]),
                 "{limit} above the flavor's cap fits"

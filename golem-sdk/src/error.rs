@@ -26,7 +26,7 @@ pub enum Error {
     /// Fewer providers than required were found in time.
     #[error(
         "found {found} of the {wanted} providers required within {waited:?}; check the \
-         addresses joined, the providers' offers (memory, fuel, price), their engines (results \
+         addresses joined, the providers' flavors (memory, fuel, output, log and deadline caps; price), their engines (results \
          that are verified by re-running need the requestor's) and the network"
     )]
     NoProviders {
@@ -62,7 +62,7 @@ pub enum Error {
     #[cfg(feature = "ethereum")]
     #[error("settlement: {0}")]
     Settlement(#[from] golem_runtime::payment::ethereum::ChainError),
-    /// A task's module was refused before it ran.
+    /// A task's module was refused before the task ran.
     #[error("task `{task}` cannot run: {error}")]
     Module {
         /// The task's name.

@@ -66,7 +66,8 @@
 //!
 //! - `runtime` (default): [`Golem`] and everything that runs tasks (wasmtime, the network).
 //!   Without it a crate only defines tasks: `#[golem::task]` and [`Task`], what its guest build
-//!   compiles anyway.
+//!   compiles anyway (its `build.rs` still calls `golem_build::build_tasks()`). These docs are
+//!   written with the feature on.
 //! - `ethereum`: settlement on Ethereum (`Golem::settle`, the `ethereum` module).
 //!
 //! A [`Golem`] needs no task to start:

@@ -103,6 +103,11 @@ impl<'g, T: Task> ParFor<'g, T, NoContext> {
 
 impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
     /// Overrides the limits of each subtask for this call.
+    ///
+    /// Providers were chosen for the limits the [`Golem`](crate::Golem) was built with; a
+    /// provider runs a batch only if one of its flavors holds these limits too, and gives it
+    /// back otherwise (the job fails with "the job's limits exceed every flavor" once no
+    /// provider takes it).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
         self

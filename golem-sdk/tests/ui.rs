@@ -2,6 +2,8 @@
 //! with an error that names it. Compile-fail cases only, so trybuild checks the runtime's
 //! dependencies without building them.
 
+#![cfg(feature = "runtime")]
+
 #[test]
 fn sdk_ui() {
     // A task's module is embedded from `OUT_DIR` (see `golem_build`); these cases have no build

@@ -169,7 +169,9 @@ fn a_node_that_joins_through_one_provider_learns_two_hundred() {
         }
         let took = joined.elapsed();
         let stats = newcomer.discovery.stats();
-        assert_eq!(stats.accepted, count as u64);
+        // Every provider once, and again for each that announced anew while the newcomer
+        // joined (the spread can outlast the announce period on a busy machine).
+        assert!(stats.accepted >= count as u64, "{stats:?}");
         let per_node: Vec<u64> = providers
             .iter()
             .map(|provider| provider.discovery.stats().received_bytes)

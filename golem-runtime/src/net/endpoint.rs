@@ -821,11 +821,13 @@ mod tests {
     /// A UDP forwarder to `server` that passes what clients send and drops every answer, so
     /// the server sees handshakes that never complete. Each client gets its own upstream
     /// socket, as distinct peers would.
-    async fn black_hole(server: SocketAddr) -> SocketAddr {
+    async fn black_hole(server: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = socket.local_addr().expect("address");
+        let forwarded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&forwarded);
         tokio::spawn(async move {
             let mut upstream = std::collections::HashMap::new();
             let mut buffer = vec![0u8; 65_536];
@@ -833,16 +835,18 @@ mod tests {
                 let up = match upstream.entry(from) {
                     std::collections::hash_map::Entry::Occupied(up) => up.into_mut(),
                     std::collections::hash_map::Entry::Vacant(slot) => {
-                        let Ok(up) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
-                            return;
-                        };
+                        let up = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                            .await
+                            .expect("bind an upstream socket");
                         slot.insert(up)
                     }
                 };
-                let _ = up.send_to(&buffer[..len], server).await;
+                if up.send_to(&buffer[..len], server).await.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         });
-        addr
+        (addr, forwarded)
     }
 
     /// Handshakes that stall (Initials whose answers never arrive) hold up no other
@@ -853,7 +857,7 @@ mod tests {
         let addr = server.local_addr();
         let server = Arc::new(server);
         let mut accepted = serve(Arc::clone(&server));
-        let hole = black_hole(addr).await;
+        let (hole, forwarded) = black_hole(addr).await;
         let mut stalled = Vec::new();
         for seed in 100..120 {
             let (_, client) = node(seed).await;
@@ -865,6 +869,10 @@ mod tests {
         }
         // Give every stalled Initial time to reach the server first.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            forwarded.load(std::sync::atomic::Ordering::Relaxed) >= 20,
+            "the stalled Initials reached the server"
+        );
         let (honest_key, honest) = node(2).await;
         let connection = tokio::time::timeout(
             std::time::Duration::from_secs(10),

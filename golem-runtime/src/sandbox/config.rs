@@ -115,7 +115,8 @@ pub(crate) const TABLE_ELEMENTS: usize = 20_000;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Fuel for the call (roughly one unit per wasm instruction) when the engine meters fuel.
+    /// Fuel for the call when the engine meters fuel: roughly one unit per wasm instruction,
+    /// and host calls by the bytes they touch (see [`HOST_CALL_FUEL`](super::HOST_CALL_FUEL)).
     pub fuel: u64,
     /// Largest linear memory the guest may grow to.
     pub memory_bytes: usize,

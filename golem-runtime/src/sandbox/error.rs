@@ -15,7 +15,8 @@ pub enum SandboxError {
     Engine(String),
 }
 
-/// A module was refused before any of its code ran.
+/// A module was refused before any task in it ran (only its start-up may have run, under
+/// [`PROBE_FUEL`](super::PROBE_FUEL) and [`PROBE_DEADLINE`](super::PROBE_DEADLINE)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ModuleError {

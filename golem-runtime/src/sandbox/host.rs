@@ -209,15 +209,20 @@ fn abi_trap(message: impl Into<String>) -> wasmtime::Error {
 /// the host do: a call that cannot pay ends in [`Trap::OutOfFuel`](wasmtime::Trap), as a guest
 /// instruction would. Free when the engine does not meter fuel.
 fn charge(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
+    pay(caller, fuel.saturating_add(HOST_CALL_FUEL))
+}
+
+/// Takes `fuel` from the call, or ends it in [`Trap::OutOfFuel`](wasmtime::Trap) when it has
+/// less; [`charge`] adds the price of the host call itself.
+fn pay(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
     let Ok(left) = caller.get_fuel() else {
         return Ok(());
     };
-    let cost = fuel.saturating_add(HOST_CALL_FUEL);
-    if cost > left {
+    if fuel > left {
         caller.set_fuel(0)?;
         return Err(wasmtime::Trap::OutOfFuel.into());
     }
-    caller.set_fuel(left - cost)
+    caller.set_fuel(left - fuel)
 }
 
 /// Fuel for copying `bytes`.
@@ -373,7 +378,14 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         )?;
     }
     for name in ["args_get", "environ_get"] {
-        linker.func_wrap(wasi, name, |_: i32, _: i32| -> i32 { errno::SUCCESS })?;
+        linker.func_wrap(
+            wasi,
+            name,
+            |mut caller: Caller<'_, GuestState>, _: i32, _: i32| -> wasmtime::Result<i32> {
+                charge(&mut caller, 0)?;
+                Ok(errno::SUCCESS)
+            },
+        )?;
     }
     linker.func_wrap(
         wasi,
@@ -407,22 +419,21 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
          iovs_len: i32,
          written: i32|
          -> wasmtime::Result<i32> {
+            // The entries are paid for (8 bytes each) before any is read, then the bytes
+            // they name (kept or dropped) before any is copied.
+            let entries = usize::try_from(iovs_len).unwrap_or(0).saturating_mul(8);
+            charge(&mut caller, copy_fuel(entries))?;
             if fd != 1 && fd != 2 {
-                charge(&mut caller, 0)?;
                 return Ok(errno::BADF);
             }
-            // Every entry is read and every byte it names is copied (or counted as dropped),
-            // so the call pays for all of them first, entries as 8 bytes each.
             let (memory, _) = memory_and_state(&mut caller)?;
-            let touched = iovecs(memory, iovs, iovs_len).and_then(|mut entries| {
-                entries.try_fold(0usize, |sum, range| {
-                    Some(sum.saturating_add(8 + range?.len()))
-                })
+            let named = iovecs(memory, iovs, iovs_len).and_then(|mut entries| {
+                entries.try_fold(0usize, |sum, range| Some(sum.saturating_add(range?.len())))
             });
-            let Some(touched) = touched else {
+            let Some(named) = named else {
                 return Ok(errno::FAULT);
             };
-            charge(&mut caller, copy_fuel(touched))?;
+            pay(&mut caller, copy_fuel(named))?;
             let (memory, state) = memory_and_state(&mut caller)?;
             let log = if fd == 1 {
                 &mut state.stdout
@@ -450,31 +461,45 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
          _iovs_len: i32,
          read: i32|
          -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
             if fd != 0 {
                 return Ok(errno::BADF);
             }
             // Standard input is always at its end.
-            charge(&mut caller, 0)?;
             let (memory, _) = memory_and_state(&mut caller)?;
             Ok(write_bytes(memory, read, &0u32.to_le_bytes()))
         },
     )?;
-    linker.func_wrap(wasi, "fd_close", |_: i32| -> i32 { errno::BADF })?;
+    linker.func_wrap(
+        wasi,
+        "fd_close",
+        |mut caller: Caller<'_, GuestState>, _: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
+            Ok(errno::BADF)
+        },
+    )?;
     linker.func_wrap(
         wasi,
         "fd_seek",
-        |fd: i32, _offset: i64, _whence: i32, _new: i32| -> i32 {
-            if (0..=2).contains(&fd) {
+        |mut caller: Caller<'_, GuestState>,
+         fd: i32,
+         _offset: i64,
+         _whence: i32,
+         _new: i32|
+         -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
+            Ok(if (0..=2).contains(&fd) {
                 errno::SPIPE
             } else {
                 errno::BADF
-            }
+            })
         },
     )?;
     linker.func_wrap(
         wasi,
         "fd_fdstat_get",
         |mut caller: Caller<'_, GuestState>, fd: i32, out: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
             if !(0..=2).contains(&fd) {
                 return Ok(errno::BADF);
             }
@@ -484,27 +509,36 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             let mut fdstat = [0u8; 24];
             fdstat[0] = 2;
             fdstat[8..16].copy_from_slice(&rights.to_le_bytes());
-            charge(&mut caller, 0)?;
             let (memory, _) = memory_and_state(&mut caller)?;
             Ok(write_bytes(memory, out, &fdstat))
         },
     )?;
     // No preopened directories: the guest has no file system.
-    linker.func_wrap(wasi, "fd_prestat_get", |_: i32, _: i32| -> i32 {
-        errno::BADF
-    })?;
+    linker.func_wrap(
+        wasi,
+        "fd_prestat_get",
+        |mut caller: Caller<'_, GuestState>, _: i32, _: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
+            Ok(errno::BADF)
+        },
+    )?;
     linker.func_wrap(
         wasi,
         "fd_prestat_dir_name",
-        |_: i32, _: i32, _: i32| -> i32 { errno::BADF },
+        |mut caller: Caller<'_, GuestState>, _: i32, _: i32, _: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
+            Ok(errno::BADF)
+        },
     )?;
     linker.func_wrap(wasi, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+        // Ends the call: nothing to pay for after it.
         Err(wasmtime::Error::new(HostTrap::Exit(code)))
     })?;
     linker.func_wrap(
         wasi,
         "random_get",
         |mut caller: Caller<'_, GuestState>, buf: i32, len: i32| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
             let Ok(len) = u32::try_from(len) else {
                 return Ok(errno::INVAL);
             };
@@ -512,7 +546,7 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             let Some(range) = range(memory, buf, len as usize) else {
                 return Ok(errno::FAULT);
             };
-            charge(
+            pay(
                 &mut caller,
                 u64::from(len).saturating_mul(RANDOM_FUEL_PER_BYTE),
             )?;
@@ -521,7 +555,14 @@ fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             Ok(errno::SUCCESS)
         },
     )?;
-    linker.func_wrap(wasi, "sched_yield", || -> i32 { errno::SUCCESS })?;
+    linker.func_wrap(
+        wasi,
+        "sched_yield",
+        |mut caller: Caller<'_, GuestState>| -> wasmtime::Result<i32> {
+            charge(&mut caller, 0)?;
+            Ok(errno::SUCCESS)
+        },
+    )?;
     Ok(())
 }
 
