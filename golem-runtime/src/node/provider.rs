@@ -166,12 +166,7 @@ impl Shared {
     /// The cheapest flavor sold that holds every limit the batch asks for (memory, fuel,
     /// output, logs, deadline): the rate it is charged at. A batch no flavor holds never runs.
     fn offer_for(&self, batch: &Batch) -> Option<&Offer> {
-        let demand = Demand::for_limits(&batch.job.limits);
-        self.config
-            .offers
-            .iter()
-            .filter(|offer| demand.fits(offer))
-            .min_by_key(|offer| offer.price_per_gfuel)
+        Demand::for_limits(&batch.job.limits).choose(&self.config.offers)
     }
 
     /// [`Outcome::Unpaid`] when the books say `requestor` owes more than the credit limit.
