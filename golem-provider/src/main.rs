@@ -11,6 +11,7 @@
 //! (`--log debug`, or `RUST_LOG`). Ctrl-C (or SIGTERM) shuts it down gracefully.
 
 mod flavor;
+mod limits;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -25,10 +26,10 @@ use golem_runtime::net::relay::{RelayServer, RelayServerConfig};
 use golem_runtime::net::{NetConfig, Relay};
 use golem_runtime::node::{Bootstrap, ProviderNode, ProviderNodeConfig};
 use golem_runtime::payment::{Books, Payee};
-use golem_runtime::proto::provider::ProviderSessionConfig;
 use golem_runtime::sandbox::{Sandbox, SandboxConfig};
 
 use crate::flavor::{Flavor, parse_bytes};
+use crate::limits::LimitArgs;
 
 /// Sells this machine's CPU to golem requestors: runs their WebAssembly tasks in sandboxes
 /// (no files, no network, capped fuel, memory and time) and returns the results.
@@ -116,15 +117,6 @@ struct Args {
     #[arg(long)]
     no_cache: bool,
 
-    /// Largest blob (module, shared context, large input) accepted.
-    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
-    max_blob: u64,
-
-    /// Bytes of modules and contexts kept in memory; older ones are read back from DIR/blobs
-    /// (or fetched again with --no-cache) when a job needs them.
-    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes_usize)]
-    blob_memory: usize,
-
     /// Where requestors should pay for this provider's work: an Ethereum address (0x and 40
     /// hex digits). Told to every requestor that connects.
     #[arg(long, value_name = "ADDRESS")]
@@ -155,6 +147,9 @@ struct Args {
     /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 fn main() -> ExitCode {
@@ -183,10 +178,6 @@ fn parse_rate(text: &str) -> Result<NonZeroU32, String> {
         .ok()
         .and_then(NonZeroU32::new)
         .ok_or_else(|| format!("`{text}` is not a rate between 1 byte and 4G a second"))
-}
-
-fn parse_bytes_usize(text: &str) -> Result<usize, String> {
-    usize::try_from(parse_bytes(text)?).map_err(|_| format!("`{text}` is too large"))
 }
 
 fn default_dir() -> Result<PathBuf, String> {
@@ -264,10 +255,8 @@ fn run(args: Args) -> Result<(), String> {
         offers,
         bootstrap: args.bootstrap,
         cache_dir: (!args.no_cache).then(|| dir.join("blobs")),
-        max_blob_bytes: args.max_blob,
-        blob_memory_bytes: args.blob_memory,
         threads: Some(threads),
-        session: ProviderSessionConfig::default(),
+        limits: args.limits.limits(),
         payee: args.pay_to,
         books: Some(Arc::clone(&books)),
         credit_limit: args.credit_limit,

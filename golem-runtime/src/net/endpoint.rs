@@ -80,6 +80,10 @@ pub struct NetConfig {
     /// Asks the router for a port mapping (UPnP, PCP, NAT-PMP) so that peers behind other NATs
     /// can reach the node directly.
     pub port_mapping: bool,
+    /// Bytes a peer may send on one stream before it waits for this node to read them: also
+    /// the most one stream buffers ([`STREAM_WINDOW`] by default). A connection buffers at most
+    /// [`RECEIVE_WINDOW`] across its streams.
+    pub stream_window: u32,
 }
 
 impl NetConfig {
@@ -95,6 +99,7 @@ impl NetConfig {
             relays: Vec::new(),
             learn_relays: false,
             port_mapping: false,
+            stream_window: STREAM_WINDOW,
         }
     }
 
@@ -107,6 +112,7 @@ impl NetConfig {
             relays: Vec::new(),
             learn_relays: true,
             port_mapping: !bind.ip().is_loopback(),
+            stream_window: STREAM_WINDOW,
         }
     }
 
@@ -264,7 +270,7 @@ impl Endpoint {
             })
             .secret_key(key.to_iroh())
             .alpns(alpns)
-            .transport_config(transport())
+            .transport_config(transport(config.stream_window))
             .clear_ip_transports()
             .bind_addr(addr)
             .map_err(|error| bind_error(error.to_string()))?;
@@ -643,19 +649,26 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     message
 }
 
+/// Bytes a connection buffers for its peer, across its streams, before the peer must wait.
+pub const RECEIVE_WINDOW: u32 = 32 << 20;
+
+/// Bytes one stream buffers for its peer by default ([`NetConfig::stream_window`]).
+pub const STREAM_WINDOW: u32 = 16 << 20;
+
 /// A peer silent this long (no packet, not even a keep-alive) is gone: killed, frozen or cut
 /// off. Its connection closes and its work goes elsewhere.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Transport settings: room for many streams in flight (one per blob, besides the control
-/// stream), windows large enough for blobs of megabytes, and keep-alives that let a dead peer be
-/// noticed within [`IDLE_TIMEOUT`].
-fn transport() -> QuicTransportConfig {
+/// Transport settings: a few streams a peer may open at once (the control stream, and one per
+/// blob in flight: a peer waits for credit past them), windows large enough for blobs of
+/// megabytes yet bounding what one connection buffers ([`RECEIVE_WINDOW`]), and keep-alives
+/// that let a dead peer be noticed within [`IDLE_TIMEOUT`].
+fn transport(stream_window: u32) -> QuicTransportConfig {
     QuicTransportConfig::builder()
-        .max_concurrent_bidi_streams(VarInt::from_u32(1024))
-        .max_concurrent_uni_streams(VarInt::from_u32(1024))
-        .stream_receive_window(VarInt::from_u32(16 << 20))
-        .receive_window(VarInt::from_u32(64 << 20))
+        .max_concurrent_bidi_streams(VarInt::from_u32(16))
+        .max_concurrent_uni_streams(VarInt::from_u32(64))
+        .stream_receive_window(VarInt::from_u32(stream_window))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
         .send_window(64 << 20)
         .keep_alive_interval(std::time::Duration::from_secs(2))
         .max_idle_timeout(Some(

@@ -26,7 +26,8 @@ mod framed;
 pub mod relay;
 
 pub use self::endpoint::{
-    Connection, Endpoint, GOSSIP_MESSAGE_BYTES, MAX_RELAYS, NetConfig, NetError, PathKind, Relays,
+    Connection, Endpoint, GOSSIP_MESSAGE_BYTES, MAX_RELAYS, NetConfig, NetError, PathKind,
+    RECEIVE_WINDOW, Relays, STREAM_WINDOW,
 };
 pub use self::framed::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
 pub use self::relay::Relay;

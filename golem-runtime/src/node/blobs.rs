@@ -95,6 +95,18 @@ pub enum BlobError {
     /// The stream broke or its header was not a blob header.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// A blob no batch of the connection asked for: its bytes are not read.
+    #[error("blob {id} was not asked for")]
+    NotAsked {
+        /// The blob.
+        id: BlobId,
+    },
+    /// The stream did not deliver the blob in time.
+    #[error("the blob did not arrive within {wait:?}")]
+    Timeout {
+        /// How long it had.
+        wait: std::time::Duration,
+    },
     /// The disk cache could not be written.
     #[error("cannot store blob {id} in {path}: {message}")]
     Disk {
@@ -244,6 +256,11 @@ impl BlobStore {
         Ok(bytes)
     }
 
+    /// Adds bytes already checked against `id` (by [`receive_blob`]).
+    pub(crate) fn insert_received(&self, id: BlobId, bytes: Vec<u8>) -> Result<(), BlobError> {
+        self.store(id, bytes.into())
+    }
+
     fn store(&self, id: BlobId, bytes: Arc<[u8]>) -> Result<(), BlobError> {
         if let Some(path) = self.path(&id).filter(|path| !path.is_file()) {
             // Write aside and rename, so a crash never leaves a partial file under the id.
@@ -292,11 +309,15 @@ pub(crate) async fn send_blob(
 /// Largest blob header frame.
 const HEADER_LIMIT: usize = 256;
 
-/// Receives a blob from a unidirectional stream, refusing blobs above `limit` bytes and bytes
-/// that do not hash to the announced id.
+/// Receives a blob from a unidirectional stream: reads its header, refuses a blob above
+/// `limit` bytes or one `wanted` does not name, waits for room for its bytes in `room` (permits
+/// of 1 KiB, held while they are read), then reads and hashes it (on a blocking thread) and refuses bytes that do not hash to the
+/// announced id. Memory grows with the bytes that arrive, not with the length announced.
 pub(crate) async fn receive_blob(
     stream: iroh::endpoint::RecvStream,
     limit: u64,
+    wanted: impl Fn(&BlobId) -> bool,
+    room: &tokio::sync::Semaphore,
 ) -> Result<(BlobId, Vec<u8>), BlobError> {
     let mut framed = FramedRecv::new(stream, HEADER_LIMIT);
     let header: BlobHeader = framed
@@ -305,12 +326,24 @@ pub(crate) async fn receive_blob(
         .ok_or_else(|| StreamError::Io("the blob stream ended before its header".into()))?;
     let (first, mut stream) = framed.into_raw();
     let BlobHeader { id, len } = header;
-    if len > limit {
+    let refuse = |stream: &mut iroh::endpoint::RecvStream| {
         let _ = stream.stop(iroh::endpoint::VarInt::from_u32(BAD_FRAME));
+    };
+    if len > limit {
+        refuse(&mut stream);
         return Err(BlobError::TooLarge { id, len, limit });
     }
+    if !wanted(&id) {
+        refuse(&mut stream);
+        return Err(BlobError::NotAsked { id });
+    }
     let expected = usize::try_from(len).map_err(|_| BlobError::TooLarge { id, len, limit })?;
-    let mut bytes = Vec::with_capacity(expected);
+    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _room = room
+        .acquire_many(kib)
+        .await
+        .map_err(|_| StreamError::Io("the provider is shutting down".into()))?;
+    let mut bytes = Vec::with_capacity(expected.min(CHUNK));
     bytes.extend_from_slice(&first);
     while bytes.len() <= expected {
         match stream.read_chunk(CHUNK).await {
@@ -320,14 +353,16 @@ pub(crate) async fn receive_blob(
         }
     }
     if bytes.len() != expected {
-        let _ = stream.stop(iroh::endpoint::VarInt::from_u32(BAD_FRAME));
+        refuse(&mut stream);
         return Err(BlobError::Length {
             id,
             expected: len,
             received: bytes.len() as u64,
         });
     }
-    let actual = BlobId::of(&bytes);
+    let (actual, bytes) = tokio::task::spawn_blocking(move || (BlobId::of(&bytes), bytes))
+        .await
+        .map_err(|error| StreamError::Io(error.to_string()))?;
     if actual != id {
         return Err(BlobError::HashMismatch {
             expected: id,

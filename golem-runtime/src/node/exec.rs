@@ -1,10 +1,13 @@
 //! Worker threads that run batches in a shared [`Sandbox`].
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use crate::proto::message::{Batch, BlobId, Input, Outcome, Output};
+use crate::proto::message::{Batch, BlobId, Input, MAX_REPLY_FRAME, Outcome, Output};
 use crate::sandbox::{Call, Execution, Sandbox, SubtaskError};
 
 /// The seed of subtask `index` of a job seeded with `job_seed`: independent of how subtasks
@@ -13,15 +16,24 @@ pub fn subtask_seed(job_seed: &[u8; 32], index: u64) -> [u8; 32] {
     *blake3::keyed_hash(job_seed, &index.to_le_bytes()).as_bytes()
 }
 
-type Work = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads running one piece of work at a time each.
-pub(crate) struct Executor {
-    sender: Option<mpsc::Sender<Work>>,
+/// A fixed set of threads running one piece of work at a time each, taking work from its
+/// owners in turn: an owner with a thousand batches queued delays another's next batch by one
+/// batch per thread, not by a thousand.
+pub(crate) struct Executor<K> {
+    queue: Arc<(Mutex<Queue<K>>, Condvar)>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Executor {
+struct Queue<K> {
+    /// Owners with work queued, in the order they are served.
+    turn: VecDeque<K>,
+    work: HashMap<K, VecDeque<Job>>,
+    closed: bool,
+}
+
+impl<K> std::fmt::Debug for Executor<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Executor")
             .field("threads", &self.threads.len())
@@ -29,48 +41,92 @@ impl std::fmt::Debug for Executor {
     }
 }
 
-impl Executor {
+impl<K: Eq + Hash + Clone + Send + 'static> Executor<K> {
     /// Starts `threads` workers named `name-N`.
     pub(crate) fn start(name: &str, threads: usize) -> std::io::Result<Self> {
-        let (sender, receiver) = mpsc::channel::<Work>();
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new((
+            Mutex::new(Queue {
+                turn: VecDeque::new(),
+                work: HashMap::new(),
+                closed: false,
+            }),
+            Condvar::new(),
+        ));
         let threads = (0..threads.max(1))
             .map(|id| {
-                let receiver = Arc::clone(&receiver);
+                let queue = Arc::clone(&queue);
                 std::thread::Builder::new()
                     .name(format!("{name}-{id}"))
                     .spawn(move || {
-                        loop {
-                            let work = receiver
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .recv();
-                            let Ok(work) = work else { return };
-                            work();
+                        while let Some(job) = next_job(&queue) {
+                            job();
                         }
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            sender: Some(sender),
-            threads,
-        })
+        Ok(Self { queue, threads })
     }
 
-    /// Queues `work`; gives it back when the executor is shutting down.
-    pub(crate) fn submit<W: FnOnce() + Send + 'static>(&self, work: W) -> Result<(), ()> {
-        match &self.sender {
-            Some(sender) => sender.send(Box::new(work)).map_err(|_| ()),
-            None => Err(()),
+    /// Queues `work` for `owner`; gives it back when the executor is shutting down.
+    pub(crate) fn submit<W: FnOnce() + Send + 'static>(&self, owner: K, work: W) -> Result<(), W> {
+        let (queue, ready) = &*self.queue;
+        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.closed {
+            return Err(work);
         }
+        let jobs = queue.work.entry(owner.clone()).or_default();
+        jobs.push_back(Box::new(work));
+        if jobs.len() == 1 {
+            queue.turn.push_back(owner);
+        }
+        ready.notify_one();
+        Ok(())
     }
 }
 
-impl Drop for Executor {
+/// The next job, from the owner whose turn it is; `None` once the executor is closed.
+fn next_job<K: Eq + Hash + Clone>(queue: &(Mutex<Queue<K>>, Condvar)) -> Option<Job> {
+    let (queue, ready) = queue;
+    let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        if queue.closed {
+            return None;
+        }
+        if let Some(owner) = queue.turn.pop_front() {
+            let Some(jobs) = queue.work.get_mut(&owner) else {
+                continue;
+            };
+            let job = jobs.pop_front();
+            if jobs.is_empty() {
+                queue.work.remove(&owner);
+            } else {
+                queue.turn.push_back(owner);
+            }
+            if let Some(job) = job {
+                return Some(job);
+            }
+            continue;
+        }
+        queue = ready.wait(queue).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+impl<K> Drop for Executor<K> {
+    /// Work not started is dropped (with whatever it holds); running work finishes first.
     fn drop(&mut self) {
-        self.sender = None;
+        let (queue, ready) = &*self.queue;
+        {
+            let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.closed = true;
+            queue.work.clear();
+            queue.turn.clear();
+        }
+        ready.notify_all();
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            // The last owner may be a job on one of these threads: it cannot wait for itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -103,12 +159,18 @@ pub(crate) fn input_bytes<'a>(
     }
 }
 
-/// Runs every subtask of `batch`, stopping at the first failure; `blob` looks up the module,
-/// context and large inputs. The error is any [`Outcome`] but `Outputs`.
+/// Bytes of outputs one batch may hold: what fits in one reply frame, with room for the
+/// frame's own fields. A batch past it is given back instead of kept growing.
+pub(crate) const BATCH_OUTPUT_BYTES: usize = MAX_REPLY_FRAME - (1 << 20);
+
+/// Runs every subtask of `batch`, stopping at the first failure, or before the next item once
+/// `cancelled` is set; `blob` looks up the module, context and large inputs. The error is any
+/// [`Outcome`] but `Outputs`.
 pub(crate) fn run_batch(
     sandbox: &Sandbox,
     blob: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
     batch: &Batch,
+    cancelled: &AtomicBool,
 ) -> Result<Vec<Output>, Outcome> {
     let job = &batch.job;
     let missing = |what: &str| Outcome::Retry(format!("the {what} blob is not in the store"));
@@ -119,7 +181,11 @@ pub(crate) fn run_batch(
     let task = module.task(&job.task).map_err(Outcome::Refused)?;
     let context = blob(&job.context).ok_or_else(|| missing("context"))?;
     let mut outputs = Vec::with_capacity(batch.items.len());
+    let mut held = 0usize;
     for item in &batch.items {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(Outcome::Retry("the batch was cancelled".into()));
+        }
         let input = input_bytes(&item.input, &blob).ok_or_else(|| missing("input"))?;
         let call = Call {
             context: Arc::clone(&context),
@@ -134,6 +200,13 @@ pub(crate) fn run_batch(
         match result {
             Ok(execution) => {
                 log_guest_output(&job.task, item.index, &execution);
+                held = held.saturating_add(execution.output.len() + 16);
+                if held > BATCH_OUTPUT_BYTES {
+                    return Err(Outcome::Retry(format!(
+                        "the batch's outputs exceed {BATCH_OUTPUT_BYTES} bytes, one reply \
+                         frame: send fewer items per batch"
+                    )));
+                }
                 outputs.push(Output {
                     bytes: execution.output,
                     fuel: execution.fuel_used.unwrap_or(0),

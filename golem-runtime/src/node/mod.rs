@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use self::blobs::{Blob, BlobError, BlobStore};
 pub use self::exec::subtask_seed;
-pub use self::provider::{ProviderNode, ProviderNodeConfig};
+pub use self::provider::{ProviderLimits, ProviderNode, ProviderNodeConfig};
 pub use self::requestor::{
     JobRequest, ProgressFn, ProviderInfo, RemoteJob, Requestor, RequestorConfig, TransferStats,
 };

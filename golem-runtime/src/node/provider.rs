@@ -1,14 +1,14 @@
 //! The provider node: a QUIC endpoint serving requestors with a shared sandbox.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use iroh::endpoint::RecvStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::blobs::{BlobError, BlobStore, receive_blob};
 use super::exec::{Executor, run_batch};
@@ -26,7 +26,7 @@ use crate::proto::message::{
     Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Reply,
     Request,
 };
-use crate::proto::provider::{ProviderSession, ProviderSessionConfig};
+use crate::proto::provider::{BatchQuota, ProviderSession, ProviderSessionConfig, Work};
 use crate::sandbox::Sandbox;
 
 /// Settings of a [`ProviderNode`].
@@ -44,15 +44,10 @@ pub struct ProviderNodeConfig {
     pub bootstrap: Vec<Bootstrap>,
     /// Directory that keeps received blobs across restarts; memory only when `None`.
     pub cache_dir: Option<PathBuf>,
-    /// Largest blob accepted.
-    pub max_blob_bytes: u64,
-    /// Bytes of blobs kept in memory; older ones are dropped (and read back from the cache
-    /// directory, or fetched again, when needed).
-    pub blob_memory_bytes: usize,
     /// Worker threads; by default the largest concurrency among the offers.
     pub threads: Option<usize>,
-    /// Settings of each connection's session.
-    pub session: ProviderSessionConfig,
+    /// What peers may make this provider hold: connections, batches, blobs.
+    pub limits: ProviderLimits,
     /// Where requestors should pay this provider; told in its hello.
     pub payee: Option<Payee>,
     /// The provider's own books: each batch it returns is promised to them at its price, and
@@ -83,13 +78,79 @@ impl ProviderNodeConfig {
             }],
             bootstrap: Vec::new(),
             cache_dir: None,
-            max_blob_bytes: 1 << 30,
-            blob_memory_bytes: BlobStore::DEFAULT_MEMORY_BYTES,
             threads: None,
-            session: ProviderSessionConfig::default(),
+            limits: ProviderLimits::default(),
             payee: None,
             books: None,
             credit_limit: None,
+        }
+    }
+}
+
+/// Everything peers can make a provider hold, each capped. Together with the flavors (which cap
+/// what a requestor may ask of one subtask: memory, fuel, output, logs, time) and the sandbox's
+/// own limits ([`SandboxConfig`](crate::sandbox::SandboxConfig): module size, compile time and
+/// concurrency, compiled-module disk quota), these bound what any peer can make the provider
+/// spend. Each has a flag in `golem-provider`.
+///
+/// Memory held for one connection is at most about its QUIC receive window
+/// ([`RECEIVE_WINDOW`](crate::net::RECEIVE_WINDOW), 32 MiB), the request frames read ahead of
+/// its session (16 MiB each, at most five), and its batches ([`batch_bytes_per_connection`]);
+/// the batches of all connections together are capped by [`batch_bytes`]; blobs being received
+/// by [`blob_receive_bytes`]; blobs kept by [`blob_memory_bytes`].
+///
+/// [`batch_bytes_per_connection`]: Self::batch_bytes_per_connection
+/// [`batch_bytes`]: Self::batch_bytes
+/// [`blob_receive_bytes`]: Self::blob_receive_bytes
+/// [`blob_memory_bytes`]: Self::blob_memory_bytes
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderLimits {
+    /// Connections served at once; more are closed as busy.
+    pub connections: usize,
+    /// Connections served at once from one node id.
+    pub connections_per_peer: usize,
+    /// Connections served at once from one IP address (direct connections; relayed ones count
+    /// only under the two caps above).
+    pub connections_per_ip: usize,
+    /// Batches one connection may have accepted and not done; more are answered with
+    /// [`Outcome::Retry`].
+    pub batches_per_connection: usize,
+    /// Bytes of batches one connection may have accepted and not done.
+    pub batch_bytes_per_connection: usize,
+    /// Batches held across every connection (waiting for blobs, queued, running).
+    pub batches: usize,
+    /// Bytes of batches held across every connection.
+    pub batch_bytes: usize,
+    /// Largest blob accepted.
+    pub max_blob_bytes: u64,
+    /// Bytes of blobs being received at once, across every connection; a blob waits for room
+    /// before its bytes are read.
+    pub blob_receive_bytes: u64,
+    /// How long a batch waits for its blobs, and a blob stream may take, before it is given up.
+    pub blob_wait: Duration,
+    /// Bytes of blobs kept in memory; older ones are dropped (and read back from the cache
+    /// directory, or fetched again, when needed).
+    pub blob_memory_bytes: usize,
+    /// How long a reply may wait for the requestor to take it (QUIC flow control) before the
+    /// connection is closed.
+    pub reply_timeout: Duration,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        Self {
+            connections: 256,
+            connections_per_peer: 4,
+            connections_per_ip: 64,
+            batches_per_connection: 256,
+            batch_bytes_per_connection: 64 << 20,
+            batches: 4096,
+            batch_bytes: 512 << 20,
+            max_blob_bytes: 1 << 30,
+            blob_receive_bytes: 1 << 30,
+            blob_wait: Duration::from_secs(60),
+            blob_memory_bytes: BlobStore::DEFAULT_MEMORY_BYTES,
+            reply_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -98,7 +159,14 @@ struct Shared {
     endpoint: Endpoint,
     hello: Hello,
     store: Arc<BlobStore>,
-    executor: Executor,
+    /// Batches run in turn by requestor.
+    executor: Executor<NodeId>,
+    /// What every connection's session may hold together.
+    quota: Arc<BatchQuota>,
+    /// Room for blobs being received, in KiB.
+    receiving: Arc<Semaphore>,
+    /// Connections served now, by node id and by address.
+    connections: Mutex<Connections>,
     sandbox: Arc<Sandbox>,
     /// Signs receipts.
     key: NodeKey,
@@ -135,23 +203,31 @@ impl Shared {
         }
     }
 
-    /// Runs `batch` on this thread and signs the receipt of its outputs.
-    fn run(&self, batch: &Batch) -> Outcome {
+    /// Runs `batch` on this thread, unless `cancelled` stops it, and signs the receipt of its
+    /// outputs.
+    fn run(&self, batch: &Batch, cancelled: &AtomicBool) -> Outcome {
+        if cancelled.load(Ordering::Relaxed) {
+            return Outcome::Retry("the batch was cancelled".into());
+        }
         let store = &self.store;
-        match run_batch(&self.sandbox, |id| store.get(id), batch) {
+        match run_batch(&self.sandbox, |id| store.get(id), batch, cancelled) {
             Ok(outputs) => self.sign(batch, outputs),
             Err(outcome) => outcome,
         }
     }
 
-    /// Enters in the books that `requestor` was sent results worth `nano`.
+    /// Enters in the books that `requestor` was sent results worth `nano`, on a blocking thread: a write to the books waits for the disk (fsync), which
+    /// must not hold up the network threads.
     fn promise(&self, requestor: NodeId, nano: u128) {
         let Some(books) = &self.config.books else {
             return;
         };
-        if let Err(error) = books.promise(requestor, nano) {
-            tracing::error!(%requestor, %error, "work delivered not entered in the books");
-        }
+        let books = Arc::clone(books);
+        drop(tokio::task::spawn_blocking(move || {
+            if let Err(error) = books.promise(requestor, nano) {
+                tracing::error!(%requestor, %error, "work delivered not entered in the books");
+            }
+        }));
     }
 
     fn sign(&self, batch: &Batch, outputs: Vec<Output>) -> Outcome {
@@ -167,6 +243,17 @@ impl Shared {
     /// output, logs, deadline): the rate it is charged at. A batch no flavor holds never runs.
     fn offer_for(&self, batch: &Batch) -> Option<&Offer> {
         Demand::for_limits(&batch.job.limits).choose(&self.config.offers)
+    }
+
+    /// Why `batch` is answered at once, before its blobs are fetched: no flavor holds its
+    /// limits, or its requestor owes more than the credit limit.
+    fn refusal(&self, requestor: NodeId, batch: &Batch) -> Option<Outcome> {
+        if self.offer_for(batch).is_none() {
+            return Some(Outcome::Retry(
+                "the job's limits exceed every flavor of this provider".into(),
+            ));
+        }
+        self.unpaid(requestor)
     }
 
     /// [`Outcome::Unpaid`] when the books say `requestor` owes more than the credit limit.
@@ -271,7 +358,7 @@ impl ProviderNode {
                 })?,
                 None => BlobStore::in_memory(),
             }
-            .with_memory_cap(config.blob_memory_bytes),
+            .with_memory_cap(config.limits.blob_memory_bytes),
         );
         let threads = config.threads.unwrap_or_else(|| {
             config
@@ -295,11 +382,18 @@ impl ProviderNode {
         let bootstrap = config.bootstrap.iter().map(|target| target.node).collect();
         let discovery = Discovery::join(&endpoint, bootstrap, DiscoveryConfig::default()).await?;
         let (stop, _) = watch::channel(false);
+        let limits = &config.limits;
+        let receive_kib = usize::try_from(limits.blob_receive_bytes.div_ceil(1024))
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             endpoint,
             hello,
             store,
             executor,
+            quota: Arc::new(BatchQuota::new(limits.batches, limits.batch_bytes)),
+            receiving: Arc::new(Semaphore::new(receive_kib)),
+            connections: Mutex::default(),
             sandbox,
             key: NodeKey::from_secret(key.secret_bytes()),
             #[cfg(feature = "adversarial")]
@@ -377,6 +471,78 @@ impl Drop for ProviderNode {
     }
 }
 
+/// Connections served now, counted for the caps of [`ProviderLimits`].
+#[derive(Debug, Default)]
+struct Connections {
+    all: usize,
+    by_peer: HashMap<NodeId, usize>,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection's place among those served; given back when dropped.
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    peer: NodeId,
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionSlot {
+    /// A place for `connection`, or why there is none.
+    fn take(shared: &Arc<Shared>, connection: &Connection) -> Result<Self, &'static str> {
+        let limits = &shared.config.limits;
+        let peer = connection.peer();
+        let ip = connection.remote_addr().map(|addr| addr.ip());
+        let mut connections = shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if connections.all >= limits.connections {
+            return Err("busy: the provider serves as many connections as it takes");
+        }
+        if connections.by_peer.get(&peer).copied().unwrap_or(0) >= limits.connections_per_peer {
+            return Err("busy: too many connections from this node");
+        }
+        if let Some(ip) = ip
+            && connections.by_ip.get(&ip).copied().unwrap_or(0) >= limits.connections_per_ip
+        {
+            return Err("busy: too many connections from this address");
+        }
+        connections.all += 1;
+        *connections.by_peer.entry(peer).or_default() += 1;
+        if let Some(ip) = ip {
+            *connections.by_ip.entry(ip).or_default() += 1;
+        }
+        Ok(Self {
+            shared: Arc::clone(shared),
+            peer,
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut connections = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        connections.all -= 1;
+        fn release<K: Eq + std::hash::Hash>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(count) = map.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        release(&mut connections.by_peer, &self.peer);
+        if let Some(ip) = &self.ip {
+            release(&mut connections.by_ip, ip);
+        }
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
     loop {
@@ -386,25 +552,35 @@ async fn accept_loop(shared: Arc<Shared>) {
         };
         match incoming {
             None => return,
-            Some(Ok(connection)) => {
-                tokio::spawn(serve(Arc::clone(&shared), connection));
-            }
+            Some(Ok(connection)) => match ConnectionSlot::take(&shared, &connection) {
+                Ok(slot) => {
+                    tokio::spawn(serve(Arc::clone(&shared), connection, slot));
+                }
+                Err(reason) => {
+                    tracing::info!(peer = %connection.peer(), addr = ?connection.remote_addr(), reason, "connection refused");
+                    connection.close(reason);
+                }
+            },
             Some(Err(error)) => tracing::info!(%error, "refused a connection"),
         }
     }
 }
 
-/// What happens on one connection, in the order it happened.
+/// What happens on one connection besides its requests, in the order it happened. Each kind is
+/// bounded by what the session holds: a `Done` per batch handed out, a blob event per blob
+/// asked for.
 enum ConnEvent {
-    Request(Request),
     Blob(BlobId),
     BlobFailed(BlobId, String),
     /// A batch ran: its id, outcome and the price it is charged at.
     Done(u64, Outcome, u64),
-    Closed(String),
 }
 
-async fn serve(shared: Arc<Shared>, connection: Connection) {
+/// Requests read ahead of the session: the reader waits (and QUIC flow control holds the
+/// requestor back) while these are queued.
+const REQUESTS_AHEAD: usize = 4;
+
+async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot) {
     let peer = connection.peer();
     let streams =
         tokio::time::timeout(Duration::from_secs(30), connection.quic().accept_bi()).await;
@@ -420,57 +596,82 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
             return;
         }
     };
+    let limits = &shared.config.limits;
+    let (requests, mut requests_in) = mpsc::channel(REQUESTS_AHEAD);
     let (events, mut inbox) = mpsc::unbounded_channel();
+    // Blobs this connection's batches asked for: no other blob is read.
+    let wanted: Wanted = Arc::default();
     let paths = tokio::spawn(log_paths(connection.clone()));
-    let reader = tokio::spawn(read_requests(recv, events.clone()));
+    let reader = tokio::spawn(read_requests(recv, requests));
     let blobs = tokio::spawn(accept_blobs(
-        connection.quic().clone(),
-        Arc::clone(&shared.store),
-        shared.config.max_blob_bytes,
+        Arc::clone(&shared),
+        connection.clone(),
+        Arc::clone(&wanted),
         events.clone(),
     ));
-    let mut session = ProviderSession::new(shared.hello.clone(), shared.config.session.clone());
+    let mut session = ProviderSession::new(
+        shared.hello.clone(),
+        ProviderSessionConfig {
+            max_batches: limits.batches_per_connection,
+            max_batch_bytes: limits.batch_bytes_per_connection,
+            blob_wait: limits.blob_wait,
+            quota: Arc::clone(&shared.quota),
+        },
+    );
     let mut replies = FramedSend::new(send, MAX_REPLY_FRAME);
     let mut stop = shared.stop.subscribe();
     // What each finished batch is worth, until its result is sent.
     let mut unsent: HashMap<u64, u128> = HashMap::new();
+    // The batches handed out to run, with the flag that stops them.
+    let mut running: HashMap<u64, Arc<AtomicBool>> = HashMap::new();
     let reason = loop {
         let deadline = session.poll_timeout();
-        let event = tokio::select! {
-            event = inbox.recv() => event,
-            () = sleep_until(deadline) => {
-                session.handle_timeout(Instant::now());
-                None
-            }
-            _ = stop.wait_for(|stop| *stop) => break "the provider is shutting down".to_owned(),
-        };
-        match event {
-            Some(ConnEvent::Request(request)) => {
-                let store = &shared.store;
-                session.handle_request(request, Instant::now(), |id| store.contains(id));
-            }
-            Some(ConnEvent::Blob(id)) => session.handle_blob(id),
-            Some(ConnEvent::BlobFailed(id, reason)) => session.handle_blob_failed(id, &reason),
-            Some(ConnEvent::Done(batch, outcome, price)) => {
-                let worth = match &outcome {
-                    Outcome::Outputs { outputs, .. } => {
-                        let fuel: u128 = outputs.iter().map(|out| u128::from(out.fuel)).sum();
-                        fuel * u128::from(price)
+        tokio::select! {
+            request = requests_in.recv() => match request {
+                Some(Ok(request)) => {
+                    if let Request::Run(batch) = &request
+                        && let Some(refusal) = shared.refusal(peer, batch)
+                    {
+                        session.refuse(batch.id, refusal);
+                    } else {
+                        let store = &shared.store;
+                        session.handle_request(request, Instant::now(), |id| store.contains(id));
                     }
-                    _ => 0,
-                };
-                if session.handle_done(batch, outcome) {
-                    if worth > 0 {
-                        unsent.insert(batch, worth);
-                    }
-                } else {
-                    tracing::debug!(%peer, batch, "the result of a cancelled batch is dropped");
                 }
-            }
-            Some(ConnEvent::Closed(reason)) => break reason,
-            None => {}
+                Some(Err(reason)) => break reason,
+                None => break "the request reader stopped".to_owned(),
+            },
+            event = inbox.recv() => match event {
+                Some(ConnEvent::Blob(id)) => session.handle_blob(id),
+                Some(ConnEvent::BlobFailed(id, reason)) => session.handle_blob_failed(id, &reason),
+                Some(ConnEvent::Done(batch, outcome, price)) => {
+                    running.remove(&batch);
+                    let worth = match &outcome {
+                        Outcome::Outputs { outputs, .. } => {
+                            let fuel: u128 = outputs.iter().map(|out| u128::from(out.fuel)).sum();
+                            fuel * u128::from(price)
+                        }
+                        _ => 0,
+                    };
+                    if session.handle_done(batch, outcome) {
+                        if worth > 0 {
+                            unsent.insert(batch, worth);
+                        }
+                    } else {
+                        tracing::debug!(%peer, batch, "the result of a cancelled batch is dropped");
+                    }
+                }
+                None => break "the event channel closed".to_owned(),
+            },
+            () = sleep_until(deadline) => session.handle_timeout(Instant::now()),
+            _ = stop.wait_for(|stop| *stop) => break "the provider is shutting down".to_owned(),
         }
-        while let Some(batch) = session.poll_work() {
+        while let Some(batch) = session.poll_cancel() {
+            if let Some(cancelled) = running.get(&batch) {
+                cancelled.store(true, Ordering::Relaxed);
+            }
+        }
+        while let Some(Work { batch, hold }) = session.poll_work() {
             let id = batch.id;
             let Some(price) = shared.offer_for(&batch).map(|offer| offer.price_per_gfuel) else {
                 let reason = "the job's limits exceed every flavor of this provider";
@@ -481,22 +682,43 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
                 let _ = session.handle_done(id, unpaid);
                 continue;
             }
+            let cancelled = Arc::new(AtomicBool::new(false));
+            running.insert(id, Arc::clone(&cancelled));
             let events = events.clone();
             let worker = Arc::clone(&shared);
-            let submitted = shared.executor.submit(move || {
-                let outcome = worker.run(&batch);
+            let submitted = shared.executor.submit(peer, move || {
+                let outcome = worker.run(&batch, &cancelled);
+                // The place is free before the session hears the batch is done.
+                drop(hold);
                 let _ = events.send(ConnEvent::Done(id, outcome, price));
             });
             if submitted.is_err() {
+                running.remove(&id);
                 let _ =
                     session.handle_done(id, Outcome::Retry("the provider is shutting down".into()));
             }
         }
         let mut failed = None;
         while let Some(reply) = session.poll_reply() {
-            if let Err(error) = replies.send(&reply).await {
-                failed = Some(error.to_string());
-                break;
+            if let Reply::Need { blobs, .. } = &reply {
+                wanted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(blobs.iter().copied());
+            }
+            match tokio::time::timeout(limits.reply_timeout, replies.send(&reply)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    failed = Some(error.to_string());
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(format!(
+                        "the requestor took no reply for {:?}",
+                        limits.reply_timeout
+                    ));
+                    break;
+                }
             }
             // Results are owed for once they are sent.
             if let Reply::Done { batch, .. } = &reply
@@ -510,9 +732,15 @@ async fn serve(shared: Arc<Shared>, connection: Connection) {
         }
     };
     tracing::debug!(%peer, %reason, "connection over");
+    connection.close(&reason);
+    // Work of this connection not started yet ends at once, giving its places back.
+    for cancelled in running.values() {
+        cancelled.store(true, Ordering::Relaxed);
+    }
     reader.abort();
     blobs.abort();
     paths.abort();
+    drop(slot);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -522,46 +750,74 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn read_requests(recv: RecvStream, events: mpsc::UnboundedSender<ConnEvent>) {
+/// Reads requests into `requests` until the stream ends or fails (the reason, last).
+async fn read_requests(recv: RecvStream, requests: mpsc::Sender<Result<Request, String>>) {
     let mut framed = FramedRecv::new(recv, MAX_REQUEST_FRAME);
     loop {
-        let event = match framed.recv::<Request>().await {
-            Ok(Some(request)) => ConnEvent::Request(request),
-            Ok(None) => ConnEvent::Closed("the requestor ended the control stream".into()),
-            Err(error) => ConnEvent::Closed(error.to_string()),
+        let (request, last) = match framed.recv::<Request>().await {
+            Ok(Some(request)) => (Ok(request), false),
+            Ok(None) => (Err("the requestor ended the control stream".into()), true),
+            Err(error) => (Err(error.to_string()), true),
         };
-        let closed = matches!(event, ConnEvent::Closed(_));
-        if events.send(event).is_err() || closed {
+        if requests.send(request).await.is_err() || last {
             return;
         }
     }
 }
 
+/// The blobs a connection's batches asked for and that have not arrived.
+type Wanted = Arc<Mutex<HashSet<BlobId>>>;
+
 async fn accept_blobs(
-    connection: iroh::endpoint::Connection,
-    store: Arc<BlobStore>,
-    limit: u64,
+    shared: Arc<Shared>,
+    connection: Connection,
+    wanted: Wanted,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
-    while let Ok(stream) = connection.accept_uni().await {
-        let store = Arc::clone(&store);
-        let events = events.clone();
+    let peer = connection.peer();
+    while let Ok(stream) = connection.quic().accept_uni().await {
+        let (shared, wanted, events) = (Arc::clone(&shared), Arc::clone(&wanted), events.clone());
         tokio::spawn(async move {
-            let event = match receive_blob(stream, limit).await {
-                Ok((id, bytes)) => match store.insert_checked(id, bytes) {
-                    Ok(_) => ConnEvent::Blob(id),
-                    Err(error) => ConnEvent::BlobFailed(id, error.to_string()),
-                },
+            let limits = &shared.config.limits;
+            let is_wanted = |id: &BlobId| {
+                wanted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(id)
+            };
+            let received = tokio::time::timeout(
+                limits.blob_wait,
+                receive_blob(stream, limits.max_blob_bytes, is_wanted, &shared.receiving),
+            )
+            .await
+            .unwrap_or(Err(BlobError::Timeout {
+                wait: limits.blob_wait,
+            }));
+            let event = match received {
+                Ok((id, bytes)) => {
+                    let store = Arc::clone(&shared.store);
+                    let stored =
+                        tokio::task::spawn_blocking(move || store.insert_received(id, bytes)).await;
+                    wanted
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
+                    match stored {
+                        Ok(Ok(())) => ConnEvent::Blob(id),
+                        Ok(Err(error)) => ConnEvent::BlobFailed(id, error.to_string()),
+                        Err(error) => ConnEvent::BlobFailed(id, error.to_string()),
+                    }
+                }
                 Err(
                     ref error @ (BlobError::TooLarge { id, .. }
                     | BlobError::Length { id, .. }
                     | BlobError::HashMismatch { expected: id, .. }),
                 ) => {
-                    tracing::warn!(%error, "blob refused");
+                    tracing::warn!(%peer, %error, "blob refused");
                     ConnEvent::BlobFailed(id, error.to_string())
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "blob stream failed");
+                    tracing::info!(%peer, %error, "blob stream refused");
                     return;
                 }
             };

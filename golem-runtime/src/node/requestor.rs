@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -419,7 +419,7 @@ struct JobEntry {
 struct Owner {
     session: RequestorSession,
     /// Runs checks; present when the requestor has a sandbox.
-    checks: Option<Executor>,
+    checks: Option<Executor<()>>,
     store: Option<ReputationStore>,
     /// When provider records were last saved.
     saved: Instant,
@@ -882,16 +882,19 @@ impl Owner {
         let work = move || {
             let lookup = |blob: &BlobId| blobs.get(blob).cloned();
             let result = match (check.kind, sandbox, custom) {
-                (CheckKind::Rerun, Some(sandbox), _) => {
-                    CheckResult::Ran(run_batch(&sandbox, lookup, &check.batch))
-                }
+                (CheckKind::Rerun, Some(sandbox), _) => CheckResult::Ran(run_batch(
+                    &sandbox,
+                    lookup,
+                    &check.batch,
+                    &AtomicBool::new(false),
+                )),
                 (CheckKind::Custom, _, Some(custom)) => run_custom(&*custom, &check, lookup),
                 _ => CheckResult::Failed("the requestor cannot run this check".into()),
             };
             let _ = commands.send(Command::Checked(id, result));
         };
         let refused = match &self.checks {
-            Some(executor) => executor.submit(work).is_err(),
+            Some(executor) => executor.submit((), work).is_err(),
             None => true,
         };
         if refused {

@@ -6,8 +6,16 @@
 //! ([`poll_reply`](ProviderSession::poll_reply) to send, [`poll_work`](ProviderSession::poll_work)
 //! to run). A batch whose blobs are missing is parked and the missing blobs are asked for once,
 //! however many batches wait for them; it runs as soon as the last one arrives.
+//!
+//! What one requestor can make a provider hold is capped twice: per connection
+//! ([`ProviderSessionConfig::max_batches`], [`max_batch_bytes`](ProviderSessionConfig::max_batch_bytes))
+//! and across every connection of the provider ([`BatchQuota`]). A batch counts from the moment
+//! it is accepted until it is done: a Cancel frees its place at once only while it has not
+//! been handed out to run; a batch already handed out keeps its place until the driver reports
+//! it done ([`poll_cancel`](ProviderSession::poll_cancel) tells the driver to stop it early).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::message::{Batch, BlobId, Hello, Outcome, Reply, Request};
@@ -15,24 +23,112 @@ use super::message::{Batch, BlobId, Hello, Outcome, Reply, Request};
 /// Settings of a provider session.
 #[derive(Debug, Clone)]
 pub struct ProviderSessionConfig {
-    /// Batches accepted and not yet done, past which new ones are answered with
-    /// [`Outcome::Retry`].
+    /// Batches of this connection accepted and not yet done, past which new ones are answered
+    /// with [`Outcome::Retry`].
     pub max_batches: usize,
+    /// Bytes of this connection's batches accepted and not yet done ([`batch_bytes`]), past
+    /// which new ones are answered with [`Outcome::Retry`].
+    pub max_batch_bytes: usize,
     /// How long a batch waits for its blobs before it is given back.
     pub blob_wait: Duration,
+    /// What every connection of the provider may hold together; shared by its sessions.
+    pub quota: Arc<BatchQuota>,
 }
 
 impl Default for ProviderSessionConfig {
     fn default() -> Self {
         Self {
-            max_batches: 1024,
+            max_batches: 256,
+            max_batch_bytes: 64 << 20,
             blob_wait: Duration::from_secs(60),
+            quota: Arc::new(BatchQuota::new(usize::MAX, usize::MAX)),
         }
     }
 }
 
+/// Bytes a batch is counted as while a provider holds it: its inline inputs and a fixed
+/// overhead per item and per batch, about its size in memory.
+pub fn batch_bytes(batch: &Batch) -> usize {
+    let items: usize = batch
+        .items
+        .iter()
+        .map(|item| item.input.inline_len() + 64)
+        .sum();
+    items + batch.job.task.len() + 256
+}
+
+/// Batches held by a provider across all its connections, by count and by bytes, each capped.
+/// A place is taken when a batch is accepted and given back when its [`QuotaHold`] is dropped
+/// (the batch ended, was cancelled before it ran, or its connection is gone).
+#[derive(Debug)]
+pub struct BatchQuota {
+    max_batches: usize,
+    max_bytes: usize,
+    used: Mutex<(usize, usize)>,
+}
+
+impl BatchQuota {
+    /// A quota of `max_batches` batches and `max_bytes` bytes.
+    pub fn new(max_batches: usize, max_bytes: usize) -> Self {
+        Self {
+            max_batches,
+            max_bytes,
+            used: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Batches and bytes held now.
+    pub fn used(&self) -> (usize, usize) {
+        *self.used.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a batch of `bytes`, if both caps allow it.
+    pub fn try_hold(self: &Arc<Self>, bytes: usize) -> Option<QuotaHold> {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        if used.0 >= self.max_batches || used.1.saturating_add(bytes) > self.max_bytes {
+            return None;
+        }
+        used.0 += 1;
+        used.1 += bytes;
+        Some(QuotaHold {
+            quota: Arc::clone(self),
+            bytes,
+        })
+    }
+}
+
+/// One batch's place in a [`BatchQuota`], given back when dropped.
+#[derive(Debug)]
+pub struct QuotaHold {
+    quota: Arc<BatchQuota>,
+    bytes: usize,
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        let mut used = self
+            .quota
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        used.0 -= 1;
+        used.1 -= self.bytes;
+    }
+}
+
+/// A batch handed out to run, with its place in the provider's [`BatchQuota`]: drop the hold
+/// when the batch has run (before reporting it done), so the place is free for the next.
+#[derive(Debug)]
+pub struct Work {
+    /// The batch.
+    pub batch: Batch,
+    /// Its place in the quota.
+    pub hold: QuotaHold,
+}
+
 struct Parked {
     batch: Batch,
+    hold: QuotaHold,
     missing: HashSet<BlobId>,
     since: Instant,
 }
@@ -42,13 +138,20 @@ pub struct ProviderSession {
     config: ProviderSessionConfig,
     hello: Hello,
     peer_hello: Option<Hello>,
-    /// Batches accepted and not done: parked, queued or running.
-    live: HashSet<u64>,
+    /// Batches accepted and not done (parked, queued or running), with their bytes.
+    live: HashMap<u64, usize>,
+    /// Bytes of the live batches.
+    live_bytes: usize,
+    /// Live batches handed out to run and then cancelled: no reply is owed for them, but they
+    /// hold their place until they are done.
+    cancelled: HashSet<u64>,
     parked: Vec<Parked>,
     /// Blobs asked for that have not arrived.
     asked: HashSet<BlobId>,
     replies: VecDeque<Reply>,
-    work: VecDeque<Batch>,
+    work: VecDeque<(Batch, QuotaHold)>,
+    /// Batches handed out and cancelled, for the driver to stop.
+    cancels: VecDeque<u64>,
 }
 
 impl std::fmt::Debug for ProviderSession {
@@ -68,11 +171,14 @@ impl ProviderSession {
             config,
             hello,
             peer_hello: None,
-            live: HashSet::new(),
+            live: HashMap::new(),
+            live_bytes: 0,
+            cancelled: HashSet::new(),
             parked: Vec::new(),
             asked: HashSet::new(),
             replies: VecDeque::new(),
             work: VecDeque::new(),
+            cancels: VecDeque::new(),
         }
     }
 
@@ -99,32 +205,78 @@ impl ProviderSession {
                 self.replies.push_back(Reply::Hello(self.hello.clone()));
             }
             Request::Run(batch) => self.accept(batch, now, has),
-            Request::Cancel { batch } => {
-                if self.live.remove(&batch) {
-                    self.parked.retain(|parked| parked.batch.id != batch);
-                    self.work.retain(|queued| queued.id != batch);
-                }
+            Request::Cancel { batch } => self.cancel(batch),
+        }
+    }
+
+    fn cancel(&mut self, batch: u64) {
+        if !self.live.contains_key(&batch) || self.cancelled.contains(&batch) {
+            return;
+        }
+        let waiting = self.parked.iter().any(|parked| parked.batch.id == batch)
+            || self.work.iter().any(|(queued, _)| queued.id == batch);
+        if waiting {
+            // Not handed out yet: its place is free at once.
+            self.parked.retain(|parked| parked.batch.id != batch);
+            self.work.retain(|(queued, _)| queued.id != batch);
+            self.end(batch);
+        } else {
+            // Running (or queued to run): it holds its place until the driver reports it done.
+            self.cancelled.insert(batch);
+            self.cancels.push_back(batch);
+        }
+    }
+
+    /// Forgets a live batch.
+    fn end(&mut self, batch: u64) -> bool {
+        match self.live.remove(&batch) {
+            Some(bytes) => {
+                self.live_bytes -= bytes;
+                self.cancelled.remove(&batch);
+                true
             }
+            None => false,
+        }
+    }
+
+    /// Answers batch `batch` with `outcome` without accepting it (a driver's own check
+    /// refused it: no flavor holds its limits, its requestor owes too much). A batch whose id
+    /// is live is left alone.
+    pub fn refuse(&mut self, batch: u64, outcome: Outcome) {
+        if !self.live.contains_key(&batch) {
+            self.replies.push_back(Reply::Done { batch, outcome });
         }
     }
 
     fn accept(&mut self, batch: Batch, now: Instant, has: impl Fn(&BlobId) -> bool) {
-        if self.live.contains(&batch.id) {
+        if self.live.contains_key(&batch.id) {
             // A second batch under a live id: refuse it without disturbing the first.
             tracing::debug!(batch = batch.id, "duplicate batch id refused");
             return;
         }
-        if self.live.len() >= self.config.max_batches {
-            self.replies.push_back(Reply::Done {
-                batch: batch.id,
-                outcome: Outcome::Retry("the provider is at its batch limit".into()),
-            });
+        let bytes = batch_bytes(&batch);
+        let busy = |reason: &str| Reply::Done {
+            batch: batch.id,
+            outcome: Outcome::Retry(reason.into()),
+        };
+        if self.live.len() >= self.config.max_batches
+            || self.live_bytes.saturating_add(bytes) > self.config.max_batch_bytes
+        {
+            self.replies.push_back(busy(
+                "the provider holds as many of your batches as it takes",
+            ));
             return;
         }
-        self.live.insert(batch.id);
+        let Some(hold) = self.config.quota.try_hold(bytes) else {
+            self.replies
+                .push_back(busy("the provider holds as many batches as it takes"));
+            return;
+        };
+        self.live.insert(batch.id, bytes);
+        self.live_bytes += bytes;
         let missing: HashSet<BlobId> = batch.blobs().filter(|id| !has(id)).collect();
         if missing.is_empty() {
-            self.work.push_back(batch);
+            self.work.push_back((batch, hold));
             return;
         }
         let mut ask: Vec<BlobId> = missing
@@ -141,6 +293,7 @@ impl ProviderSession {
         }
         self.parked.push(Parked {
             batch,
+            hold,
             missing,
             since: now,
         });
@@ -155,7 +308,7 @@ impl ProviderSession {
             parked.missing.remove(&id);
             if parked.missing.is_empty() {
                 let ready = self.parked.remove(index);
-                self.work.push_back(ready.batch);
+                self.work.push_back((ready.batch, ready.hold));
             } else {
                 index += 1;
             }
@@ -175,11 +328,12 @@ impl ProviderSession {
     /// A batch finished running; returns whether its outcome goes to the requestor (not when
     /// the batch was cancelled while it ran: its result is not wanted).
     pub fn handle_done(&mut self, batch: u64, outcome: Outcome) -> bool {
-        let live = self.live.remove(&batch);
-        if live {
-            self.replies.push_back(Reply::Done { batch, outcome });
+        let wanted = !self.cancelled.contains(&batch);
+        if !self.end(batch) || !wanted {
+            return false;
         }
-        live
+        self.replies.push_back(Reply::Done { batch, outcome });
+        true
     }
 
     /// Time passed: batches that waited too long for their blobs are given back.
@@ -205,7 +359,7 @@ impl ProviderSession {
         while index < self.parked.len() {
             if which(&self.parked[index]) {
                 let parked = self.parked.remove(index);
-                self.live.remove(&parked.batch.id);
+                self.end(parked.batch.id);
                 self.replies.push_back(Reply::Done {
                     batch: parked.batch.id,
                     outcome: Outcome::Retry(reason.to_owned()),
@@ -230,8 +384,16 @@ impl ProviderSession {
     }
 
     /// The next batch to run; report its end with [`handle_done`](Self::handle_done).
-    pub fn poll_work(&mut self) -> Option<Batch> {
-        self.work.pop_front()
+    pub fn poll_work(&mut self) -> Option<Work> {
+        self.work
+            .pop_front()
+            .map(|(batch, hold)| Work { batch, hold })
+    }
+
+    /// The next batch handed out to run that the requestor cancelled: stop it if it has not
+    /// started, and report it done either way.
+    pub fn poll_cancel(&mut self) -> Option<u64> {
+        self.cancels.pop_front()
     }
 }
 
@@ -287,8 +449,8 @@ mod tests {
         assert_eq!(session.poll_reply(), None, "the context is asked for once");
         assert!(session.poll_work().is_none());
         session.handle_blob(context);
-        assert_eq!(session.poll_work().map(|b| b.id), Some(1));
-        assert_eq!(session.poll_work().map(|b| b.id), Some(2));
+        assert_eq!(session.poll_work().map(|w| w.batch.id), Some(1));
+        assert_eq!(session.poll_work().map(|w| w.batch.id), Some(2));
         session.handle_done(
             1,
             Outcome::Outputs {
@@ -311,6 +473,7 @@ mod tests {
         let config = ProviderSessionConfig {
             max_batches: 2,
             blob_wait: Duration::from_secs(1),
+            ..ProviderSessionConfig::default()
         };
         let mut session = ProviderSession::new(hello(), config);
         let none = |_: &BlobId| false;
@@ -344,5 +507,98 @@ mod tests {
             session.poll_reply(),
             Some(Reply::Need { batch: 4, .. })
         ));
+    }
+
+    #[test]
+    fn a_cancelled_batch_that_was_handed_out_holds_its_place_until_it_is_done() {
+        let now = Instant::now();
+        let config = ProviderSessionConfig {
+            max_batches: 1,
+            ..ProviderSessionConfig::default()
+        };
+        let mut session = ProviderSession::new(hello(), config);
+        let all = |_: &BlobId| true;
+        session.handle_request(Request::Run(batch(1, b"a")), now, all);
+        let work = session.poll_work().expect("batch 1 runs");
+        session.handle_request(Request::Cancel { batch: 1 }, now, all);
+        assert_eq!(
+            session.poll_cancel(),
+            Some(1),
+            "the driver is told to stop it"
+        );
+        session.handle_request(Request::Run(batch(2, b"a")), now, all);
+        assert!(
+            matches!(
+                session.poll_reply(),
+                Some(Reply::Done {
+                    batch: 2,
+                    outcome: Outcome::Retry(_)
+                })
+            ),
+            "the cancelled batch still runs, so it still counts"
+        );
+        assert!(session.poll_work().is_none());
+        drop(work);
+        assert!(
+            !session.handle_done(1, Outcome::Retry("the batch was cancelled".into())),
+            "no reply is owed for a cancelled batch"
+        );
+        assert_eq!(session.poll_reply(), None);
+        session.handle_request(Request::Run(batch(3, b"a")), now, all);
+        assert_eq!(session.poll_work().map(|w| w.batch.id), Some(3));
+    }
+
+    #[test]
+    fn the_quota_is_shared_by_every_session_and_freed_when_the_work_is_dropped() {
+        let now = Instant::now();
+        let quota = Arc::new(BatchQuota::new(2, usize::MAX));
+        let config = ProviderSessionConfig {
+            quota: Arc::clone(&quota),
+            ..ProviderSessionConfig::default()
+        };
+        let mut first = ProviderSession::new(hello(), config.clone());
+        let mut second = ProviderSession::new(hello(), config);
+        let all = |_: &BlobId| true;
+        first.handle_request(Request::Run(batch(1, b"a")), now, all);
+        first.handle_request(Request::Run(batch(2, b"a")), now, all);
+        second.handle_request(Request::Run(batch(1, b"a")), now, all);
+        assert!(matches!(
+            second.poll_reply(),
+            Some(Reply::Done {
+                batch: 1,
+                outcome: Outcome::Retry(_)
+            })
+        ));
+        assert_eq!(quota.used().0, 2);
+        let work = first.poll_work().expect("queued");
+        drop(work);
+        assert_eq!(quota.used().0, 1, "a batch that ran gives its place back");
+        drop(first);
+        assert_eq!(quota.used(), (0, 0), "so does a session that is gone");
+        second.handle_request(Request::Run(batch(3, b"a")), now, all);
+        assert!(second.poll_work().is_some());
+    }
+
+    #[test]
+    fn a_connection_holds_at_most_its_bytes_of_batches() {
+        let now = Instant::now();
+        let one = batch_bytes(&batch(1, b"a"));
+        let config = ProviderSessionConfig {
+            max_batch_bytes: one * 2,
+            ..ProviderSessionConfig::default()
+        };
+        let mut session = ProviderSession::new(hello(), config);
+        let all = |_: &BlobId| true;
+        for id in 1..=3 {
+            session.handle_request(Request::Run(batch(id, b"a")), now, all);
+        }
+        assert!(matches!(
+            session.poll_reply(),
+            Some(Reply::Done {
+                batch: 3,
+                outcome: Outcome::Retry(_)
+            })
+        ));
+        assert_eq!(session.live_batches(), 2);
     }
 }

@@ -276,7 +276,8 @@ impl Sim {
             while let Some(reply) = self.providers[index].session.poll_reply() {
                 self.send(Deliver::Reply(index, reply));
             }
-            while let Some(batch) = self.providers[index].session.poll_work() {
+            while let Some(work) = self.providers[index].session.poll_work() {
+                let batch = work.batch;
                 if self.providers[index].behavior == Behavior::Hangs {
                     continue;
                 }

@@ -1,0 +1,122 @@
+//! The flags that set [`ProviderLimits`]: what peers may make this provider hold.
+
+use std::time::Duration;
+
+use clap::Args;
+use golem_runtime::node::ProviderLimits;
+
+use crate::flavor::{parse_bytes, parse_millis};
+
+/// What peers may make this provider hold. The defaults are [`ProviderLimits::default`].
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits on what peers may make this provider hold")]
+pub(crate) struct LimitArgs {
+    /// Connections served at once; more are closed as busy.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_connections: usize,
+
+    /// Connections served at once from one node id.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    max_connections_per_peer: usize,
+
+    /// Connections served at once from one IP address (direct connections).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_connections_per_ip: usize,
+
+    /// Batches held at once across every connection (waiting for blobs, queued, running);
+    /// more are given back to their requestor to send elsewhere.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    max_batches: usize,
+
+    /// Memory of the batches held at once across every connection.
+    #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    max_batch_memory: usize,
+
+    /// Batches held at once for one connection.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_batches_per_connection: usize,
+
+    /// Memory of the batches held at once for one connection.
+    #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
+    max_batch_memory_per_connection: usize,
+
+    /// Largest blob (module, shared context, large input) accepted.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
+    max_blob: u64,
+
+    /// Bytes of blobs being received at once across every connection; a blob waits for room
+    /// before it is read.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
+    blob_receive_memory: u64,
+
+    /// How long a batch waits for its blobs, and a blob may take to arrive.
+    #[arg(long, default_value = "60s", value_name = "TIME", value_parser = parse_duration)]
+    blob_wait: Duration,
+
+    /// Bytes of modules and contexts kept in memory; older ones are read back from DIR/blobs
+    /// (or fetched again with --no-cache) when a job needs them.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_size)]
+    blob_memory: usize,
+
+    /// How long a reply may wait for its requestor to take it before the connection is closed.
+    #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_duration)]
+    reply_timeout: Duration,
+}
+
+impl LimitArgs {
+    pub(crate) fn limits(&self) -> ProviderLimits {
+        ProviderLimits {
+            connections: self.max_connections,
+            connections_per_peer: self.max_connections_per_peer,
+            connections_per_ip: self.max_connections_per_ip,
+            batches_per_connection: self.max_batches_per_connection,
+            batch_bytes_per_connection: self.max_batch_memory_per_connection,
+            batches: self.max_batches,
+            batch_bytes: self.max_batch_memory,
+            max_blob_bytes: self.max_blob,
+            blob_receive_bytes: self.blob_receive_memory,
+            blob_wait: self.blob_wait,
+            blob_memory_bytes: self.blob_memory,
+            reply_timeout: self.reply_timeout,
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(text)?).map_err(|_| format!("`{text}` is too large"))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_millis(text).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn the_flags_default_to_the_library_defaults_and_each_sets_its_limit() {
+        let defaults = Flags::parse_from(["golem-provider"]).limits.limits();
+        assert_eq!(defaults, ProviderLimits::default());
+        let set = Flags::parse_from([
+            "golem-provider",
+            "--max-connections=9",
+            "--max-batch-memory=1M",
+            "--blob-wait=5s",
+        ])
+        .limits
+        .limits();
+        assert_eq!(set.connections, 9);
+        assert_eq!(set.batch_bytes, 1 << 20);
+        assert_eq!(set.blob_wait, Duration::from_secs(5));
+        assert_eq!(set.connections_per_peer, defaults.connections_per_peer);
+    }
+}

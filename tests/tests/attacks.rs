@@ -1,0 +1,423 @@
+//! A requestor attacking a provider, over real QUIC on loopback: each test mounts one attack
+//! with a raw protocol client (the frames a hostile peer may send, not what our requestor
+//! sends) against a real provider node, and checks that the provider bounds what it spends and
+//! keeps serving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use golem::Task;
+use golem_runtime::identity::NodeKey;
+use golem_runtime::net::{BAD_FRAME, Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
+use golem_runtime::node::{ProviderLimits, ProviderNode, ProviderNodeConfig};
+use golem_runtime::proto::PROTOCOL_VERSION;
+use golem_runtime::proto::message::{
+    Batch, BlobHeader, BlobId, Hello, Input, Item, JobSpec, MAX_REPLY_FRAME, MAX_REQUEST_FRAME,
+    Outcome, Reply, Request,
+};
+use golem_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A provider of one worker thread whose flavor holds subtasks of up to `deadline`, with
+/// `limits`; the fixture's module and the empty context are in its store.
+async fn provider(limits: ProviderLimits, deadline: Duration) -> ProviderNode {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(4)).expect("engine"));
+    let mut config = ProviderNodeConfig::local(&sandbox, 1);
+    config.offers[0].deadline_ms = deadline.as_millis() as u64;
+    config.offers[0].output_bytes = Limits::default().output_bytes as u64;
+    config.threads = Some(1);
+    config.limits = limits;
+    let provider = ProviderNode::start(&NodeKey::from_secret([0xA0; 32]), sandbox, config)
+        .await
+        .expect("provider");
+    provider
+        .blobs()
+        .insert(golem_fixture::spin::module().bytes().to_vec())
+        .expect("module stored");
+    provider.blobs().insert(Vec::new()).expect("context stored");
+    provider
+}
+
+/// A raw client: a connection with its control stream, after the hellos.
+struct Client {
+    _endpoint: Endpoint,
+    connection: Connection,
+    requests: FramedSend,
+    replies: FramedRecv,
+}
+
+impl Client {
+    async fn dial(provider: &ProviderNode, seed: u8) -> Result<Self, String> {
+        Self::dial_with(provider, seed, NetConfig::loopback()).await
+    }
+
+    async fn dial_with(provider: &ProviderNode, seed: u8, net: NetConfig) -> Result<Self, String> {
+        let endpoint = Endpoint::bind(&NodeKey::from_secret([seed; 32]), &net)
+            .await
+            .map_err(|error| error.to_string())?;
+        let connection = endpoint
+            .connect(provider.node_id(), [provider.addr()])
+            .await
+            .map_err(|error| error.to_string())?;
+        let (send, recv) = connection
+            .quic()
+            .open_bi()
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut client = Self {
+            _endpoint: endpoint,
+            connection,
+            requests: FramedSend::new(send, MAX_REQUEST_FRAME),
+            replies: FramedRecv::new(recv, MAX_REPLY_FRAME),
+        };
+        client
+            .send(Request::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                offers: Vec::new(),
+                engine: None,
+                payee: None,
+            }))
+            .await;
+        match client.replies.recv::<Reply>().await {
+            Ok(Some(Reply::Hello(_))) => Ok(client),
+            other => Err(format!(
+                "no hello: {other:?}, closed: {:?}",
+                client.connection.quic().close_reason()
+            )),
+        }
+    }
+
+    async fn send(&mut self, request: Request) {
+        self.requests.send(&request).await.expect("request sent");
+    }
+
+    async fn reply(&mut self) -> Reply {
+        tokio::time::timeout(Duration::from_secs(60), self.replies.recv::<Reply>())
+            .await
+            .expect("a reply within a minute")
+            .expect("the reply decodes")
+            .expect("the stream is open")
+    }
+}
+
+/// A batch of `task` (a fixture task with no context) over `inputs`, under `limits`.
+fn batch<T: Task>(id: u64, inputs: &[T::Input], limits: Limits) -> Batch {
+    Batch {
+        id,
+        job: JobSpec {
+            module: T::module().hash().into(),
+            task: T::NAME.into(),
+            context: BlobId::of(&[]),
+            seed: [1; 32],
+            nonce: [2; 16],
+            limits,
+        },
+        items: inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| Item {
+                index: index as u64,
+                input: Input::Inline(postcard::to_allocvec(input).expect("encodes")),
+            })
+            .collect(),
+    }
+}
+
+fn spin_limits(deadline: Duration) -> Limits {
+    Limits::default().fuel(u64::MAX / 4).deadline(deadline)
+}
+
+fn is_retry(reply: &Reply, id: u64) -> bool {
+    matches!(reply, Reply::Done { batch, outcome: Outcome::Retry(_) } if *batch == id)
+}
+
+/// `double(21)` answers 42 on `client`, as batch `id`.
+async fn assert_serves(client: &mut Client, id: u64) {
+    let limits = Limits::default().deadline(Duration::from_millis(500));
+    client
+        .send(Request::Run(batch::<golem_fixture::double>(
+            id,
+            &[21],
+            limits,
+        )))
+        .await;
+    match client.reply().await {
+        Reply::Done {
+            batch,
+            outcome: Outcome::Outputs { outputs, .. },
+        } if batch == id => {
+            let value: u64 = postcard::from_bytes(&outputs[0].bytes).expect("decodes");
+            assert_eq!(value, 42);
+        }
+        other => panic!("expected batch {id} done, got {other:?}"),
+    }
+}
+
+/// Finding 5: a Cancel frees the place of a batch that has not been handed out, but a batch
+/// already running (or queued to run) keeps its place until it stops, and what has not started
+/// never runs.
+#[test]
+fn a_cancelled_batch_keeps_its_place_until_it_stops_and_queued_work_never_runs() {
+    runtime().block_on(async {
+        let limits = ProviderLimits {
+            batches_per_connection: 6,
+            ..ProviderLimits::default()
+        };
+        let second = Duration::from_secs(1);
+        let provider = provider(limits, second).await;
+        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        // Six spins of a second each, on the one worker; all cancelled at once.
+        for id in 1..=6 {
+            let spin = batch::<golem_fixture::spin>(id, &[1], spin_limits(second));
+            attacker.send(Request::Run(spin)).await;
+        }
+        for id in 1..=6 {
+            attacker.send(Request::Cancel { batch: id }).await;
+        }
+        let cancelled = Instant::now();
+        let spin = batch::<golem_fixture::spin>(7, &[1], spin_limits(second));
+        attacker.send(Request::Run(spin)).await;
+        let refused = attacker.reply().await;
+        assert!(
+            is_retry(&refused, 7),
+            "the cancelled batches still hold their places: {refused:?}"
+        );
+        // No reply is owed for them. Their places come free once the one running stops and
+        // the five queued are dropped without running their five seconds: until then a new
+        // batch is given back as well.
+        let mut id = 8;
+        loop {
+            assert!(
+                cancelled.elapsed() < Duration::from_secs(30),
+                "never served"
+            );
+            let limits = Limits::default().deadline(Duration::from_millis(500));
+            let double = batch::<golem_fixture::double>(id, &[21], limits);
+            attacker.send(Request::Run(double)).await;
+            match attacker.reply().await {
+                Reply::Done {
+                    outcome: Outcome::Outputs { .. },
+                    batch,
+                } if batch == id => break,
+                reply if is_retry(&reply, id) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    id += 1;
+                }
+                other => panic!("no reply is owed for a cancelled batch: {other:?}"),
+            }
+        }
+        let waited = cancelled.elapsed();
+        eprintln!("served {waited:?} after the cancels");
+        assert!(
+            waited < Duration::from_millis(3500),
+            "the cancelled batches ran: {waited:?}"
+        );
+    });
+}
+
+/// Finding 5: batches run in turn by requestor, so one requestor's backlog delays another by
+/// about one batch, not by the whole backlog.
+#[test]
+fn one_requestors_backlog_delays_another_by_one_batch_not_all_of_it() {
+    runtime().block_on(async {
+        let half = Duration::from_millis(500);
+        let provider = provider(ProviderLimits::default(), half).await;
+        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        for id in 1..=8 {
+            let spin = batch::<golem_fixture::spin>(id, &[1], spin_limits(half));
+            attacker.send(Request::Run(spin)).await;
+        }
+        let done = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&done);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(reply)) = attacker.replies.recv::<Reply>().await {
+                if matches!(reply, Reply::Done { .. }) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut honest = Client::dial(&provider, 2).await.expect("dials");
+        assert_serves(&mut honest, 1).await;
+        let before = done.load(Ordering::SeqCst);
+        eprintln!("the attacker's batches done before the honest one: {before} of 8");
+        assert!(before <= 3, "the honest batch waited behind {before}");
+        reader.abort();
+    });
+}
+
+/// Finding 4: connections are capped per node id and in all; past a cap a connection is closed
+/// as busy and the others go on.
+#[test]
+fn connections_past_the_caps_are_closed_as_busy() {
+    runtime().block_on(async {
+        let limits = ProviderLimits {
+            connections: 3,
+            connections_per_peer: 2,
+            ..ProviderLimits::default()
+        };
+        let provider = provider(limits, Duration::from_secs(1)).await;
+        let mut first = Client::dial(&provider, 1).await.expect("first");
+        let _second = Client::dial(&provider, 1).await.expect("second");
+        let third = Client::dial(&provider, 1)
+            .await
+            .err()
+            .expect("a third from one node");
+        assert!(third.contains("busy"), "{third}");
+        let _other = Client::dial(&provider, 2).await.expect("another node");
+        let fourth = Client::dial(&provider, 3)
+            .await
+            .err()
+            .expect("a fourth in all");
+        assert!(fourth.contains("busy"), "{fourth}");
+        assert_serves(&mut first, 1).await;
+    });
+}
+
+/// Opens a blob stream on `client` announcing `id` of `len` bytes and writes `bytes` of it.
+async fn blob_stream(
+    client: &Client,
+    id: BlobId,
+    len: u64,
+    bytes: &[u8],
+) -> iroh::endpoint::SendStream {
+    let stream = client.connection.quic().open_uni().await.expect("stream");
+    let mut framed = FramedSend::new(stream, 256);
+    framed.send(&BlobHeader { id, len }).await.expect("header");
+    let mut stream = framed.into_inner();
+    stream.write_all(bytes).await.expect("bytes");
+    stream
+}
+
+/// Finding 6: a blob no batch asked for is not read, stored in memory, or written to disk.
+#[test]
+fn a_blob_nobody_asked_for_is_refused_unread() {
+    runtime().block_on(async {
+        let provider = provider(ProviderLimits::default(), Duration::from_secs(1)).await;
+        let attacker = Client::dial(&provider, 1).await.expect("dials");
+        let junk = vec![7u8; 1 << 20];
+        let id = BlobId::of(&junk);
+        let mut stream = blob_stream(&attacker, id, junk.len() as u64, &[]).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(10), stream.stopped())
+            .await
+            .expect("the provider stops the stream");
+        assert_eq!(
+            stopped.expect("stopped").map(|code| code.into_inner()),
+            Some(u64::from(BAD_FRAME))
+        );
+        let _ = stream.write_all(&junk).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !provider.blobs().contains(&id),
+            "an unasked blob was stored"
+        );
+    });
+}
+
+/// Finding 4: a blob stream that stalls is given up after the blob wait, its room freed.
+#[test]
+fn a_stalled_blob_stream_is_given_up() {
+    runtime().block_on(async {
+        let limits = ProviderLimits {
+            blob_wait: Duration::from_secs(1),
+            ..ProviderLimits::default()
+        };
+        let provider = provider(limits, Duration::from_secs(1)).await;
+        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        // A batch whose input is a blob the provider lacks: it asks for it.
+        let missing = BlobId::of(b"an input never sent in full");
+        let limits = Limits::default().deadline(Duration::from_millis(500));
+        let mut run = batch::<golem_fixture::double>(1, &[1], limits);
+        run.items[0].input = Input::Blob(missing);
+        attacker.send(Request::Run(run)).await;
+        match attacker.reply().await {
+            Reply::Need { blobs, .. } => assert_eq!(blobs, vec![missing]),
+            other => panic!("expected a need, got {other:?}"),
+        }
+        let stream = blob_stream(&attacker, missing, 4 << 20, &[0; 1024]).await;
+        let stopped = tokio::time::timeout(Duration::from_secs(10), stream.stopped()).await;
+        assert!(stopped.is_ok(), "the stalled stream was never given up");
+        let given_back = attacker.reply().await;
+        assert!(is_retry(&given_back, 1), "{given_back:?}");
+        assert_serves(&mut attacker, 2).await;
+    });
+}
+
+/// Finding 4: a requestor that takes no replies (withholding QUIC flow-control credit) is
+/// closed after the reply timeout instead of holding the connection's driver forever.
+#[test]
+fn a_requestor_that_takes_no_replies_is_closed() {
+    runtime().block_on(async {
+        let limits = ProviderLimits {
+            reply_timeout: Duration::from_secs(1),
+            ..ProviderLimits::default()
+        };
+        let provider = provider(limits, Duration::from_secs(5)).await;
+        // A small window, so that few replies fill it.
+        let net = NetConfig {
+            stream_window: 64 << 10,
+            ..NetConfig::loopback()
+        };
+        let mut attacker = Client::dial_with(&provider, 1, net).await.expect("dials");
+        let limits = Limits::default().deadline(Duration::from_secs(5));
+        // Four outputs of 64 KiB: more than the control stream's window.
+        for id in 1..=4 {
+            let flood = batch::<golem_fixture::flood>(id, &[64 << 10], limits.clone());
+            attacker.send(Request::Run(flood)).await;
+        }
+        let closed =
+            tokio::time::timeout(Duration::from_secs(30), attacker.connection.quic().closed())
+                .await
+                .expect("the provider closes the connection");
+        assert!(
+            closed.to_string().contains("took no reply"),
+            "closed for another reason: {closed}"
+        );
+        let mut honest = Client::dial(&provider, 2).await.expect("dials");
+        assert_serves(&mut honest, 1).await;
+    });
+}
+
+/// Finding 2: a batch whose outputs would not fit one reply frame is given back when its
+/// outputs pass it, not held in memory and then failed on the wire.
+#[test]
+fn a_batch_whose_outputs_outgrow_a_reply_is_given_back() {
+    runtime().block_on(async {
+        let provider = provider(ProviderLimits::default(), Duration::from_secs(5)).await;
+        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let limits = Limits::default()
+            .output_bytes(9 << 20)
+            .deadline(Duration::from_secs(5));
+        let flood = batch::<golem_fixture::flood>(1, &[8 << 20; 12], limits);
+        attacker.send(Request::Run(flood)).await;
+        let reply = attacker.reply().await;
+        assert!(is_retry(&reply, 1), "{reply:?}");
+        assert_serves(&mut attacker, 2).await;
+    });
+}
+
+/// Finding 2: a batch that asks more than every flavor holds is refused before any of its
+/// blobs is asked for.
+#[test]
+fn a_batch_beyond_every_flavor_is_refused_before_its_blobs_are_fetched() {
+    runtime().block_on(async {
+        let provider = provider(ProviderLimits::default(), Duration::from_secs(1)).await;
+        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let mut run = batch::<golem_fixture::double>(1, &[1], Limits::default());
+        run.job.context = BlobId::of(b"a context the provider lacks");
+        attacker.send(Request::Run(run)).await;
+        let reply = attacker.reply().await;
+        assert!(
+            is_retry(&reply, 1),
+            "a one-minute deadline is refused: {reply:?}"
+        );
+    });
+}
