@@ -1,9 +1,11 @@
-//! The flags that set [`ProviderLimits`]: what peers may make this provider hold.
+//! The flags that set [`ProviderLimits`] and the sandbox's compile limits: what peers may make
+//! this provider hold and spend.
 
 use std::time::Duration;
 
 use clap::Args;
 use golem_runtime::node::ProviderLimits;
+use golem_runtime::sandbox::SandboxConfig;
 
 use crate::flavor::{parse_bytes, parse_millis};
 
@@ -61,9 +63,23 @@ pub(crate) struct LimitArgs {
     /// How long a reply may wait for its requestor to take it before the connection is closed.
     #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_duration)]
     reply_timeout: Duration,
+
+    /// Modules compiled at once (one thread each); others wait their turn.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    compile_threads: usize,
+
+    /// How long compiling one module may take before it is refused (and remembered as refused).
+    #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_duration)]
+    compile_timeout: Duration,
 }
 
 impl LimitArgs {
+    /// Sets the sandbox's own limits: compile threads and time.
+    pub(crate) fn apply(&self, sandbox: &mut SandboxConfig) {
+        sandbox.compile_threads = self.compile_threads;
+        sandbox.compile_timeout = self.compile_timeout;
+    }
+
     pub(crate) fn limits(&self) -> ProviderLimits {
         ProviderLimits {
             connections: self.max_connections,
@@ -104,8 +120,16 @@ mod tests {
 
     #[test]
     fn the_flags_default_to_the_library_defaults_and_each_sets_its_limit() {
-        let defaults = Flags::parse_from(["golem-provider"]).limits.limits();
+        let flags = Flags::parse_from(["golem-provider"]).limits;
+        let defaults = flags.limits();
         assert_eq!(defaults, ProviderLimits::default());
+        let mut sandbox = SandboxConfig::default();
+        let (threads, timeout) = (sandbox.compile_threads, sandbox.compile_timeout);
+        flags.apply(&mut sandbox);
+        assert_eq!(
+            (sandbox.compile_threads, sandbox.compile_timeout),
+            (threads, timeout)
+        );
         let set = Flags::parse_from([
             "golem-provider",
             "--max-connections=9",

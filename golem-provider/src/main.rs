@@ -223,6 +223,7 @@ fn run(args: Args) -> Result<(), String> {
     if !args.no_cache {
         sandbox.compiled_cache_dir = Some(dir.join("compiled"));
     }
+    args.limits.apply(&mut sandbox);
     let sandbox = Arc::new(Sandbox::new(sandbox).map_err(|error| error.to_string())?);
 
     let books = Arc::new(Books::open(&dir.join("books.redb")).map_err(|error| error.to_string())?);

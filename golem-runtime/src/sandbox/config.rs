@@ -40,6 +40,13 @@ pub struct SandboxConfig {
     /// Directory that keeps compiled modules across restarts, by (module hash, engine
     /// fingerprint); `None` compiles every module once per process.
     pub compiled_cache_dir: Option<PathBuf>,
+    /// Modules compiled at once, each on one thread; a module waits for its turn. Bounds the
+    /// cores a peer's modules can take from the work.
+    pub compile_threads: usize,
+    /// How long compiling one module may take; past it the module is refused
+    /// ([`ModuleError::CompileTimeout`](super::ModuleError::CompileTimeout)) and remembered as
+    /// refused (its compile still holds its thread until it ends).
+    pub compile_timeout: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -55,6 +62,8 @@ impl Default for SandboxConfig {
             max_wasm_stack: 512 << 10,
             keep_resident_bytes: 1 << 20,
             compiled_cache_dir: None,
+            compile_threads: 1,
+            compile_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -96,8 +105,9 @@ impl SandboxConfig {
             .max_wasm_stack(self.max_wasm_stack)
             .wasm_relaxed_simd(true)
             .relaxed_simd_deterministic(true)
-            .wasm_backtrace_max_frames(None)
-            .parallel_compilation(true);
+            // One thread per compile (wasmtime is built without parallel compilation):
+            // `compile_threads` bounds the cores compiling takes.
+            .wasm_backtrace_max_frames(None);
         if self.max_wasm_stack == 0 {
             return Err(SandboxError::Config(
                 "max_wasm_stack must be above zero".into(),

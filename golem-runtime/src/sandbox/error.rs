@@ -106,6 +106,13 @@ pub enum ModuleError {
         /// Wall time start-up may take ([`PROBE_DEADLINE`](super::PROBE_DEADLINE)).
         deadline: Duration,
     },
+    /// Compiling the module took longer than the sandbox allows
+    /// ([`SandboxConfig::compile_timeout`](super::SandboxConfig::compile_timeout)).
+    #[error("compiling the module took longer than {limit:?}")]
+    CompileTimeout {
+        /// The time allowed.
+        limit: Duration,
+    },
 }
 
 /// One call of a task failed. Guest failures are data: the host keeps serving.

@@ -85,7 +85,44 @@ pub struct Sandbox {
     config: SandboxConfig,
     fingerprint: EngineFingerprint,
     modules: Mutex<HashMap<(ModuleHash, EngineFingerprint), Arc<PreparedModule>>>,
+    /// Modules refused for what they are, so they are not compiled again.
+    refused: Mutex<HashMap<ModuleHash, ModuleError>>,
+    /// Compiles running now.
+    compiling: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    compiles: std::sync::atomic::AtomicU64,
     ticker: Option<EpochTicker>,
+}
+
+/// Refused modules remembered; past it the memory starts over.
+const REFUSED_REMEMBERED: usize = 4096;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One of the sandbox's compile threads, given back when dropped.
+struct CompileSlot(Arc<(Mutex<usize>, std::sync::Condvar)>);
+
+impl CompileSlot {
+    /// Waits until fewer than `max` compiles run, and takes a place among them.
+    fn take(compiling: &Arc<(Mutex<usize>, std::sync::Condvar)>, max: usize) -> Self {
+        let (count, free) = &**compiling;
+        let mut count = free
+            .wait_while(lock(count), |count| *count >= max.max(1))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *count += 1;
+        Self(Arc::clone(compiling))
+    }
+}
+
+impl Drop for CompileSlot {
+    fn drop(&mut self) {
+        let (count, free) = &*self.0;
+        *lock(count) -= 1;
+        free.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -114,6 +151,9 @@ impl Sandbox {
             config,
             fingerprint,
             modules: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
+            compiles: std::sync::atomic::AtomicU64::new(0),
             ticker,
         })
     }
@@ -140,10 +180,68 @@ impl Sandbox {
         if let Some(module) = self.lock_modules().get(&key) {
             return Ok(Arc::clone(module));
         }
+        if let Some(refused) = lock(&self.refused).get(&hash) {
+            return Err(refused.clone());
+        }
         // Compile outside the lock: compiling takes milliseconds to seconds, and a duplicate
         // compile of the same module on a race is harmless.
-        let module = Arc::new(module::prepare(self, hash, bytes)?);
+        let module = match module::prepare(self, hash, bytes) {
+            Ok(module) => Arc::new(module),
+            Err(error) => {
+                // A module refused for what it is is refused again without compiling it: not
+                // one that was not these bytes, or not built.
+                let remember = !matches!(
+                    error,
+                    ModuleError::NotBuilt
+                        | ModuleError::TooLarge { .. }
+                        | ModuleError::HashMismatch { .. }
+                );
+                if remember {
+                    let mut refused = lock(&self.refused);
+                    if refused.len() >= REFUSED_REMEMBERED {
+                        refused.clear();
+                    }
+                    refused.insert(hash, error.clone());
+                }
+                return Err(error);
+            }
+        };
         Ok(Arc::clone(self.lock_modules().entry(key).or_insert(module)))
+    }
+
+    /// Compiles `bytes` on a thread of its own once one of
+    /// [`compile_threads`](SandboxConfig::compile_threads) is free, waiting at most
+    /// [`compile_timeout`](SandboxConfig::compile_timeout) for it to finish.
+    pub(crate) fn compile_limited(&self, bytes: &[u8]) -> Result<wasmtime::Module, ModuleError> {
+        let slot = CompileSlot::take(&self.compiling, self.config.compile_threads);
+        let (done, result) = std::sync::mpsc::channel();
+        let engine = self.engine.clone();
+        let bytes = bytes.to_vec();
+        self.compiles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("golem-compile".into())
+            .spawn(move || {
+                let compiled = wasmtime::Module::new(&engine, &bytes)
+                    .map_err(|error| ModuleError::Invalid(format!("{error:#}")));
+                // The slot is free once compiling ends, whether or not anyone still waits.
+                drop(slot);
+                let _ = done.send(compiled);
+            });
+        if let Err(error) = spawned {
+            return Err(ModuleError::Invalid(format!(
+                "cannot start a compile thread: {error}"
+            )));
+        }
+        let limit = self.config.compile_timeout;
+        result
+            .recv_timeout(limit)
+            .unwrap_or(Err(ModuleError::CompileTimeout { limit }))
+    }
+
+    /// Modules compiled so far (not loaded from a cache), including those refused.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock_modules(

@@ -130,30 +130,44 @@ fn typed_func(
         .typed::<(), ()>(&*store)
 }
 
+/// A compiled module, and where to keep it once it passed its checks.
+struct Compiled {
+    module: Module,
+    keep_at: Option<std::path::PathBuf>,
+}
+
 /// Compiles a module, or loads it from the sandbox's compiled-module cache.
-fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Module, ModuleError> {
-    let new = || {
-        Module::new(sandbox.engine(), bytes)
-            .map_err(|error| ModuleError::Invalid(format!("{error:#}")))
-    };
+fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Compiled, ModuleError> {
     let Some(dir) = &sandbox.config().compiled_cache_dir else {
-        return new();
+        return Ok(Compiled {
+            module: sandbox.compile_limited(bytes)?,
+            keep_at: None,
+        });
     };
     let fingerprint = blake3::Hash::from_bytes(sandbox.fingerprint().0).to_hex();
     let path = dir.join(format!("{}-{}.cwasm", hash.to_hex(), &fingerprint[..16]));
     if let Some(module) = load_compiled(sandbox, &path) {
-        return Ok(module);
+        return Ok(Compiled {
+            module,
+            keep_at: None,
+        });
     }
-    let module = new()?;
+    Ok(Compiled {
+        module: sandbox.compile_limited(bytes)?,
+        keep_at: Some(path),
+    })
+}
+
+/// Writes a module that passed its checks to the compiled-module cache.
+fn keep(module: &Module, path: &std::path::Path) {
     match module.serialize() {
         Ok(serialized) => {
-            if let Err(error) = store_compiled(&path, &serialized) {
+            if let Err(error) = store_compiled(path, &serialized) {
                 tracing::warn!(path = %path.display(), %error, "cannot cache the compiled module");
             }
         }
         Err(error) => tracing::warn!(%error, "cannot serialize the compiled module"),
     }
-    Ok(module)
 }
 
 /// A cache file is the blake3 hash of the serialized module, then the serialized module.
@@ -220,8 +234,10 @@ pub(crate) fn prepare(
             actual: actual.to_hex(),
         });
     }
-    let module = compile(sandbox, hash, bytes)?;
-    check_imports(&module)?;
+    // Names first, from the bytes: a module that imports what it may not is refused before
+    // any time is spent compiling it.
+    check_imports(bytes)?;
+    let Compiled { module, keep_at } = compile(sandbox, hash, bytes)?;
 
     let pre = sandbox
         .linker()
@@ -239,26 +255,42 @@ pub(crate) fn prepare(
         initialize,
     };
     check_abi_version(sandbox, &prepared)?;
+    // Only a module that passed every check takes room on disk.
+    if let Some(path) = keep_at {
+        keep(&prepared.module, &path);
+    }
     Ok(prepared)
 }
 
-/// Refuses any import outside the golem host functions and the WASI allow-list, by name, before
-/// the module runs.
-fn check_imports(module: &Module) -> Result<(), ModuleError> {
-    for import in module.imports() {
-        let allowed = match import.module() {
-            abi::HOST_MODULE => {
-                [abi::INPUT_LEN, abi::INPUT_READ, abi::OUTPUT, abi::PANIC].contains(&import.name())
+/// Refuses any import outside the golem host functions and the WASI allow-list, by name, read
+/// from the module's bytes before it is compiled.
+fn check_imports(bytes: &[u8]) -> Result<(), ModuleError> {
+    let invalid = |error: wasmparser::BinaryReaderError| ModuleError::Invalid(error.to_string());
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            wasmparser::Payload::ImportSection(imports) => {
+                for import in imports.into_imports() {
+                    let import = import.map_err(invalid)?;
+                    let allowed = match import.module {
+                        abi::HOST_MODULE => {
+                            [abi::INPUT_LEN, abi::INPUT_READ, abi::OUTPUT, abi::PANIC]
+                                .contains(&import.name)
+                        }
+                        abi::WASI_MODULE => abi::WASI_IMPORTS.contains(&import.name),
+                        _ => false,
+                    };
+                    let is_function = matches!(import.ty, wasmparser::TypeRef::Func(_));
+                    if !allowed || !is_function {
+                        return Err(ModuleError::ForbiddenImport {
+                            module: import.module.into(),
+                            name: import.name.into(),
+                        });
+                    }
+                }
             }
-            abi::WASI_MODULE => abi::WASI_IMPORTS.contains(&import.name()),
-            _ => false,
-        };
-        let is_function = matches!(import.ty(), ExternType::Func(_));
-        if !allowed || !is_function {
-            return Err(ModuleError::ForbiddenImport {
-                module: import.module().into(),
-                name: import.name().into(),
-            });
+            // Imports come before the code; the rest is for the compiler to read.
+            wasmparser::Payload::CodeSectionStart { .. } => break,
+            _ => {}
         }
     }
     Ok(())

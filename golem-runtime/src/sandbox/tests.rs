@@ -538,3 +538,67 @@ fn a_module_that_spins_at_start_up_is_refused() {
     assert!(elapsed >= PROBE_DEADLINE - tick, "{elapsed:?}");
     assert_still_serves(&unmetered);
 }
+
+/// A module whose one function has `n` additions: compiling it takes time in proportion.
+fn long_module(n: usize) -> Vec<u8> {
+    let adds = "(local.set 0 (i32.add (local.get 0) (i32.const 1)))".repeat(n);
+    module(
+        "",
+        &format!(r#"(func (export "golem_task_long") (local i32) {adds})"#),
+    )
+}
+
+#[test]
+fn a_module_that_compiles_too_long_is_refused_and_not_compiled_again() {
+    let mut config = SandboxConfig::with_instances(2);
+    config.compile_timeout = Duration::from_millis(1);
+    let sandbox = sandbox(config);
+    let bytes = long_module(100_000);
+    let refused = prepare(&sandbox, &bytes).unwrap_err();
+    assert_eq!(
+        refused,
+        ModuleError::CompileTimeout {
+            limit: Duration::from_millis(1)
+        }
+    );
+    let compiles = sandbox.compiles();
+    let started = Instant::now();
+    assert_eq!(prepare(&sandbox, &bytes).unwrap_err(), refused);
+    assert_eq!(
+        sandbox.compiles(),
+        compiles,
+        "refused again without compiling"
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+}
+
+#[test]
+fn a_forbidden_import_is_refused_before_compiling_and_a_refused_module_is_not_compiled_again() {
+    let sandbox = sandbox(SandboxConfig::with_instances(2));
+    let importing = module(r#"(import "env" "system" (func (param i32)))"#, "");
+    assert!(matches!(
+        prepare(&sandbox, &importing),
+        Err(ModuleError::ForbiddenImport { .. })
+    ));
+    assert_eq!(sandbox.compiles(), 0, "refused before it was compiled");
+
+    let wrong_version = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+            (func (export "golem_abi_version") (result i32) (i32.const 999)))"#,
+    )
+    .expect("valid");
+    let refused = prepare(&sandbox, &wrong_version).unwrap_err();
+    assert!(matches!(refused, ModuleError::AbiVersion { .. }));
+    assert_eq!(sandbox.compiles(), 1);
+    for _ in 0..10 {
+        assert_eq!(prepare(&sandbox, &wrong_version).unwrap_err(), refused);
+    }
+    assert_eq!(sandbox.compiles(), 1, "compiled once for eleven batches");
+    // Bytes that are not the module claimed are not remembered against its hash.
+    let good = module("", "");
+    let wrong = sandbox
+        .prepare(ModuleHash::of(&good), &wrong_version)
+        .unwrap_err();
+    assert!(matches!(wrong, ModuleError::HashMismatch { .. }));
+    assert!(prepare(&sandbox, &good).is_ok());
+}
