@@ -64,6 +64,19 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_duration)]
     reply_timeout: Duration,
 
+    /// Bytes of blobs kept in DIR/blobs; the oldest are deleted first.
+    #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_bytes)]
+    blob_disk: u64,
+
+    /// Bytes of compiled modules kept in DIR/compiled; the oldest are deleted first.
+    #[arg(long, default_value = "4G", value_name = "SIZE", value_parser = parse_bytes)]
+    compiled_disk: u64,
+
+    /// Free space left on the disk of DIR: no blob or compiled module is written into it, so the
+    /// books (DIR/books.redb) can always be.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
+    disk_reserve: u64,
+
     /// Modules compiled at once (one thread each); others wait their turn.
     #[arg(long, default_value_t = 1, value_name = "N")]
     compile_threads: usize,
@@ -78,6 +91,8 @@ impl LimitArgs {
     pub(crate) fn apply(&self, sandbox: &mut SandboxConfig) {
         sandbox.compile_threads = self.compile_threads;
         sandbox.compile_timeout = self.compile_timeout;
+        sandbox.compiled_cache_bytes = self.compiled_disk;
+        sandbox.disk_reserve_bytes = self.disk_reserve;
     }
 
     pub(crate) fn limits(&self) -> ProviderLimits {
@@ -94,6 +109,8 @@ impl LimitArgs {
             blob_wait: self.blob_wait,
             blob_memory_bytes: self.blob_memory,
             reply_timeout: self.reply_timeout,
+            blob_disk_bytes: self.blob_disk,
+            disk_reserve_bytes: self.disk_reserve,
         }
     }
 }
@@ -124,12 +141,17 @@ mod tests {
         let defaults = flags.limits();
         assert_eq!(defaults, ProviderLimits::default());
         let mut sandbox = SandboxConfig::default();
-        let (threads, timeout) = (sandbox.compile_threads, sandbox.compile_timeout);
+        let sandbox_limits = |sandbox: &SandboxConfig| {
+            (
+                sandbox.compile_threads,
+                sandbox.compile_timeout,
+                sandbox.compiled_cache_bytes,
+                sandbox.disk_reserve_bytes,
+            )
+        };
+        let before = sandbox_limits(&sandbox);
         flags.apply(&mut sandbox);
-        assert_eq!(
-            (sandbox.compile_threads, sandbox.compile_timeout),
-            (threads, timeout)
-        );
+        assert_eq!(sandbox_limits(&sandbox), before);
         let set = Flags::parse_from([
             "golem-provider",
             "--max-connections=9",

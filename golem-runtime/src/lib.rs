@@ -15,6 +15,7 @@
 //!   they build.
 //! * [`payment`]: priced receipts, the payment hook, the embedded ledger.
 //! * [`market`]: matching a requestor's demand against providers' offers.
+//! * [`disk`]: the room peers may take on a node's disk.
 //!
 //! Users reach this crate through `golem-sdk`; it is public so providers and tools can embed it.
 //!
@@ -33,6 +34,7 @@
 pub mod adversarial;
 mod db;
 pub mod discovery;
+pub mod disk;
 pub mod identity;
 pub mod market;
 pub mod net;

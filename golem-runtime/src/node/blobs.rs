@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::disk::{DEFAULT_DISK_RESERVE, DirQuota};
 use crate::net::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
 use crate::proto::message::{BlobHeader, BlobId};
 
@@ -127,7 +128,7 @@ pub enum BlobError {
 #[derive(Debug)]
 pub struct BlobStore {
     memory: Mutex<Memory>,
-    dir: Option<PathBuf>,
+    dir: Option<(PathBuf, DirQuota)>,
     cap: usize,
 }
 
@@ -182,15 +183,32 @@ impl BlobStore {
         }
     }
 
-    /// A store that also keeps every blob as a file in `dir` (created if missing); blobs found
-    /// there are served after a restart, and a file that no longer matches its name is
-    /// deleted instead of served.
+    /// Bytes of blobs kept on disk by default.
+    pub const DEFAULT_DISK_BYTES: u64 = 16 << 30;
+
+    /// A store that also keeps blobs as files in `dir` (created if missing), up to
+    /// [`DEFAULT_DISK_BYTES`](Self::DEFAULT_DISK_BYTES) and never into the last
+    /// [`DEFAULT_DISK_RESERVE`] bytes free on the disk; see [`on_disk_within`](Self::on_disk_within).
     pub fn on_disk(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        Self::on_disk_within(dir, Self::DEFAULT_DISK_BYTES, DEFAULT_DISK_RESERVE)
+    }
+
+    /// A store that also keeps blobs as files in `dir` (created if missing): at most
+    /// `max_bytes` of them, the oldest deleted first to make room, and none written while the
+    /// disk has less than `reserve` bytes free besides (the blob is then kept in memory only).
+    /// Blobs found there are served after a restart, and a file that no longer matches its
+    /// name is deleted instead of served.
+    pub fn on_disk_within(dir: &Path, max_bytes: u64, reserve: u64) -> std::io::Result<Self> {
+        let quota = DirQuota::open(dir, max_bytes, reserve)?;
         Ok(Self {
-            dir: Some(dir.to_owned()),
+            dir: Some((dir.to_owned(), quota)),
             ..Self::in_memory()
         })
+    }
+
+    /// Bytes of blobs kept on disk now.
+    pub fn disk_bytes(&self) -> u64 {
+        self.dir.as_ref().map_or(0, |(_, quota)| quota.bytes())
     }
 
     /// Caps the bytes kept in memory.
@@ -209,7 +227,11 @@ impl BlobStore {
     }
 
     fn path(&self, id: &BlobId) -> Option<PathBuf> {
-        self.dir.as_ref().map(|dir| dir.join(id.to_hex()))
+        self.dir.as_ref().map(|(dir, _)| dir.join(id.to_hex()))
+    }
+
+    fn quota(&self) -> Option<&DirQuota> {
+        self.dir.as_ref().map(|(_, quota)| quota)
     }
 
     /// Whether the store holds `id`.
@@ -227,6 +249,9 @@ impl BlobStore {
         if BlobId::of(&bytes) != *id {
             tracing::warn!(path = %path.display(), "cached blob does not match its name; deleted");
             let _ = std::fs::remove_file(&path);
+            if let Some(quota) = self.quota() {
+                quota.removed(&id.to_hex());
+            }
             return None;
         }
         let bytes: Arc<[u8]> = bytes.into();
@@ -262,16 +287,32 @@ impl BlobStore {
     }
 
     fn store(&self, id: BlobId, bytes: Arc<[u8]>) -> Result<(), BlobError> {
-        if let Some(path) = self.path(&id).filter(|path| !path.is_file()) {
-            // Write aside and rename, so a crash never leaves a partial file under the id.
-            let partial = path.with_extension("partial");
-            std::fs::write(&partial, &bytes)
-                .and_then(|()| std::fs::rename(&partial, &path))
-                .map_err(|error| BlobError::Disk {
-                    id,
-                    path: path.clone(),
-                    message: error.to_string(),
-                })?;
+        if let Some((dir, quota)) = &self.dir {
+            let name = id.to_hex();
+            let path = dir.join(&name);
+            if path.is_file() {
+                // Already kept.
+            } else if quota.admit(&name, bytes.len() as u64) {
+                // Write aside and rename, so a crash never leaves a partial file under the id.
+                let partial = path.with_extension("partial");
+                let written = std::fs::write(&partial, &bytes)
+                    .and_then(|()| std::fs::rename(&partial, &path));
+                if let Err(error) = written {
+                    quota.removed(&name);
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(BlobError::Disk {
+                        id,
+                        path,
+                        message: error.to_string(),
+                    });
+                }
+            } else {
+                tracing::warn!(
+                    blob = %id,
+                    len = bytes.len(),
+                    "blob kept in memory only: the disk quota or the free-space reserve leaves no room"
+                );
+            }
         }
         self.memory().insert(id, bytes, self.cap);
         Ok(())
@@ -414,5 +455,24 @@ mod tests {
             "a blob above the cap is still kept while it is newest"
         );
         assert_eq!(store.memory_bytes(), 50);
+    }
+
+    #[test]
+    fn the_disk_keeps_the_newest_blobs_within_its_quota() {
+        let dir = std::env::temp_dir().join(format!("golem-blob-quota-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = BlobStore::on_disk_within(&dir, 10, 0).unwrap();
+        let a = store.insert(vec![1; 6]).unwrap();
+        let b = store.insert(vec![2; 4]).unwrap();
+        let c = store.insert(vec![3; 5]).unwrap();
+        let files = |id: &BlobId| dir.join(id.to_hex()).is_file();
+        assert!(!files(&a), "the oldest file is deleted");
+        assert!(files(&b) && files(&c));
+        assert_eq!(store.disk_bytes(), 9);
+        let big = store.insert(vec![4; 11]).unwrap();
+        assert!(!files(&big), "a blob above the quota is not written");
+        assert!(store.contains(&big), "it is kept in memory");
+        assert_eq!(store.disk_bytes(), 9);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

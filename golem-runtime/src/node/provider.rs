@@ -134,6 +134,12 @@ pub struct ProviderLimits {
     /// How long a reply may wait for the requestor to take it (QUIC flow control) before the
     /// connection is closed.
     pub reply_timeout: Duration,
+    /// Bytes of blobs kept in the cache directory; the oldest are deleted first.
+    pub blob_disk_bytes: u64,
+    /// Free bytes left on the cache directory's disk: no blob is written into them (the books
+    /// share the disk). The sandbox keeps its own for compiled modules
+    /// ([`SandboxConfig::disk_reserve_bytes`](crate::sandbox::SandboxConfig::disk_reserve_bytes)).
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for ProviderLimits {
@@ -151,6 +157,8 @@ impl Default for ProviderLimits {
             blob_wait: Duration::from_secs(60),
             blob_memory_bytes: BlobStore::DEFAULT_MEMORY_BYTES,
             reply_timeout: Duration::from_secs(30),
+            blob_disk_bytes: BlobStore::DEFAULT_DISK_BYTES,
+            disk_reserve_bytes: crate::disk::DEFAULT_DISK_RESERVE,
         }
     }
 }
@@ -353,7 +361,12 @@ impl ProviderNode {
         let addr = endpoint.local_addr();
         let store = Arc::new(
             match &config.cache_dir {
-                Some(dir) => BlobStore::on_disk(dir).map_err(|error| {
+                Some(dir) => BlobStore::on_disk_within(
+                    dir,
+                    config.limits.blob_disk_bytes,
+                    config.limits.disk_reserve_bytes,
+                )
+                .map_err(|error| {
                     NodeError::io(format!("cannot open the cache {}", dir.display()), &error)
                 })?,
                 None => BlobStore::in_memory(),

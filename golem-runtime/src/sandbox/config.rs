@@ -40,6 +40,11 @@ pub struct SandboxConfig {
     /// Directory that keeps compiled modules across restarts, by (module hash, engine
     /// fingerprint); `None` compiles every module once per process.
     pub compiled_cache_dir: Option<PathBuf>,
+    /// Bytes of compiled modules kept in the cache directory; the oldest are deleted first.
+    pub compiled_cache_bytes: u64,
+    /// Free bytes left on the cache directory's disk: no compiled module is written into them
+    /// (the provider's books share the disk).
+    pub disk_reserve_bytes: u64,
     /// Modules compiled at once, each on one thread; a module waits for its turn. Bounds the
     /// cores a peer's modules can take from the work.
     pub compile_threads: usize,
@@ -62,6 +67,8 @@ impl Default for SandboxConfig {
             max_wasm_stack: 512 << 10,
             keep_resident_bytes: 1 << 20,
             compiled_cache_dir: None,
+            compiled_cache_bytes: 4 << 30,
+            disk_reserve_bytes: crate::disk::DEFAULT_DISK_RESERVE,
             compile_threads: 1,
             compile_timeout: Duration::from_secs(30),
         }

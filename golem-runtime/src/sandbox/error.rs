@@ -13,6 +13,14 @@ pub enum SandboxError {
     /// its address space).
     #[error("cannot create the wasmtime engine: {0}")]
     Engine(String),
+    /// The compiled-module cache directory cannot be used.
+    #[error("cannot use the compiled-module cache {path}: {message}")]
+    Cache {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The operating system's reason.
+        message: String,
+    },
 }
 
 /// A module was refused before any task in it ran (only its start-up may have run, under

@@ -89,6 +89,8 @@ pub struct Sandbox {
     refused: Mutex<HashMap<ModuleHash, ModuleError>>,
     /// Compiles running now.
     compiling: Arc<(Mutex<usize>, std::sync::Condvar)>,
+    /// Room in the compiled-module cache directory, when there is one.
+    compiled_quota: Option<crate::disk::DirQuota>,
     compiles: std::sync::atomic::AtomicU64,
     ticker: Option<EpochTicker>,
 }
@@ -142,6 +144,20 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         host::define(&mut linker).map_err(|error| SandboxError::Engine(error.to_string()))?;
         let fingerprint = fingerprint(&engine);
+        let compiled_quota = match &config.compiled_cache_dir {
+            Some(dir) => Some(
+                crate::disk::DirQuota::open(
+                    dir,
+                    config.compiled_cache_bytes,
+                    config.disk_reserve_bytes,
+                )
+                .map_err(|error| SandboxError::Cache {
+                    path: dir.clone(),
+                    message: error.to_string(),
+                })?,
+            ),
+            None => None,
+        };
         let ticker = config
             .epoch_deadline
             .then(|| EpochTicker::start(engine.clone(), config.epoch_tick));
@@ -153,6 +169,7 @@ impl Sandbox {
             modules: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
             compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
+            compiled_quota,
             compiles: std::sync::atomic::AtomicU64::new(0),
             ticker,
         })
@@ -237,6 +254,20 @@ impl Sandbox {
         result
             .recv_timeout(limit)
             .unwrap_or(Err(ModuleError::CompileTimeout { limit }))
+    }
+
+    /// Room for a compiled module of `len` bytes named `name` in the cache directory.
+    pub(crate) fn admit_compiled(&self, name: &str, len: u64) -> bool {
+        self.compiled_quota
+            .as_ref()
+            .is_some_and(|quota| quota.admit(name, len))
+    }
+
+    /// Forgets a compiled module deleted from the cache directory (or never written there).
+    pub(crate) fn forget_compiled(&self, name: &str) {
+        if let Some(quota) = &self.compiled_quota {
+            quota.removed(name);
+        }
     }
 
     /// Modules compiled so far (not loaded from a cache), including those refused.

@@ -158,16 +158,31 @@ fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Compiled
     })
 }
 
-/// Writes a module that passed its checks to the compiled-module cache.
-fn keep(module: &Module, path: &std::path::Path) {
-    match module.serialize() {
-        Ok(serialized) => {
-            if let Err(error) = store_compiled(path, &serialized) {
-                tracing::warn!(path = %path.display(), %error, "cannot cache the compiled module");
-            }
+/// Writes a module that passed its checks to the compiled-module cache, if its quota and the
+/// disk's reserve leave room.
+fn keep(sandbox: &Sandbox, module: &Module, path: &std::path::Path) {
+    let serialized = match module.serialize() {
+        Ok(serialized) => serialized,
+        Err(error) => {
+            tracing::warn!(%error, "cannot serialize the compiled module");
+            return;
         }
-        Err(error) => tracing::warn!(%error, "cannot serialize the compiled module"),
+    };
+    let name = file_name(path);
+    if !sandbox.admit_compiled(&name, 32 + serialized.len() as u64) {
+        tracing::warn!(path = %path.display(), "compiled module not cached: no room within the quota and the disk's reserve");
+        return;
     }
+    if let Err(error) = store_compiled(path, &serialized) {
+        sandbox.forget_compiled(&name);
+        tracing::warn!(path = %path.display(), %error, "cannot cache the compiled module");
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A cache file is the blake3 hash of the serialized module, then the serialized module.
@@ -192,6 +207,7 @@ fn load_compiled(sandbox: &Sandbox, path: &std::path::Path) -> Option<Module> {
     let Some((_, body)) = intact else {
         tracing::warn!(path = %path.display(), "corrupt compiled module deleted");
         let _ = std::fs::remove_file(path);
+        sandbox.forget_compiled(&file_name(path));
         return None;
     };
     #[allow(unsafe_code)]
@@ -206,6 +222,7 @@ fn load_compiled(sandbox: &Sandbox, path: &std::path::Path) -> Option<Module> {
         Err(error) => {
             tracing::info!(path = %path.display(), %error, "cached module not usable; recompiling");
             let _ = std::fs::remove_file(path);
+            sandbox.forget_compiled(&file_name(path));
             None
         }
     }
@@ -257,7 +274,7 @@ pub(crate) fn prepare(
     check_abi_version(sandbox, &prepared)?;
     // Only a module that passed every check takes room on disk.
     if let Some(path) = keep_at {
-        keep(&prepared.module, &path);
+        keep(sandbox, &prepared.module, &path);
     }
     Ok(prepared)
 }
