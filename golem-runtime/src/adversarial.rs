@@ -1,10 +1,17 @@
-//! Providers that lie, for tests of verification only (the `adversarial` feature).
+//! Providers that lie, for tests of verification only (the `adversarial` feature), and a
+//! requestor that sends frames by hand, for tests that attack a provider ([`RawRequestor`]).
 //!
 //! A [`Cheater`] alters a batch's results before the provider signs them, or spoils the
 //! signature after: wrong outputs (alone, or shared by a colluding group so that copies on
 //! colluders agree), inflated fuel figures, or receipts that do not verify; always, on a
 //! fraction of results, or only once the provider has returned enough honest results to be
 //! trusted.
+
+#[cfg(feature = "adversarial")]
+mod raw;
+
+#[cfg(feature = "adversarial")]
+pub use self::raw::RawRequestor;
 
 use crate::identity::NodeKey;
 use crate::proto::message::{Batch, Outcome, Output};

@@ -8,14 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use golem::Task;
+use golem_runtime::adversarial::RawRequestor;
 use golem_runtime::identity::NodeKey;
-use golem_runtime::net::{BAD_FRAME, Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
+use golem_runtime::net::{BAD_FRAME, NetConfig};
 use golem_runtime::node::{ProviderLimits, ProviderNode, ProviderNodeConfig};
-use golem_runtime::proto::PROTOCOL_VERSION;
-use golem_runtime::proto::message::{
-    Batch, BlobHeader, BlobId, Hello, Input, Item, JobSpec, MAX_REPLY_FRAME, MAX_REQUEST_FRAME,
-    Outcome, Reply, Request,
-};
+use golem_runtime::proto::message::{Batch, BlobId, Input, Item, JobSpec, Outcome, Reply, Request};
 use golem_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -46,66 +43,29 @@ async fn provider(limits: ProviderLimits, deadline: Duration) -> ProviderNode {
     provider
 }
 
-/// A raw client: a connection with its control stream, after the hellos.
-struct Client {
-    _endpoint: Endpoint,
-    connection: Connection,
-    requests: FramedSend,
-    replies: FramedRecv,
+async fn dial(provider: &ProviderNode, seed: u8) -> Result<RawRequestor, String> {
+    dial_with(provider, seed, NetConfig::loopback()).await
 }
 
-impl Client {
-    async fn dial(provider: &ProviderNode, seed: u8) -> Result<Self, String> {
-        Self::dial_with(provider, seed, NetConfig::loopback()).await
-    }
+async fn dial_with(
+    provider: &ProviderNode,
+    seed: u8,
+    net: NetConfig,
+) -> Result<RawRequestor, String> {
+    let key = NodeKey::from_secret([seed; 32]);
+    RawRequestor::dial(&key, &net, provider.node_id(), provider.addr()).await
+}
 
-    async fn dial_with(provider: &ProviderNode, seed: u8, net: NetConfig) -> Result<Self, String> {
-        let endpoint = Endpoint::bind(&NodeKey::from_secret([seed; 32]), &net)
-            .await
-            .map_err(|error| error.to_string())?;
-        let connection = endpoint
-            .connect(provider.node_id(), [provider.addr()])
-            .await
-            .map_err(|error| error.to_string())?;
-        let (send, recv) = connection
-            .quic()
-            .open_bi()
-            .await
-            .map_err(|error| error.to_string())?;
-        let mut client = Self {
-            _endpoint: endpoint,
-            connection,
-            requests: FramedSend::new(send, MAX_REQUEST_FRAME),
-            replies: FramedRecv::new(recv, MAX_REPLY_FRAME),
-        };
-        client
-            .send(Request::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                offers: Vec::new(),
-                engine: None,
-                payee: None,
-            }))
-            .await;
-        match client.replies.recv::<Reply>().await {
-            Ok(Some(Reply::Hello(_))) => Ok(client),
-            other => Err(format!(
-                "no hello: {other:?}, closed: {:?}",
-                client.connection.quic().close_reason()
-            )),
-        }
-    }
+async fn send(client: &mut RawRequestor, request: Request) {
+    client.send(&request).await.expect("request sent");
+}
 
-    async fn send(&mut self, request: Request) {
-        self.requests.send(&request).await.expect("request sent");
-    }
-
-    async fn reply(&mut self) -> Reply {
-        tokio::time::timeout(Duration::from_secs(60), self.replies.recv::<Reply>())
-            .await
-            .expect("a reply within a minute")
-            .expect("the reply decodes")
-            .expect("the stream is open")
-    }
+async fn reply(client: &mut RawRequestor) -> Reply {
+    tokio::time::timeout(Duration::from_secs(60), client.reply())
+        .await
+        .expect("a reply within a minute")
+        .expect("the reply decodes")
+        .expect("the stream is open")
 }
 
 /// A batch of `task` (a fixture task with no context) over `inputs`, under `limits`.
@@ -140,16 +100,11 @@ fn is_retry(reply: &Reply, id: u64) -> bool {
 }
 
 /// `double(21)` answers 42 on `client`, as batch `id`.
-async fn assert_serves(client: &mut Client, id: u64) {
+async fn assert_serves(client: &mut RawRequestor, id: u64) {
     let limits = Limits::default().deadline(Duration::from_millis(500));
-    client
-        .send(Request::Run(batch::<golem_fixture::double>(
-            id,
-            &[21],
-            limits,
-        )))
-        .await;
-    match client.reply().await {
+    let double = batch::<golem_fixture::double>(id, &[21], limits);
+    send(client, Request::Run(double)).await;
+    match reply(client).await {
         Reply::Done {
             batch,
             outcome: Outcome::Outputs { outputs, .. },
@@ -173,19 +128,19 @@ fn a_cancelled_batch_keeps_its_place_until_it_stops_and_queued_work_never_runs()
         };
         let second = Duration::from_secs(1);
         let provider = provider(limits, second).await;
-        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let mut attacker = dial(&provider, 1).await.expect("dials");
         // Six spins of a second each, on the one worker; all cancelled at once.
         for id in 1..=6 {
             let spin = batch::<golem_fixture::spin>(id, &[1], spin_limits(second));
-            attacker.send(Request::Run(spin)).await;
+            send(&mut attacker, Request::Run(spin)).await;
         }
         for id in 1..=6 {
-            attacker.send(Request::Cancel { batch: id }).await;
+            send(&mut attacker, Request::Cancel { batch: id }).await;
         }
         let cancelled = Instant::now();
         let spin = batch::<golem_fixture::spin>(7, &[1], spin_limits(second));
-        attacker.send(Request::Run(spin)).await;
-        let refused = attacker.reply().await;
+        send(&mut attacker, Request::Run(spin)).await;
+        let refused = reply(&mut attacker).await;
         assert!(
             is_retry(&refused, 7),
             "the cancelled batches still hold their places: {refused:?}"
@@ -201,8 +156,8 @@ fn a_cancelled_batch_keeps_its_place_until_it_stops_and_queued_work_never_runs()
             );
             let limits = Limits::default().deadline(Duration::from_millis(500));
             let double = batch::<golem_fixture::double>(id, &[21], limits);
-            attacker.send(Request::Run(double)).await;
-            match attacker.reply().await {
+            send(&mut attacker, Request::Run(double)).await;
+            match reply(&mut attacker).await {
                 Reply::Done {
                     outcome: Outcome::Outputs { .. },
                     batch,
@@ -230,10 +185,10 @@ fn one_requestors_backlog_delays_another_by_one_batch_not_all_of_it() {
     runtime().block_on(async {
         let half = Duration::from_millis(500);
         let provider = provider(ProviderLimits::default(), half).await;
-        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let mut attacker = dial(&provider, 1).await.expect("dials");
         for id in 1..=8 {
             let spin = batch::<golem_fixture::spin>(id, &[1], spin_limits(half));
-            attacker.send(Request::Run(spin)).await;
+            send(&mut attacker, Request::Run(spin)).await;
         }
         let done = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&done);
@@ -245,7 +200,7 @@ fn one_requestors_backlog_delays_another_by_one_batch_not_all_of_it() {
             }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut honest = Client::dial(&provider, 2).await.expect("dials");
+        let mut honest = dial(&provider, 2).await.expect("dials");
         assert_serves(&mut honest, 1).await;
         let before = done.load(Ordering::SeqCst);
         eprintln!("the attacker's batches done before the honest one: {before} of 8");
@@ -265,36 +220,15 @@ fn connections_past_the_caps_are_closed_as_busy() {
             ..ProviderLimits::default()
         };
         let provider = provider(limits, Duration::from_secs(1)).await;
-        let mut first = Client::dial(&provider, 1).await.expect("first");
-        let _second = Client::dial(&provider, 1).await.expect("second");
-        let third = Client::dial(&provider, 1)
-            .await
-            .err()
-            .expect("a third from one node");
+        let mut first = dial(&provider, 1).await.expect("first");
+        let _second = dial(&provider, 1).await.expect("second");
+        let third = dial(&provider, 1).await.expect_err("a third from one node");
         assert!(third.contains("busy"), "{third}");
-        let _other = Client::dial(&provider, 2).await.expect("another node");
-        let fourth = Client::dial(&provider, 3)
-            .await
-            .err()
-            .expect("a fourth in all");
+        let _other = dial(&provider, 2).await.expect("another node");
+        let fourth = dial(&provider, 3).await.expect_err("a fourth in all");
         assert!(fourth.contains("busy"), "{fourth}");
         assert_serves(&mut first, 1).await;
     });
-}
-
-/// Opens a blob stream on `client` announcing `id` of `len` bytes and writes `bytes` of it.
-async fn blob_stream(
-    client: &Client,
-    id: BlobId,
-    len: u64,
-    bytes: &[u8],
-) -> iroh::endpoint::SendStream {
-    let stream = client.connection.quic().open_uni().await.expect("stream");
-    let mut framed = FramedSend::new(stream, 256);
-    framed.send(&BlobHeader { id, len }).await.expect("header");
-    let mut stream = framed.into_inner();
-    stream.write_all(bytes).await.expect("bytes");
-    stream
 }
 
 /// Finding 6: a blob no batch asked for is not read, stored in memory, or written to disk.
@@ -302,10 +236,13 @@ async fn blob_stream(
 fn a_blob_nobody_asked_for_is_refused_unread() {
     runtime().block_on(async {
         let provider = provider(ProviderLimits::default(), Duration::from_secs(1)).await;
-        let attacker = Client::dial(&provider, 1).await.expect("dials");
+        let attacker = dial(&provider, 1).await.expect("dials");
         let junk = vec![7u8; 1 << 20];
         let id = BlobId::of(&junk);
-        let mut stream = blob_stream(&attacker, id, junk.len() as u64, &[]).await;
+        let mut stream = attacker
+            .blob_stream(id, junk.len() as u64, &[])
+            .await
+            .expect("a blob stream");
         let stopped = tokio::time::timeout(Duration::from_secs(10), stream.stopped())
             .await
             .expect("the provider stops the stream");
@@ -331,21 +268,24 @@ fn a_stalled_blob_stream_is_given_up() {
             ..ProviderLimits::default()
         };
         let provider = provider(limits, Duration::from_secs(1)).await;
-        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let mut attacker = dial(&provider, 1).await.expect("dials");
         // A batch whose input is a blob the provider lacks: it asks for it.
         let missing = BlobId::of(b"an input never sent in full");
         let limits = Limits::default().deadline(Duration::from_millis(500));
         let mut run = batch::<golem_fixture::double>(1, &[1], limits);
         run.items[0].input = Input::Blob(missing);
-        attacker.send(Request::Run(run)).await;
-        match attacker.reply().await {
+        send(&mut attacker, Request::Run(run)).await;
+        match reply(&mut attacker).await {
             Reply::Need { blobs, .. } => assert_eq!(blobs, vec![missing]),
             other => panic!("expected a need, got {other:?}"),
         }
-        let stream = blob_stream(&attacker, missing, 4 << 20, &[0; 1024]).await;
+        let stream = attacker
+            .blob_stream(missing, 4 << 20, &[0; 1024])
+            .await
+            .expect("a blob stream");
         let stopped = tokio::time::timeout(Duration::from_secs(10), stream.stopped()).await;
         assert!(stopped.is_ok(), "the stalled stream was never given up");
-        let given_back = attacker.reply().await;
+        let given_back = reply(&mut attacker).await;
         assert!(is_retry(&given_back, 1), "{given_back:?}");
         assert_serves(&mut attacker, 2).await;
     });
@@ -366,12 +306,12 @@ fn a_requestor_that_takes_no_replies_is_closed() {
             stream_window: 64 << 10,
             ..NetConfig::loopback()
         };
-        let mut attacker = Client::dial_with(&provider, 1, net).await.expect("dials");
+        let mut attacker = dial_with(&provider, 1, net).await.expect("dials");
         let limits = Limits::default().deadline(Duration::from_secs(5));
         // Four outputs of 64 KiB: more than the control stream's window.
         for id in 1..=4 {
             let flood = batch::<golem_fixture::flood>(id, &[64 << 10], limits.clone());
-            attacker.send(Request::Run(flood)).await;
+            send(&mut attacker, Request::Run(flood)).await;
         }
         let closed =
             tokio::time::timeout(Duration::from_secs(30), attacker.connection.quic().closed())
@@ -381,7 +321,7 @@ fn a_requestor_that_takes_no_replies_is_closed() {
             closed.to_string().contains("took no reply"),
             "closed for another reason: {closed}"
         );
-        let mut honest = Client::dial(&provider, 2).await.expect("dials");
+        let mut honest = dial(&provider, 2).await.expect("dials");
         assert_serves(&mut honest, 1).await;
     });
 }
@@ -392,13 +332,13 @@ fn a_requestor_that_takes_no_replies_is_closed() {
 fn a_batch_whose_outputs_outgrow_a_reply_is_given_back() {
     runtime().block_on(async {
         let provider = provider(ProviderLimits::default(), Duration::from_secs(5)).await;
-        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let mut attacker = dial(&provider, 1).await.expect("dials");
         let limits = Limits::default()
             .output_bytes(9 << 20)
             .deadline(Duration::from_secs(5));
         let flood = batch::<golem_fixture::flood>(1, &[8 << 20; 12], limits);
-        attacker.send(Request::Run(flood)).await;
-        let reply = attacker.reply().await;
+        send(&mut attacker, Request::Run(flood)).await;
+        let reply = reply(&mut attacker).await;
         assert!(is_retry(&reply, 1), "{reply:?}");
         assert_serves(&mut attacker, 2).await;
     });
@@ -410,11 +350,11 @@ fn a_batch_whose_outputs_outgrow_a_reply_is_given_back() {
 fn a_batch_beyond_every_flavor_is_refused_before_its_blobs_are_fetched() {
     runtime().block_on(async {
         let provider = provider(ProviderLimits::default(), Duration::from_secs(1)).await;
-        let mut attacker = Client::dial(&provider, 1).await.expect("dials");
+        let mut attacker = dial(&provider, 1).await.expect("dials");
         let mut run = batch::<golem_fixture::double>(1, &[1], Limits::default());
         run.job.context = BlobId::of(b"a context the provider lacks");
-        attacker.send(Request::Run(run)).await;
-        let reply = attacker.reply().await;
+        send(&mut attacker, Request::Run(run)).await;
+        let reply = reply(&mut attacker).await;
         assert!(
             is_retry(&reply, 1),
             "a one-minute deadline is refused: {reply:?}"
