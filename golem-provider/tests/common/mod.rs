@@ -13,7 +13,7 @@ pub struct Daemon {
     pub child: Child,
     /// `NODE_ID@ADDR`, as printed by the daemon.
     pub address: String,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 pub struct TempDir(std::path::PathBuf);
@@ -57,7 +57,7 @@ impl Daemon {
         let mut daemon = Self {
             child,
             address: String::new(),
-            _dir: TempDir(dir),
+            dir: TempDir(dir),
         };
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -74,6 +74,11 @@ impl Daemon {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_owned();
         daemon
+    }
+
+    /// Its directory (key, blobs, compiled modules, books).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
     }
 
     /// Its node id.
