@@ -180,11 +180,11 @@ async fn junk_and_idle(target: Target) {
         }
         let _ = socket.send_to(&junk, target.addr);
         sent += 1;
+        target.sent.fetch_add(1, Ordering::Relaxed);
         if sent.is_multiple_of(100) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    target.sent.fetch_add(sent, Ordering::Relaxed);
     drop(idle);
 }
 
@@ -432,16 +432,22 @@ fn hostile_peers_all_at_once_do_not_stop_an_honest_job() {
                 }
             })
         };
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let (hits, attacked) = tokio::time::timeout(ATTACK, honest(&golem))
-            .await
-            .expect("the honest job completes under attack");
+        // Under way for a while (the bombs are compiling, the cache is filling), then the
+        // honest job three times over; the slowest counts.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut attacked = Duration::ZERO;
+        for _ in 0..3 {
+            let (hits, took) = tokio::time::timeout(ATTACK, honest(&golem))
+                .await
+                .expect("the honest job completes under attack");
+            assert_eq!(hits, expected, "the honest job's outputs under attack");
+            attacked = attacked.max(took);
+        }
         target.stop.store(true, Ordering::Relaxed);
         for attacker in attackers {
             let _ = attacker.await;
         }
         let _ = sampler.await;
-        assert_eq!(hits, expected, "the honest job's outputs under attack");
 
         let (_, peak_memory) = memory(pid);
         let peak_disk = peak_disk.load(Ordering::Relaxed);
@@ -469,7 +475,7 @@ fn hostile_peers_all_at_once_do_not_stop_an_honest_job() {
             disk_budget / MIB
         );
         println!(
-            "honest job: {calm:?} alone, {attacked:?} under attack ({:.1}x)",
+            "honest job: {calm:?} alone, {attacked:?} under attack, the slowest of three ({:.1}x)",
             attacked.as_secs_f64() / calm.as_secs_f64()
         );
         assert!(peak_memory <= memory_budget, "memory past the budget");

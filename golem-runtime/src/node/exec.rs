@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::proto::message::{Batch, BlobId, Input, MAX_REPLY_FRAME, Outcome, Output};
 use crate::sandbox::{Call, Execution, Sandbox, SubtaskError};
@@ -18,19 +19,53 @@ pub fn subtask_seed(job_seed: &[u8; 32], index: u64) -> [u8; 32] {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads running one piece of work at a time each, taking work from its
-/// owners in turn: an owner with a thousand batches queued delays another's next batch by one
-/// batch per thread, not by a thousand.
+/// A fixed set of threads running one piece of work at a time each, fair between the owners
+/// of the work by the time their work has taken: the next job is always that of the owner with
+/// work queued whose jobs have run the least (an owner that arrives starts level with the
+/// least served, not at zero). A requestor whose batches take seconds therefore delays one
+/// whose batches take milliseconds by at most one batch per thread, however many it queues.
 pub(crate) struct Executor<K> {
     queue: Arc<(Mutex<Queue<K>>, Condvar)>,
     threads: Vec<JoinHandle<()>>,
 }
 
 struct Queue<K> {
-    /// Owners with work queued, in the order they are served.
-    turn: VecDeque<K>,
-    work: HashMap<K, VecDeque<Job>>,
+    owners: HashMap<K, Owner>,
     closed: bool,
+}
+
+/// An owner's queued work and the time its work has taken.
+struct Owner {
+    jobs: VecDeque<Job>,
+    served: Duration,
+    running: usize,
+}
+
+impl<K: Eq + Hash + Clone> Queue<K> {
+    /// The owner whose turn it is, with the job it runs next.
+    fn next(&mut self) -> Option<(K, Job)> {
+        let owner = self
+            .owners
+            .iter()
+            .filter(|(_, owner)| !owner.jobs.is_empty())
+            .min_by_key(|(_, owner)| owner.served)
+            .map(|(key, _)| key.clone())?;
+        let state = self.owners.get_mut(&owner)?;
+        let job = state.jobs.pop_front()?;
+        state.running += 1;
+        Some((owner, job))
+    }
+
+    /// `owner`'s job ran for `took`.
+    fn ran(&mut self, owner: &K, took: Duration) {
+        if let Some(state) = self.owners.get_mut(owner) {
+            state.served += took;
+            state.running -= 1;
+            if state.jobs.is_empty() && state.running == 0 {
+                self.owners.remove(owner);
+            }
+        }
+    }
 }
 
 impl<K> std::fmt::Debug for Executor<K> {
@@ -46,8 +81,7 @@ impl<K: Eq + Hash + Clone + Send + 'static> Executor<K> {
     pub(crate) fn start(name: &str, threads: usize) -> std::io::Result<Self> {
         let queue = Arc::new((
             Mutex::new(Queue {
-                turn: VecDeque::new(),
-                work: HashMap::new(),
+                owners: HashMap::new(),
                 closed: false,
             }),
             Condvar::new(),
@@ -57,11 +91,7 @@ impl<K: Eq + Hash + Clone + Send + 'static> Executor<K> {
                 let queue = Arc::clone(&queue);
                 std::thread::Builder::new()
                     .name(format!("{name}-{id}"))
-                    .spawn(move || {
-                        while let Some(job) = next_job(&queue) {
-                            job();
-                        }
-                    })
+                    .spawn(move || work(&queue))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { queue, threads })
@@ -74,40 +104,47 @@ impl<K: Eq + Hash + Clone + Send + 'static> Executor<K> {
         if queue.closed {
             return Err(work);
         }
-        let jobs = queue.work.entry(owner.clone()).or_default();
-        jobs.push_back(Box::new(work));
-        if jobs.len() == 1 {
-            queue.turn.push_back(owner);
+        if !queue.owners.contains_key(&owner) {
+            let level = queue
+                .owners
+                .values()
+                .map(|owner| owner.served)
+                .min()
+                .unwrap_or_default();
+            queue.owners.insert(
+                owner.clone(),
+                Owner {
+                    jobs: VecDeque::new(),
+                    served: level,
+                    running: 0,
+                },
+            );
+        }
+        if let Some(state) = queue.owners.get_mut(&owner) {
+            state.jobs.push_back(Box::new(work));
         }
         ready.notify_one();
         Ok(())
     }
 }
 
-/// The next job, from the owner whose turn it is; `None` once the executor is closed.
-fn next_job<K: Eq + Hash + Clone>(queue: &(Mutex<Queue<K>>, Condvar)) -> Option<Job> {
+/// A worker: runs the next job, whoever's turn it is, until the executor is closed.
+fn work<K: Eq + Hash + Clone>(queue: &(Mutex<Queue<K>>, Condvar)) {
     let (queue, ready) = queue;
-    let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut locked = queue.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
-        if queue.closed {
-            return None;
+        if locked.closed {
+            return;
         }
-        if let Some(owner) = queue.turn.pop_front() {
-            let Some(jobs) = queue.work.get_mut(&owner) else {
-                continue;
-            };
-            let job = jobs.pop_front();
-            if jobs.is_empty() {
-                queue.work.remove(&owner);
-            } else {
-                queue.turn.push_back(owner);
-            }
-            if let Some(job) = job {
-                return Some(job);
-            }
+        let Some((owner, job)) = locked.next() else {
+            locked = ready.wait(locked).unwrap_or_else(PoisonError::into_inner);
             continue;
-        }
-        queue = ready.wait(queue).unwrap_or_else(PoisonError::into_inner);
+        };
+        drop(locked);
+        let started = Instant::now();
+        job();
+        locked = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        locked.ran(&owner, started.elapsed());
     }
 }
 
@@ -118,8 +155,7 @@ impl<K> Drop for Executor<K> {
         {
             let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
             queue.closed = true;
-            queue.work.clear();
-            queue.turn.clear();
+            queue.owners.clear();
         }
         ready.notify_all();
         for thread in self.threads.drain(..) {
@@ -239,6 +275,49 @@ fn log_guest_output(task: &str, index: u64, execution: &Execution) {
             index,
             dropped = execution.log_bytes_dropped,
             "guest output past the log limit was dropped"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_whose_work_took_least_goes_next() {
+        let executor = Executor::start("test", 1).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (started, wait) = std::sync::mpsc::channel();
+        let job = |name: &'static str, took: Duration| {
+            let order = Arc::clone(&order);
+            let started = started.clone();
+            move || {
+                let _ = started.send(());
+                std::thread::sleep(took);
+                order.lock().unwrap().push(name);
+            }
+        };
+        let slow = Duration::from_millis(50);
+        let fast = Duration::from_millis(1);
+        assert!(executor.submit("a", job("a1", slow)).is_ok());
+        wait.recv().unwrap();
+        // While a1 runs: two more slow jobs of a, then three fast ones of b.
+        for (owner, name, took) in [
+            ("a", "a2", slow),
+            ("a", "a3", slow),
+            ("b", "b1", fast),
+            ("b", "b2", fast),
+            ("b", "b3", fast),
+        ] {
+            assert!(executor.submit(owner, job(name, took)).is_ok());
+        }
+        drop(started);
+        while wait.recv().is_ok() {}
+        drop(executor);
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["a1", "b1", "b2", "b3", "a2", "a3"],
+            "b's millisecond jobs do not wait behind a's"
         );
     }
 }

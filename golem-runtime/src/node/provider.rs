@@ -117,7 +117,8 @@ pub struct ProviderLimits {
     pub batches_per_connection: usize,
     /// Bytes of batches one connection may have accepted and not done.
     pub batch_bytes_per_connection: usize,
-    /// Batches held across every connection (waiting for blobs, queued, running).
+    /// Batches held across every connection (waiting for blobs, queued, running); past it a
+    /// connection still gets its [`share`](Self::share).
     pub batches: usize,
     /// Bytes of batches held across every connection.
     pub batch_bytes: usize,
@@ -140,6 +141,23 @@ pub struct ProviderLimits {
     /// share the disk). The sandbox keeps its own for compiled modules
     /// ([`SandboxConfig::disk_reserve_bytes`](crate::sandbox::SandboxConfig::disk_reserve_bytes)).
     pub disk_reserve_bytes: u64,
+}
+
+impl ProviderLimits {
+    /// What one connection may hold even when the others have filled [`batches`] and
+    /// [`batch_bytes`]: an equal part of each among [`connections`] (so at most twice the
+    /// caps are held in all).
+    ///
+    /// [`batches`]: Self::batches
+    /// [`batch_bytes`]: Self::batch_bytes
+    /// [`connections`]: Self::connections
+    pub fn share(&self) -> (usize, usize) {
+        let connections = self.connections.max(1);
+        (
+            (self.batches / connections).max(1),
+            self.batch_bytes / connections,
+        )
+    }
 }
 
 impl Default for ProviderLimits {
@@ -629,6 +647,7 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
             max_batch_bytes: limits.batch_bytes_per_connection,
             blob_wait: limits.blob_wait,
             quota: Arc::clone(&shared.quota),
+            share: limits.share(),
         },
     );
     let mut replies = FramedSend::new(send, MAX_REPLY_FRAME);

@@ -33,6 +33,9 @@ pub struct ProviderSessionConfig {
     pub blob_wait: Duration,
     /// What every connection of the provider may hold together; shared by its sessions.
     pub quota: Arc<BatchQuota>,
+    /// Batches (and bytes of them) this connection may hold even when the others have filled
+    /// the quota: its share, so that a few connections cannot lock every other requestor out.
+    pub share: (usize, usize),
 }
 
 impl Default for ProviderSessionConfig {
@@ -42,6 +45,7 @@ impl Default for ProviderSessionConfig {
             max_batch_bytes: 64 << 20,
             blob_wait: Duration::from_secs(60),
             quota: Arc::new(BatchQuota::new(usize::MAX, usize::MAX)),
+            share: (0, 0),
         }
     }
 }
@@ -94,6 +98,18 @@ impl BatchQuota {
             quota: Arc::clone(self),
             bytes,
         })
+    }
+
+    /// A place for a batch of `bytes` past the caps: for a connection within its guaranteed
+    /// share ([`ProviderSessionConfig::share`]).
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> QuotaHold {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        used.0 += 1;
+        used.1 += bytes;
+        QuotaHold {
+            quota: Arc::clone(self),
+            bytes,
+        }
     }
 }
 
@@ -267,10 +283,17 @@ impl ProviderSession {
             ));
             return;
         }
-        let Some(hold) = self.config.quota.try_hold(bytes) else {
-            self.replies
-                .push_back(busy("the provider holds as many batches as it takes"));
-            return;
+        let (share_batches, share_bytes) = self.config.share;
+        let within_share =
+            self.live.len() < share_batches && self.live_bytes.saturating_add(bytes) <= share_bytes;
+        let hold = match self.config.quota.try_hold(bytes) {
+            Some(hold) => hold,
+            None if within_share => self.config.quota.hold(bytes),
+            None => {
+                self.replies
+                    .push_back(busy("the provider holds as many batches as it takes"));
+                return;
+            }
         };
         self.live.insert(batch.id, bytes);
         self.live_bytes += bytes;
@@ -600,5 +623,27 @@ mod tests {
             })
         ));
         assert_eq!(session.live_batches(), 2);
+    }
+
+    #[test]
+    fn a_connection_within_its_share_is_served_when_others_filled_the_quota() {
+        let now = Instant::now();
+        let quota = Arc::new(BatchQuota::new(2, usize::MAX));
+        let config = ProviderSessionConfig {
+            quota: Arc::clone(&quota),
+            share: (1, 1 << 20),
+            ..ProviderSessionConfig::default()
+        };
+        let mut greedy = ProviderSession::new(hello(), config.clone());
+        let mut modest = ProviderSession::new(hello(), config);
+        let all = |_: &BlobId| true;
+        for id in 1..=3 {
+            greedy.handle_request(Request::Run(batch(id, b"a")), now, all);
+        }
+        assert_eq!(greedy.live_batches(), 2, "the quota is full");
+        modest.handle_request(Request::Run(batch(1, b"a")), now, all);
+        modest.handle_request(Request::Run(batch(2, b"a")), now, all);
+        assert_eq!(modest.live_batches(), 1, "its share, and no more");
+        assert_eq!(quota.used().0, 3);
     }
 }
