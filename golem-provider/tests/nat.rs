@@ -276,7 +276,7 @@ fn scene_of(width: u32, height: u32) -> Scene {
 /// Joins the public node from behind NAT B, then renders on the provider behind NAT A until
 /// the route is direct or `direct_within` has passed (it must then be direct if
 /// `expect_direct`, relayed if not); each picture must equal a native render.
-/// Then one larger job runs, and `mid_job` runs (on another thread) when half of its tiles are
+/// Then one larger job runs, and `mid_job` runs (on another thread) when a tenth of its tiles are
 /// in: that job must complete too, and so must the jobs run one after another for `then_for`
 /// after it (long enough for iroh to notice a relay gone: it pings it every 15 s).
 fn requestor(
@@ -289,12 +289,12 @@ fn requestor(
     then_for: Duration,
 ) -> Vec<Route> {
     let (public, provider) = (public.to_owned(), provider.to_owned());
-    let (half_sender, half_receiver) = mpsc::channel::<()>();
+    let (early_sender, early_receiver) = mpsc::channel::<()>();
     let done_at = Arc::new(Mutex::new(None::<Instant>));
     let done = Arc::clone(&done_at);
     let waiter = std::thread::spawn(move || {
-        if half_receiver.recv().is_ok() {
-            eprintln!("half of the larger job is in");
+        if early_receiver.recv().is_ok() {
+            eprintln!("a tenth of the larger job is in");
             mid_job();
             *done.lock().expect("lock") = Some(Instant::now());
         }
@@ -363,11 +363,13 @@ fn requestor(
             let scene = scene_of(384, 288);
             let tiles = scene.tiles(16);
             let native = native_render(&scene, &tiles);
-            let half = Mutex::new(Some(half_sender));
+            // Early, so that the rest of the job (results come back a batch at a time) is
+            // still to come when `mid_job` is done.
+            let early = Mutex::new(Some(early_sender));
             let job = golem.par_for(tiles.clone(), render).with(&scene).progress(
                 move |settled, total| {
-                    if settled * 2 >= total
-                        && let Some(sender) = half.lock().expect("lock").take()
+                    if settled * 10 >= total
+                        && let Some(sender) = early.lock().expect("lock").take()
                     {
                         let _ = sender.send(());
                     }

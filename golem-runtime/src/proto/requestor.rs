@@ -384,6 +384,13 @@ struct BatchState {
     check: Option<u64>,
     attempts: u32,
     backed_up: bool,
+    /// Providers that gave the batch back this round (a Retry, a failure that may not recur
+    /// elsewhere, a missed deadline): it goes to them again only once every eligible provider
+    /// has, which ends the round and counts one attempt.
+    gave_back: Vec<NodeId>,
+    /// Providers that refused the batch's module: it fails the job once every eligible
+    /// provider has.
+    refused_by: Vec<NodeId>,
 }
 
 impl BatchState {
@@ -397,7 +404,14 @@ impl BatchState {
             check: None,
             attempts: 0,
             backed_up: false,
+            gave_back: Vec::new(),
+            refused_by: Vec::new(),
         }
+    }
+
+    /// Whether `node` gave this batch back this round or refused it.
+    fn turned_down_by(&self, node: NodeId) -> bool {
+        self.gave_back.contains(&node) || self.refused_by.contains(&node)
     }
 
     /// Copies still to hand out.
@@ -611,7 +625,7 @@ impl RequestorSession {
     fn drop_provider(&mut self, node: NodeId) {
         if let Some(provider) = self.providers.remove(&node) {
             for batch in provider.in_flight {
-                self.drop_copy(batch, node, false);
+                self.drop_copy(batch, node);
             }
         }
     }
@@ -742,7 +756,7 @@ impl RequestorSession {
                         outputs.len(),
                         range.len()
                     );
-                    self.drop_copy(batch, node, false);
+                    self.drop_copy(batch, node);
                     self.misbehaved(node, reason);
                     return;
                 }
@@ -763,7 +777,7 @@ impl RequestorSession {
                     signature,
                 };
                 if receipt.verify().is_err() {
-                    self.drop_copy(batch, node, false);
+                    self.drop_copy(batch, node);
                     self.catch(
                         node,
                         format!("its receipt for subtasks {range:?} does not verify"),
@@ -777,7 +791,7 @@ impl RequestorSession {
                         "claimed {} fuel for subtask {}, over the job's limit of {limit}",
                         entry.fuel, entry.index
                     );
-                    self.drop_copy(batch, node, false);
+                    self.drop_copy(batch, node);
                     self.catch(node, reason, now);
                     return;
                 }
@@ -813,7 +827,7 @@ impl RequestorSession {
             Outcome::Failed { index, error } => {
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
                 if !range.contains(&index) {
-                    self.drop_copy(batch, node, false);
+                    self.drop_copy(batch, node);
                     self.misbehaved(
                         node,
                         format!(
@@ -821,15 +835,14 @@ impl RequestorSession {
                         ),
                     );
                 } else if !error.is_deterministic() {
-                    self.drop_copy(batch, node, true);
-                    self.check_attempts(batch, index, error);
+                    self.give_back(batch, node, index, error);
                 } else if self
                     .jobs
                     .get(&job_id)
                     .is_some_and(|job| job.verify.reruns())
                 {
                     // Confirm the failure before it ends the job.
-                    self.drop_copy(batch, node, false);
+                    self.drop_copy(batch, node);
                     let purpose = Purpose::Failure {
                         batch,
                         provider: node,
@@ -849,16 +862,26 @@ impl RequestorSession {
                     self.record_failure(job_id, batch, index, error);
                 }
             }
-            Outcome::Refused(error) => self.fail(job_id, JobFailure::Module(error)),
+            Outcome::Refused(error) => {
+                // One provider's word does not end a job: the module is refused for good once
+                // every provider that could run the batch has refused it.
+                tracing::debug!(%node, batch, %error, "module refused");
+                self.drop_copy(batch, node);
+                if let Some(state) = self.batches.get_mut(&batch) {
+                    state.refused_by.push(node);
+                }
+                if self.every_eligible(batch, |state, node| state.refused_by.contains(&node)) {
+                    self.fail(job_id, JobFailure::Module(error));
+                }
+            }
             Outcome::Retry(reason) => {
                 tracing::debug!(%node, batch, %reason, "batch given back");
-                self.drop_copy(batch, node, true);
-                self.check_attempts(batch, range.start, SubtaskError::Internal(reason));
+                self.give_back(batch, node, range.start, SubtaskError::Internal(reason));
             }
             Outcome::Unpaid { owed, limit } => {
                 // Not the batch's fault: its copy goes back, and so does all other work of a
                 // provider that takes none until it is paid.
-                self.drop_copy(batch, node, false);
+                self.drop_copy(batch, node);
                 self.drop_provider(node);
                 self.events.push_back(Event::Unpaid { node, owed, limit });
             }
@@ -1343,6 +1366,39 @@ impl RequestorSession {
         }
     }
 
+    /// `node` gave `batch` back: its copy goes, and the batch is not offered to `node` again
+    /// until every eligible provider has given it back (or refused it), which ends a round and
+    /// counts one attempt; `error` fails the job when the attempts are used up. So one provider
+    /// that gives everything back, at once and every time, cannot use up a batch's attempts
+    /// while others can run it.
+    fn give_back(&mut self, batch: u64, node: NodeId, index: usize, error: SubtaskError) {
+        self.drop_copy(batch, node);
+        if let Some(state) = self.batches.get_mut(&batch) {
+            state.gave_back.push(node);
+        }
+        if self.every_eligible(batch, BatchState::turned_down_by)
+            && let Some(state) = self.batches.get_mut(&batch)
+        {
+            state.gave_back.clear();
+            state.attempts += 1;
+        }
+        self.check_attempts(batch, index, error);
+    }
+
+    /// Whether `test` holds for `batch` and every provider eligible for its job.
+    fn every_eligible(&self, batch: u64, test: impl Fn(&BatchState, NodeId) -> bool) -> bool {
+        let Some(state) = self.batches.get(&batch) else {
+            return false;
+        };
+        let Some(job) = self.jobs.get(&state.job) else {
+            return false;
+        };
+        self.providers
+            .keys()
+            .filter(|node| self.eligible(**node, job))
+            .all(|node| test(state, *node))
+    }
+
     /// Fails the job of `batch` with `error` once the batch has used up its attempts.
     fn check_attempts(&mut self, batch: u64, index: usize, error: SubtaskError) {
         let Some(state) = self.batches.get(&batch) else {
@@ -1409,14 +1465,11 @@ impl RequestorSession {
     }
 
     /// Removes `node`'s copy of `batch`; a batch that wants copies goes back to the queue.
-    fn drop_copy(&mut self, batch: u64, node: NodeId, count_attempt: bool) {
+    fn drop_copy(&mut self, batch: u64, node: NodeId) {
         let Some(state) = self.batches.get_mut(&batch) else {
             return;
         };
         state.copies.retain(|copy| copy.provider != node);
-        if count_attempt {
-            state.attempts += 1;
-        }
         if state.wants() > 0 {
             let job = state.job;
             if let Some(job) = self.jobs.get_mut(&job) {
@@ -1447,13 +1500,13 @@ impl RequestorSession {
         for (batch, node) in late {
             tracing::debug!(%node, batch, "batch past its deadline");
             self.cancel_copy(node, batch);
-            self.drop_copy(batch, node, true);
             let first = self
                 .batches
                 .get(&batch)
                 .map_or(0, |state| state.range.start);
-            self.check_attempts(
+            self.give_back(
                 batch,
+                node,
                 first,
                 SubtaskError::Internal("the batch missed its deadline on every try".into()),
             );
@@ -1678,7 +1731,10 @@ impl RequestorSession {
             let id = job.requeued[position];
             match self.batches.get(&id) {
                 Some(state) if state.wants() > 0 => {
-                    if !state.holds(node) && affordable(state.range.len()) {
+                    if !state.holds(node)
+                        && !state.turned_down_by(node)
+                        && affordable(state.range.len())
+                    {
                         job.requeued.remove(position);
                         return Some(id);
                     }

@@ -15,7 +15,7 @@ use crate::adversarial::{Cheat, Cheater};
 use crate::identity::{NodeId, NodeKey};
 use crate::payment::NANO;
 use crate::receipt::Receipt;
-use crate::sandbox::{Limits, SubtaskError};
+use crate::sandbox::{Limits, ModuleError, SubtaskError};
 use crate::verify::Verify;
 
 /// splitmix64: a small, deterministic generator.
@@ -48,6 +48,10 @@ enum Behavior {
     DiesAt(Duration),
     /// Refuses every batch: the requestor owes it too much.
     Unpaid,
+    /// Gives every batch back at once.
+    GivesBack,
+    /// Says every module is not a golem module.
+    Refuses,
 }
 
 enum Deliver {
@@ -69,6 +73,7 @@ struct SimProvider {
     alive: bool,
 }
 
+#[derive(Clone, Copy)]
 struct Network {
     drop_percent: u64,
     max_delay_ms: u64,
@@ -281,12 +286,17 @@ impl Sim {
                 if self.providers[index].behavior == Behavior::Hangs {
                     continue;
                 }
-                if self.providers[index].behavior == Behavior::Unpaid {
-                    let unpaid = Outcome::Unpaid {
+                let lie = match self.providers[index].behavior {
+                    Behavior::Unpaid => Some(Outcome::Unpaid {
                         owed: 12,
                         limit: 10,
-                    };
-                    self.send(Deliver::WorkDone(index, batch.id, unpaid));
+                    }),
+                    Behavior::GivesBack => Some(Outcome::Retry("busy".into())),
+                    Behavior::Refuses => Some(Outcome::Refused(ModuleError::NotAGolemModule)),
+                    _ => None,
+                };
+                if let Some(outcome) = lie {
+                    self.send(Deliver::WorkDone(index, batch.id, outcome));
                     continue;
                 }
                 let ran = self.run_batch(&batch);
@@ -609,6 +619,60 @@ fn a_provider_that_wants_to_be_paid_first_is_dropped_and_its_work_goes_elsewhere
         "not paying is not cheating"
     );
     assert!(output.report.receipts.iter().all(|r| r.provider != unpaid));
+}
+
+#[test]
+fn a_provider_that_gives_everything_back_or_refuses_every_module_cannot_end_a_job() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let behaviors = [
+        Behavior::GivesBack,
+        Behavior::Refuses,
+        Behavior::Honest,
+        Behavior::Honest,
+    ];
+    let mut sim = Sim::new(11, &behaviors, network, SchedulerConfig::default());
+    sim.connect_all();
+    let items = inputs(2_000);
+    let (result, _) = sim.run(items.clone());
+    check_outputs(result, &items);
+}
+
+#[test]
+fn a_module_every_provider_refuses_fails_the_job_and_so_do_batches_every_provider_gives_back() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let mut sim = Sim::new(
+        12,
+        &[Behavior::Refuses, Behavior::Refuses],
+        network,
+        SchedulerConfig::default(),
+    );
+    sim.connect_all();
+    let (result, _) = sim.run(inputs(100));
+    assert!(
+        matches!(
+            result,
+            Err(JobFailure::Module(ModuleError::NotAGolemModule))
+        ),
+        "{result:?}"
+    );
+    let mut sim = Sim::new(
+        13,
+        &[Behavior::GivesBack, Behavior::GivesBack],
+        network,
+        SchedulerConfig::default(),
+    );
+    sim.connect_all();
+    let (result, _) = sim.run(inputs(100));
+    assert!(
+        matches!(result, Err(JobFailure::Subtask { .. })),
+        "{result:?}"
+    );
 }
 
 /// Ten honest providers' worth of network, three of which lie as `cheats` say.
