@@ -87,6 +87,8 @@ pub struct Sandbox {
     modules: Mutex<HashMap<(ModuleHash, EngineFingerprint), Arc<PreparedModule>>>,
     /// Modules refused for what they are, so they are not compiled again.
     refused: Mutex<HashMap<ModuleHash, ModuleError>>,
+    /// Modules being prepared, each behind a gate the other threads that need it wait at.
+    preparing: Mutex<HashMap<ModuleHash, Arc<Mutex<()>>>>,
     /// Compiles running now.
     compiling: Arc<(Mutex<usize>, std::sync::Condvar)>,
     /// Room in the compiled-module cache directory, when there is one.
@@ -168,6 +170,7 @@ impl Sandbox {
             fingerprint,
             modules: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
+            preparing: Mutex::new(HashMap::new()),
             compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
             compiled_quota,
             compiles: std::sync::atomic::AtomicU64::new(0),
@@ -193,15 +196,41 @@ impl Sandbox {
         hash: ModuleHash,
         bytes: &[u8],
     ) -> Result<Arc<PreparedModule>, ModuleError> {
+        if let Some(known) = self.known(hash) {
+            return known;
+        }
+        // One thread prepares a module at a time; the others wait for its result instead of
+        // compiling it again (compiles take turns, so duplicates would queue behind each other).
+        let gate = Arc::clone(lock(&self.preparing).entry(hash).or_default());
+        let result = {
+            let _turn = lock(&gate);
+            match self.known(hash) {
+                Some(known) => known,
+                None => self.prepare_now(hash, bytes),
+            }
+        };
+        let mut preparing = lock(&self.preparing);
+        // Ours and the map's: no one else waits at this gate.
+        if Arc::strong_count(&gate) == 2 {
+            preparing.remove(&hash);
+        }
+        result
+    }
+
+    /// The module prepared earlier, or why it was refused.
+    fn known(&self, hash: ModuleHash) -> Option<Result<Arc<PreparedModule>, ModuleError>> {
+        if let Some(module) = self.lock_modules().get(&(hash, self.fingerprint)) {
+            return Some(Ok(Arc::clone(module)));
+        }
+        lock(&self.refused).get(&hash).cloned().map(Err)
+    }
+
+    fn prepare_now(
+        &self,
+        hash: ModuleHash,
+        bytes: &[u8],
+    ) -> Result<Arc<PreparedModule>, ModuleError> {
         let key = (hash, self.fingerprint);
-        if let Some(module) = self.lock_modules().get(&key) {
-            return Ok(Arc::clone(module));
-        }
-        if let Some(refused) = lock(&self.refused).get(&hash) {
-            return Err(refused.clone());
-        }
-        // Compile outside the lock: compiling takes milliseconds to seconds, and a duplicate
-        // compile of the same module on a race is harmless.
         let module = match module::prepare(self, hash, bytes) {
             Ok(module) => Arc::new(module),
             Err(error) => {

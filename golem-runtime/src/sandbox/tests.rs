@@ -602,3 +602,19 @@ fn a_forbidden_import_is_refused_before_compiling_and_a_refused_module_is_not_co
     assert!(matches!(wrong, ModuleError::HashMismatch { .. }));
     assert!(prepare(&sandbox, &good).is_ok());
 }
+
+#[test]
+fn threads_that_need_one_module_at_once_compile_it_once() {
+    let sandbox = Arc::new(sandbox(SandboxConfig::with_instances(4)));
+    let bytes = Arc::new(long_module(20_000));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (sandbox, bytes) = (Arc::clone(&sandbox), Arc::clone(&bytes));
+            std::thread::spawn(move || prepare(&sandbox, &bytes).map(|module| module.hash()))
+        })
+        .collect();
+    for thread in threads {
+        assert!(thread.join().unwrap().is_ok());
+    }
+    assert_eq!(sandbox.compiles(), 1, "the others waited for the first");
+}
