@@ -276,8 +276,8 @@ fn scene_of(width: u32, height: u32) -> Scene {
 /// Joins the public node from behind NAT B, then renders on the provider behind NAT A until
 /// the route is direct or `direct_within` has passed (it must then be direct if
 /// `expect_direct`, relayed if not); each picture must equal a native render.
-/// Then one larger job runs, and `mid_job` runs (on another thread) when a tenth of its tiles are
-/// in: that job must complete too, and so must the jobs run one after another for `then_for`
+/// Then one larger job runs, and `mid_job` runs (on another thread, the job's progress waiting
+/// for it) when a tenth of its tiles are in: that job must complete too, and so must the jobs run one after another for `then_for`
 /// after it (long enough for iroh to notice a relay gone: it pings it every 15 s).
 fn requestor(
     lab: &Lab,
@@ -290,6 +290,7 @@ fn requestor(
 ) -> Vec<Route> {
     let (public, provider) = (public.to_owned(), provider.to_owned());
     let (early_sender, early_receiver) = mpsc::channel::<()>();
+    let (resume_sender, resume_receiver) = mpsc::channel::<()>();
     let done_at = Arc::new(Mutex::new(None::<Instant>));
     let done = Arc::clone(&done_at);
     let waiter = std::thread::spawn(move || {
@@ -297,6 +298,7 @@ fn requestor(
             eprintln!("a tenth of the larger job is in");
             mid_job();
             *done.lock().expect("lock") = Some(Instant::now());
+            let _ = resume_sender.send(());
         }
     });
     let (routes, finished) = on_host(&lab.ns("hb"), move || {
@@ -363,15 +365,17 @@ fn requestor(
             let scene = scene_of(384, 288);
             let tiles = scene.tiles(16);
             let native = native_render(&scene, &tiles);
-            // Early, so that the rest of the job (results come back a batch at a time) is
-            // still to come when `mid_job` is done.
-            let early = Mutex::new(Some(early_sender));
+            // Early, and the job's progress waits for `mid_job` to be done (the rest of a job
+            // this small would otherwise be in before it is), so most of the job is still to
+            // come when the relay is gone.
+            let early = Mutex::new(Some((early_sender, resume_receiver)));
             let job = golem.par_for(tiles.clone(), render).with(&scene).progress(
                 move |settled, total| {
                     if settled * 10 >= total
-                        && let Some(sender) = early.lock().expect("lock").take()
+                        && let Some((early, resume)) = early.lock().expect("lock").take()
                     {
-                        let _ = sender.send(());
+                        let _ = early.send(());
+                        let _ = resume.recv();
                     }
                 },
             );

@@ -795,6 +795,23 @@ impl RequestorSession {
                     self.catch(node, reason, now);
                     return;
                 }
+                // No honest run returns more than the job's output limit (the sandbox refuses
+                // it): a larger output is made up, and signed.
+                let limit = job.spec.limits.output_bytes;
+                if let Some((index, output)) = range
+                    .clone()
+                    .zip(&outputs)
+                    .find(|(_, output)| output.bytes.len() > limit)
+                {
+                    let reason = format!(
+                        "returned {} bytes for subtask {index}, over the job's output limit of \
+                         {limit}",
+                        output.bytes.len()
+                    );
+                    self.drop_copy(batch, node);
+                    self.catch(node, reason, now);
+                    return;
+                }
                 let price = self.providers.get(&node).map_or(0, |p| p.price_per_gfuel);
                 let nano = u128::from(receipt.fuel()) * u128::from(price);
                 // A result whose copy was already given up holds no reservation: it is taken

@@ -52,6 +52,8 @@ enum Behavior {
     GivesBack,
     /// Says every module is not a golem module.
     Refuses,
+    /// Returns (and signs) outputs a byte longer than the job allows.
+    Bloats,
 }
 
 enum Deliver {
@@ -303,6 +305,15 @@ impl Sim {
                 let cost =
                     Duration::from_micros(batch.items.len() as u64 * (500 + self.rng.below(1000)));
                 let provider = &mut self.providers[index];
+                let ran = match (ran, &provider.behavior) {
+                    (Ok(mut outputs), Behavior::Bloats) => {
+                        for output in &mut outputs {
+                            output.bytes.resize(self.limits.output_bytes + 1, 0);
+                        }
+                        Ok(outputs)
+                    }
+                    (ran, _) => ran,
+                };
                 let outcome = match (ran, &mut provider.cheater) {
                     (Err(failed), _) => failed,
                     (Ok(outputs), Some(cheater)) => cheater.outcome(&provider.key, &batch, outputs),
@@ -673,6 +684,25 @@ fn a_module_every_provider_refuses_fails_the_job_and_so_do_batches_every_provide
         matches!(result, Err(JobFailure::Subtask { .. })),
         "{result:?}"
     );
+}
+
+#[test]
+fn outputs_over_the_jobs_limit_are_caught_even_when_signed() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let behaviors = [Behavior::Bloats, Behavior::Honest, Behavior::Honest];
+    let mut sim = Sim::new(14, &behaviors, network, SchedulerConfig::default());
+    // The honest outputs are 8 bytes.
+    sim.limits = Limits::default().output_bytes(8);
+    sim.connect_all();
+    let items = inputs(500);
+    let (result, _) = sim.run(items.clone());
+    let bloats = sim.providers[0].node;
+    let output = result.as_ref().expect("the job finishes").clone();
+    check_outputs(result, &items);
+    assert_eq!(caught_nodes(&output), HashSet::from([bloats]));
 }
 
 /// Ten honest providers' worth of network, three of which lie as `cheats` say.
