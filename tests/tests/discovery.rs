@@ -110,6 +110,27 @@ fn a_requestor_that_joins_through_one_node_learns_every_provider_by_gossip() {
             started.elapsed()
         );
 
+        // A requestor that takes at most three providers dials no more, however many are
+        // announced (a flood of announcements costs nothing to make).
+        let capped = Requestor::start(
+            &NodeKey::from_secret([0x61; 32]),
+            RequestorConfig {
+                net: NetConfig::loopback(),
+                max_providers: 3,
+                ..RequestorConfig::default()
+            },
+        )
+        .await
+        .expect("requestor");
+        capped.join(providers[5].bootstrap());
+        let connected = capped.wait_for_providers(6, Duration::from_secs(5)).await;
+        assert_eq!(connected, 3, "{:?}", capped.discovery_stats());
+        assert!(
+            capped.announced().len() > 3,
+            "it heard of more than it took"
+        );
+        capped.shutdown();
+
         // A provider that leaves is gone at once for the requestor connected to it.
         let left = providers.remove(2);
         let gone = left.node_id();

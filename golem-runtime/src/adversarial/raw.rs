@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 
 use crate::identity::{NodeId, NodeKey};
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig, StreamError};
+use crate::node::{Handshake, handshake};
 use crate::proto::PROTOCOL_VERSION;
-use crate::proto::message::{
-    BlobHeader, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Reply, Request,
-};
+use crate::proto::message::{BlobHeader, BlobId, Hello, Reply, Request};
 
 /// A connection to a provider with its control stream, after the hellos.
 #[derive(Debug)]
@@ -35,38 +34,24 @@ impl RawRequestor {
         let endpoint = Endpoint::bind(key, net)
             .await
             .map_err(|error| error.to_string())?;
-        let connection = endpoint
-            .connect(node, [addr])
-            .await
-            .map_err(|error| error.to_string())?;
-        let (send, recv) = connection
-            .quic()
-            .open_bi()
-            .await
-            .map_err(|error| error.to_string())?;
-        let mut raw = Self {
-            _endpoint: endpoint,
-            connection,
-            requests: FramedSend::new(send, MAX_REQUEST_FRAME),
-            replies: FramedRecv::new(recv, MAX_REPLY_FRAME),
-        };
-        let hello = Request::Hello(Hello {
+        let hello = Hello {
             version: PROTOCOL_VERSION,
             offers: Vec::new(),
             engine: None,
             payee: None,
-        });
-        let exchanged = match raw.requests.send(&hello).await {
-            Ok(()) => raw.replies.recv::<Reply>().await,
-            Err(error) => Err(error),
         };
-        match exchanged {
-            Ok(Some(Reply::Hello(_))) => Ok(raw),
-            other => Err(format!(
-                "no hello: {other:?}, closed: {:?}",
-                raw.connection.quic().close_reason()
-            )),
-        }
+        let Handshake {
+            connection,
+            requests,
+            replies,
+            ..
+        } = handshake(&endpoint, node, vec![addr], hello).await?;
+        Ok(Self {
+            _endpoint: endpoint,
+            connection,
+            requests,
+            replies,
+        })
     }
 
     /// Sends `request`.

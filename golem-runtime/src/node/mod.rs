@@ -158,7 +158,11 @@ pub(crate) async fn handshake(
                 hello.version
             )),
             Ok(other) => Err(format!("expected a hello, got {other:?}")),
-            Err(error) => Err(error.to_string()),
+            // A provider that turns us away (busy, say) says why as it closes.
+            Err(error) => Err(match connection.quic().close_reason() {
+                Some(reason) => format!("{error}: {reason}"),
+                None => error.to_string(),
+            }),
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)

@@ -45,6 +45,13 @@ pub struct RequestorConfig {
     pub demand: Demand,
     /// How often lost bootstrap nodes are dialed again.
     pub redial: Duration,
+    /// Providers connected (or being dialed) at most: a provider announced past it is not
+    /// dialed (until it announces itself again and there is room). Bootstrap nodes are
+    /// always dialed.
+    pub max_providers: usize,
+    /// Dials of announced providers in flight at most: a flood of announcements (fresh keys
+    /// cost nothing, and each names the addresses to dial) makes this many dials at a time.
+    pub max_dials: usize,
     /// How announcements heard on the gossip topic are taken in.
     pub discovery: DiscoveryConfig,
     /// The requestor's own sandbox, to re-run results (spot checks, tie-breaks, confirming
@@ -78,6 +85,8 @@ impl Default for RequestorConfig {
             scheduler: SchedulerConfig::default(),
             demand: Demand::for_limits(&Limits::default()),
             redial: Duration::from_secs(2),
+            max_providers: 256,
+            max_dials: 16,
             discovery: DiscoveryConfig::default(),
             checker: None,
             check_threads: 1,
@@ -715,6 +724,11 @@ impl Owner {
         }
         if self.config.demand.choose(&announcement.offers).is_none() {
             tracing::debug!(%node, "no offer of an announced provider matches the demand");
+            return;
+        }
+        let held = self.conns.len() + self.dialing.len();
+        if held >= self.config.max_providers || self.dialing.len() >= self.config.max_dials {
+            tracing::debug!(%node, held, "an announced provider is not dialed: at the cap");
             return;
         }
         self.dial(node, Vec::new());
