@@ -166,7 +166,8 @@ enum Command {
         hello: Hello,
         writer: mpsc::UnboundedSender<Request>,
     },
-    Reply(NodeId, Reply),
+    /// A provider's reply, with its place among the replies read ahead of handling.
+    Reply(NodeId, Reply, tokio::sync::OwnedSemaphorePermit),
     Checked(u64, CheckResult),
     Forgive(NodeId),
     Records(oneshot::Sender<Vec<(NodeId, Record)>>),
@@ -575,7 +576,7 @@ impl Owner {
                 hello,
                 writer,
             } => self.connected(connection, hello, writer, now),
-            Command::Reply(node, reply) => self.session.handle_reply(node, reply, now),
+            Command::Reply(node, reply, _room) => self.session.handle_reply(node, reply, now),
             Command::Checked(id, result) => self.session.handle_check(id, result, now),
             Command::Forgive(node) => {
                 self.session.reputation_mut().forgive(node);
@@ -965,6 +966,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Replies of one provider read ahead of the requestor's handling of them.
+const REPLIES_AHEAD: usize = 16;
+
 /// Dials `node`, exchanges hellos, then relays the connection's replies to the owner until
 /// it closes.
 async fn dial(
@@ -1012,11 +1016,17 @@ async fn dial(
         }
         Ok::<(), crate::net::StreamError>(())
     };
+    // Replies of this provider not yet handled: past them the provider waits (QUIC flow
+    // control), so a provider cannot grow the requestor's inbox without end.
+    let unhandled = Arc::new(tokio::sync::Semaphore::new(REPLIES_AHEAD));
     let read = async {
         loop {
+            let Ok(room) = Arc::clone(&unhandled).acquire_owned().await else {
+                return "the requestor stopped".to_owned();
+            };
             match replies.recv::<Reply>().await {
                 Ok(Some(reply)) => {
-                    if commands.send(Command::Reply(node, reply)).is_err() {
+                    if commands.send(Command::Reply(node, reply, room)).is_err() {
                         return "the requestor stopped".to_owned();
                     }
                 }
