@@ -293,8 +293,11 @@ impl BlobStore {
             if path.is_file() {
                 // Already kept.
             } else if quota.admit(&name, bytes.len() as u64) {
-                // Write aside and rename, so a crash never leaves a partial file under the id.
-                let partial = path.with_extension("partial");
+                // Write aside and rename, so a crash never leaves a partial file under the id;
+                // aside under a name of its own, as two connections may store one blob at once.
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let partial = dir.join(format!("{name}.{write}.partial"));
                 let written = std::fs::write(&partial, &bytes)
                     .and_then(|()| std::fs::rename(&partial, &path));
                 if let Err(error) = written {

@@ -391,6 +391,8 @@ struct BatchState {
     /// Providers that refused the batch's module: it fails the job once every eligible
     /// provider has.
     refused_by: Vec<NodeId>,
+    /// Why they refused it (the last one's word).
+    refusal: Option<ModuleError>,
 }
 
 impl BatchState {
@@ -406,6 +408,7 @@ impl BatchState {
             backed_up: false,
             gave_back: Vec::new(),
             refused_by: Vec::new(),
+            refusal: None,
         }
     }
 
@@ -626,6 +629,22 @@ impl RequestorSession {
         if let Some(provider) = self.providers.remove(&node) {
             for batch in provider.in_flight {
                 self.drop_copy(batch, node);
+            }
+        }
+        // The providers left may all have turned a batch down: its round is over.
+        let turned_down: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, state)| !state.gave_back.is_empty() || !state.refused_by.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for batch in turned_down {
+            let first = self.batches.get(&batch).map(|state| state.range.start);
+            if let Some(first) = first
+                && self.end_round(batch)
+            {
+                let error = SubtaskError::Internal("every provider gave the batch back".into());
+                self.check_attempts(batch, first, error);
             }
         }
     }
@@ -886,10 +905,9 @@ impl RequestorSession {
                 self.drop_copy(batch, node);
                 if let Some(state) = self.batches.get_mut(&batch) {
                     state.refused_by.push(node);
+                    state.refusal = Some(error);
                 }
-                if self.every_eligible(batch, |state, node| state.refused_by.contains(&node)) {
-                    self.fail(job_id, JobFailure::Module(error));
-                }
+                self.end_round(batch);
             }
             Outcome::Retry(reason) => {
                 tracing::debug!(%node, batch, %reason, "batch given back");
@@ -1393,16 +1411,40 @@ impl RequestorSession {
         if let Some(state) = self.batches.get_mut(&batch) {
             state.gave_back.push(node);
         }
-        if self.every_eligible(batch, BatchState::turned_down_by)
-            && let Some(state) = self.batches.get_mut(&batch)
-        {
-            state.gave_back.clear();
-            state.attempts += 1;
+        if self.end_round(batch) {
+            self.check_attempts(batch, index, error);
         }
-        self.check_attempts(batch, index, error);
     }
 
-    /// Whether `test` holds for `batch` and every provider eligible for its job.
+    /// Ends the round of `batch` once every eligible provider has turned it down: the job
+    /// fails with the refusal when every one refused its module; otherwise the round counts
+    /// one attempt and the batch may go to them again. Returns whether a round ended. Called
+    /// when a provider turns the batch down and when a provider leaves (the ones left may all
+    /// have turned it down).
+    fn end_round(&mut self, batch: u64) -> bool {
+        if self.every_eligible(batch, |state, node| state.refused_by.contains(&node)) {
+            let refused = self.batches.get(&batch).and_then(|state| {
+                let refusal = state.refusal.clone()?;
+                Some((state.job, refusal))
+            });
+            if let Some((job, refusal)) = refused {
+                self.fail(job, JobFailure::Module(refusal));
+                return true;
+            }
+        }
+        if !self.every_eligible(batch, BatchState::turned_down_by) {
+            return false;
+        }
+        let Some(state) = self.batches.get_mut(&batch) else {
+            return false;
+        };
+        state.gave_back.clear();
+        state.attempts += 1;
+        true
+    }
+
+    /// Whether `test` holds for `batch` and every provider eligible for its job, of which
+    /// there is at least one.
     fn every_eligible(&self, batch: u64, test: impl Fn(&BatchState, NodeId) -> bool) -> bool {
         let Some(state) = self.batches.get(&batch) else {
             return false;
@@ -1410,10 +1452,12 @@ impl RequestorSession {
         let Some(job) = self.jobs.get(&state.job) else {
             return false;
         };
-        self.providers
+        let mut eligible = self
+            .providers
             .keys()
             .filter(|node| self.eligible(**node, job))
-            .all(|node| test(state, *node))
+            .peekable();
+        eligible.peek().is_some() && eligible.all(|node| test(state, *node))
     }
 
     /// Fails the job of `batch` with `error` once the batch has used up its attempts.

@@ -50,6 +50,8 @@ enum Behavior {
     Unpaid,
     /// Gives every batch back at once.
     GivesBack,
+    /// Gives back the first this many batches it is sent, then runs the rest.
+    GivesBackFirst(u32),
     /// Says every module is not a golem module.
     Refuses,
     /// Returns (and signs) outputs a byte longer than the job allows.
@@ -73,6 +75,8 @@ struct SimProvider {
     store: HashSet<BlobId>,
     behavior: Behavior,
     alive: bool,
+    /// Batches it gave back.
+    gave_back: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -135,6 +139,7 @@ impl Sim {
                 store: HashSet::new(),
                 behavior: *behavior,
                 alive: true,
+                gave_back: 0,
             })
             .collect();
         let mut sim = Self {
@@ -294,6 +299,10 @@ impl Sim {
                         limit: 10,
                     }),
                     Behavior::GivesBack => Some(Outcome::Retry("busy".into())),
+                    Behavior::GivesBackFirst(first) if self.providers[index].gave_back < first => {
+                        self.providers[index].gave_back += 1;
+                        Some(Outcome::Retry("busy".into()))
+                    }
                     Behavior::Refuses => Some(Outcome::Refused(ModuleError::NotAGolemModule)),
                     _ => None,
                 };
@@ -684,6 +693,26 @@ fn a_module_every_provider_refuses_fails_the_job_and_so_do_batches_every_provide
         matches!(result, Err(JobFailure::Subtask { .. })),
         "{result:?}"
     );
+}
+
+#[test]
+fn a_batch_given_back_is_not_stranded_when_the_providers_that_would_take_it_leave() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    // The first gives its first batches back, which go to the second; the second dies with
+    // them. They must go back to the first (the round is over: no one else is left), not
+    // wait for ever for a provider that would take them.
+    let behaviors = [
+        Behavior::GivesBackFirst(4),
+        Behavior::DiesAt(Duration::from_millis(20)),
+    ];
+    let mut sim = Sim::new(15, &behaviors, network, SchedulerConfig::default());
+    sim.connect_all();
+    let items = inputs(2_000);
+    let (result, _) = sim.run(items.clone());
+    check_outputs(result, &items);
 }
 
 #[test]
