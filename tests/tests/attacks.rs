@@ -259,15 +259,13 @@ fn a_blob_nobody_asked_for_is_refused_unread() {
     });
 }
 
-/// Finding 4: a blob stream that stalls is given up after the blob wait, its room freed.
+/// Finding 4: a blob stream that stalls is given up once it falls below the minimum rate
+/// (after its grace of 5 s), long before the blob wait of a minute: its room is freed and the
+/// batch that waited for it given back.
 #[test]
 fn a_stalled_blob_stream_is_given_up() {
     runtime().block_on(async {
-        let limits = ProviderLimits {
-            blob_wait: Duration::from_secs(1),
-            ..ProviderLimits::default()
-        };
-        let provider = provider(limits, Duration::from_secs(1)).await;
+        let provider = provider(ProviderLimits::default(), Duration::from_secs(1)).await;
         let mut attacker = dial(&provider, 1).await.expect("dials");
         // A batch whose input is a blob the provider lacks: it asks for it.
         let missing = BlobId::of(b"an input never sent in full");
@@ -283,8 +281,11 @@ fn a_stalled_blob_stream_is_given_up() {
             .blob_stream(missing, 4 << 20, &[0; 1024])
             .await
             .expect("a blob stream");
-        let stopped = tokio::time::timeout(Duration::from_secs(10), stream.stopped()).await;
-        assert!(stopped.is_ok(), "the stalled stream was never given up");
+        let stopped = tokio::time::timeout(Duration::from_secs(20), stream.stopped()).await;
+        assert!(
+            stopped.is_ok(),
+            "the stalled stream was not given up within 20 s"
+        );
         let given_back = reply(&mut attacker).await;
         assert!(is_retry(&given_back, 1), "{given_back:?}");
         assert_serves(&mut attacker, 2).await;
@@ -359,5 +360,21 @@ fn a_batch_beyond_every_flavor_is_refused_before_its_blobs_are_fetched() {
             is_retry(&reply, 1),
             "a one-minute deadline is refused: {reply:?}"
         );
+    });
+}
+
+/// A largest blob above the room for blobs being received would wait for room for ever: such
+/// a provider does not start.
+#[test]
+fn a_provider_whose_largest_blob_exceeds_its_receive_room_does_not_start() {
+    runtime().block_on(async {
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(2)).expect("engine"));
+        let mut config = ProviderNodeConfig::local(&sandbox, 1);
+        config.limits.max_blob_bytes = 2 << 20;
+        config.limits.blob_receive_bytes = 1 << 20;
+        let error = ProviderNode::start(&NodeKey::from_secret([0xA1; 32]), sandbox, config)
+            .await
+            .expect_err("refused");
+        assert!(error.to_string().contains("largest blob"), "{error}");
     });
 }

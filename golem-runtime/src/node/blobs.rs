@@ -102,6 +102,15 @@ pub enum BlobError {
         /// The blob.
         id: BlobId,
     },
+    /// The stream delivered the blob's bytes slower than [`MIN_BLOB_RATE`] after its first
+    /// [`BLOB_GRACE`]: room reserved for a blob is not held by a peer that barely sends it.
+    #[error("blob {id} arrived at {rate} bytes/s, below {MIN_BLOB_RATE} bytes/s")]
+    TooSlow {
+        /// The blob.
+        id: BlobId,
+        /// Bytes a second it arrived at.
+        rate: u64,
+    },
     /// The stream did not deliver the blob in time.
     #[error("the blob did not arrive within {wait:?}")]
     Timeout {
@@ -350,6 +359,17 @@ pub(crate) async fn send_blob(
     Ok(bytes.len() as u64)
 }
 
+/// Bytes a second a blob stream must deliver after its first [`BLOB_GRACE`].
+pub const MIN_BLOB_RATE: u64 = 64 << 10;
+
+/// How long a blob stream may deliver nothing before [`MIN_BLOB_RATE`] applies.
+pub const BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long `bytes` take at [`MIN_BLOB_RATE`].
+fn rate_time(bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(bytes as f64 / MIN_BLOB_RATE as f64)
+}
+
 /// Largest blob header frame.
 const HEADER_LIMIT: usize = 256;
 
@@ -389,11 +409,24 @@ pub(crate) async fn receive_blob(
         .map_err(|_| StreamError::Io("the provider is shutting down".into()))?;
     let mut bytes = Vec::with_capacity(expected.min(CHUNK));
     bytes.extend_from_slice(&first);
+    let started = std::time::Instant::now();
     while bytes.len() <= expected {
-        match stream.read_chunk(CHUNK).await {
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(error) => return Err(StreamError::Io(error.to_string()).into()),
+        // Past the grace, the bytes so far must have come at the minimum rate; a read waits
+        // at most until they would fall below it.
+        let due = started + BLOB_GRACE.max(rate_time(bytes.len() as u64 + 1));
+        let read = tokio::time::timeout_at(due.into(), stream.read_chunk(CHUNK)).await;
+        match read {
+            Ok(Ok(Some(chunk))) => bytes.extend_from_slice(&chunk),
+            Ok(Ok(None)) => break,
+            Ok(Err(error)) => return Err(StreamError::Io(error.to_string()).into()),
+            Err(_) => {
+                refuse(&mut stream);
+                let elapsed = started.elapsed().as_secs_f64().max(f64::EPSILON);
+                return Err(BlobError::TooSlow {
+                    id,
+                    rate: (bytes.len() as f64 / elapsed) as u64,
+                });
+            }
         }
     }
     if bytes.len() != expected {

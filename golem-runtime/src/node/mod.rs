@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use self::blobs::{Blob, BlobError, BlobStore};
+pub use self::blobs::{BLOB_GRACE, Blob, BlobError, BlobStore, MIN_BLOB_RATE};
 pub use self::exec::subtask_seed;
 pub use self::provider::{ProviderLimits, ProviderNode, ProviderNodeConfig};
 pub use self::requestor::{
@@ -55,6 +55,9 @@ pub enum NodeError {
         /// The operating system's reason.
         message: String,
     },
+    /// The node's settings contradict each other.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,

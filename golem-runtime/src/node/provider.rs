@@ -122,10 +122,12 @@ pub struct ProviderLimits {
     pub batches: usize,
     /// Bytes of batches held across every connection.
     pub batch_bytes: usize,
-    /// Largest blob accepted.
+    /// Largest blob accepted; at most [`blob_receive_bytes`](Self::blob_receive_bytes).
     pub max_blob_bytes: u64,
     /// Bytes of blobs being received at once, across every connection; a blob waits for room
-    /// before its bytes are read.
+    /// before its bytes are read, and a stream that then delivers slower than
+    /// [`MIN_BLOB_RATE`](crate::node::MIN_BLOB_RATE) (after [`BLOB_GRACE`](crate::node::BLOB_GRACE))
+    /// is given up, so a peer that barely sends holds the room for seconds, not minutes.
     pub blob_receive_bytes: u64,
     /// How long a batch waits for its blobs, and a blob stream may take, before it is given up.
     pub blob_wait: Duration,
@@ -375,6 +377,13 @@ impl ProviderNode {
             addrs: vec![SocketAddr::from(([0xffff; 8], u16::MAX)); MAX_ADDRESSES],
         }
         .sign(key)?;
+        if config.limits.max_blob_bytes > config.limits.blob_receive_bytes {
+            return Err(NodeError::Config(format!(
+                "the largest blob ({} bytes) must fit the room for blobs being received ({} \
+                 bytes): such a blob would wait for room for ever",
+                config.limits.max_blob_bytes, config.limits.blob_receive_bytes
+            )));
+        }
         let endpoint = Endpoint::bind(key, &config.net).await?;
         let addr = endpoint.local_addr();
         let store = Arc::new(
@@ -843,6 +852,7 @@ async fn accept_blobs(
                 Err(
                     ref error @ (BlobError::TooLarge { id, .. }
                     | BlobError::Length { id, .. }
+                    | BlobError::TooSlow { id, .. }
                     | BlobError::HashMismatch { expected: id, .. }),
                 ) => {
                     tracing::warn!(%peer, %error, "blob refused");
