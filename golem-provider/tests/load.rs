@@ -368,6 +368,8 @@ fn hostile_peers_all_at_once_do_not_stop_an_honest_job() {
             &megabytes(BATCH_MEMORY),
             "--blob-receive-memory",
             &megabytes(BLOB_RECEIVE),
+            "--max-blob",
+            "16M",
             "--blob-memory",
             &megabytes(BLOB_MEMORY),
             "--blob-disk",
