@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use crate::identity::{NodeId, NodeKey};
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig, StreamError};
 use crate::node::{Handshake, handshake};
-use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobHeader, BlobId, Hello, Reply, Request};
 
 /// A connection to a provider with its control stream, after the hellos.
@@ -34,12 +33,7 @@ impl RawRequestor {
         let endpoint = Endpoint::bind(key, net)
             .await
             .map_err(|error| error.to_string())?;
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            offers: Vec::new(),
-            engine: None,
-            payee: None,
-        };
+        let hello = Hello::requestor();
         let Handshake {
             connection,
             requests,

@@ -20,7 +20,6 @@ use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint, NetConfig, PathKind};
 use crate::payment::{Payee, PaymentHook, Priced};
-use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
     Check, CheckKind, CheckResult, Event, JobFailure, JobId, JobOutput, JobTerms, ProviderSlot,
@@ -977,12 +976,7 @@ async fn dial(
     addrs: Vec<SocketAddr>,
     commands: mpsc::UnboundedSender<Command>,
 ) {
-    let ours = Hello {
-        version: PROTOCOL_VERSION,
-        offers: Vec::new(),
-        engine: None,
-        payee: None,
-    };
+    let ours = Hello::requestor();
     let Handshake {
         connection,
         hello,

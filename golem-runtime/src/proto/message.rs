@@ -87,6 +87,18 @@ pub struct Hello {
     pub payee: Option<Payee>,
 }
 
+impl Hello {
+    /// The introduction of a requestor of this protocol version: it sells nothing.
+    pub fn requestor() -> Self {
+        Self {
+            version: super::PROTOCOL_VERSION,
+            offers: Vec::new(),
+            engine: None,
+            payee: None,
+        }
+    }
+}
+
 /// Which job a batch belongs to: everything a provider needs besides the items.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
