@@ -77,6 +77,11 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
     disk_reserve: u64,
 
+    /// Compiled modules kept in memory, ready to run; the oldest is dropped past it (and read
+    /// back from DIR/compiled when a job needs it).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    prepared_modules: usize,
+
     /// Modules compiled at once (one thread each); others wait their turn.
     #[arg(long, default_value_t = 1, value_name = "N")]
     compile_threads: usize,
@@ -93,6 +98,7 @@ impl LimitArgs {
         sandbox.compile_timeout = self.compile_timeout;
         sandbox.compiled_cache_bytes = self.compiled_disk;
         sandbox.disk_reserve_bytes = self.disk_reserve;
+        sandbox.max_prepared_modules = self.prepared_modules;
     }
 
     pub(crate) fn limits(&self) -> ProviderLimits {
@@ -147,6 +153,7 @@ mod tests {
                 sandbox.compile_timeout,
                 sandbox.compiled_cache_bytes,
                 sandbox.disk_reserve_bytes,
+                sandbox.max_prepared_modules,
             )
         };
         let before = sandbox_limits(&sandbox);

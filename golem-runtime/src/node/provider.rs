@@ -90,10 +90,10 @@ impl ProviderNodeConfig {
 /// Everything peers can make a provider hold, each capped. Together with the flavors (which cap
 /// what a requestor may ask of one subtask: memory, fuel, output, logs, time) and the sandbox's
 /// own limits ([`SandboxConfig`](crate::sandbox::SandboxConfig): module size, compile time and
-/// concurrency, compiled-module disk quota), these bound what any peer can make the provider
-/// spend, with two gaps left: compiled modules kept in memory are not capped, and the outputs
-/// of finished batches waiting for their reply count against no quota (the reply timeout
-/// bounds how long). Each limit has a flag in `golem-provider`.
+/// concurrency, compiled modules kept in memory and on disk), these bound what any peer can
+/// make the provider spend, with one gap left: the outputs of finished batches waiting for
+/// their reply count against no quota (the reply timeout bounds how long). Each limit has a
+/// flag in `golem-provider`.
 ///
 /// Memory held for one connection is at most about its QUIC receive window
 /// ([`RECEIVE_WINDOW`](crate::net::RECEIVE_WINDOW), 32 MiB), the request frames read ahead of

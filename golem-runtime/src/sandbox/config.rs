@@ -52,6 +52,9 @@ pub struct SandboxConfig {
     /// ([`ModuleError::CompileTimeout`](super::ModuleError::CompileTimeout)) and remembered as
     /// refused (its compile still holds its thread until it ends).
     pub compile_timeout: Duration,
+    /// Compiled modules kept in memory, ready to run; past it the oldest is dropped (and
+    /// prepared again, from the compiled-module cache when there is one, when a batch needs it).
+    pub max_prepared_modules: usize,
 }
 
 impl Default for SandboxConfig {
@@ -71,6 +74,7 @@ impl Default for SandboxConfig {
             disk_reserve_bytes: crate::disk::DEFAULT_DISK_RESERVE,
             compile_threads: 1,
             compile_timeout: Duration::from_secs(30),
+            max_prepared_modules: 256,
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! * [`Sandbox`] owns a wasmtime [`Engine`] configured for determinism (no threads,
 //!   deterministic relaxed SIMD, optional NaN canonicalization) with the pooling allocator, the
-//!   host functions of [`golem_abi`] and a cache of compiled modules keyed by
-//!   ([`ModuleHash`], [`EngineFingerprint`]).
+//!   host functions of [`golem_abi`] and the newest compiled modules kept in memory by
+//!   [`ModuleHash`] (and, with a cache directory, on disk by module hash and
+//!   [`EngineFingerprint`]).
 //! * [`Sandbox::prepare`] compiles a module once, refuses it before it runs if it imports
 //!   anything outside the allow-list or speaks another ABI version, and returns a
 //!   [`PreparedModule`] (an `InstancePre`, so instantiation is a few microseconds).
@@ -84,7 +85,9 @@ pub struct Sandbox {
     linker: Linker<GuestState>,
     config: SandboxConfig,
     fingerprint: EngineFingerprint,
-    modules: Mutex<HashMap<(ModuleHash, EngineFingerprint), Arc<PreparedModule>>>,
+    /// Modules prepared, the oldest dropped past
+    /// [`max_prepared_modules`](SandboxConfig::max_prepared_modules).
+    modules: Mutex<Prepared>,
     /// Modules refused for what they are, so they are not compiled again.
     refused: Mutex<HashMap<ModuleHash, ModuleError>>,
     /// Modules being prepared, each behind a gate the other threads that need it wait at.
@@ -95,6 +98,13 @@ pub struct Sandbox {
     compiled_quota: Option<crate::disk::DirQuota>,
     compiles: std::sync::atomic::AtomicU64,
     ticker: Option<EpochTicker>,
+}
+
+/// Prepared modules by hash, with the order they were prepared in.
+#[derive(Default)]
+struct Prepared {
+    modules: HashMap<ModuleHash, Arc<PreparedModule>>,
+    order: std::collections::VecDeque<ModuleHash>,
 }
 
 /// Refused modules remembered; past it the memory starts over.
@@ -168,7 +178,7 @@ impl Sandbox {
             linker,
             config,
             fingerprint,
-            modules: Mutex::new(HashMap::new()),
+            modules: Mutex::default(),
             refused: Mutex::new(HashMap::new()),
             preparing: Mutex::new(HashMap::new()),
             compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
@@ -219,7 +229,7 @@ impl Sandbox {
 
     /// The module prepared earlier, or why it was refused.
     fn known(&self, hash: ModuleHash) -> Option<Result<Arc<PreparedModule>, ModuleError>> {
-        if let Some(module) = self.lock_modules().get(&(hash, self.fingerprint)) {
+        if let Some(module) = lock(&self.modules).modules.get(&hash) {
             return Some(Ok(Arc::clone(module)));
         }
         lock(&self.refused).get(&hash).cloned().map(Err)
@@ -230,7 +240,6 @@ impl Sandbox {
         hash: ModuleHash,
         bytes: &[u8],
     ) -> Result<Arc<PreparedModule>, ModuleError> {
-        let key = (hash, self.fingerprint);
         let module = match module::prepare(self, hash, bytes) {
             Ok(module) => Arc::new(module),
             Err(error) => {
@@ -252,7 +261,19 @@ impl Sandbox {
                 return Err(error);
             }
         };
-        Ok(Arc::clone(self.lock_modules().entry(key).or_insert(module)))
+        let mut prepared = lock(&self.modules);
+        if let Some(module) = prepared.modules.get(&hash) {
+            return Ok(Arc::clone(module));
+        }
+        prepared.modules.insert(hash, Arc::clone(&module));
+        prepared.order.push_back(hash);
+        // Batches running the oldest keep it until they end; the next one prepares it again.
+        while prepared.order.len() > self.config.max_prepared_modules.max(1) {
+            if let Some(oldest) = prepared.order.pop_front() {
+                prepared.modules.remove(&oldest);
+            }
+        }
+        Ok(module)
     }
 
     /// Compiles `bytes` on a thread of its own once one of
@@ -302,16 +323,6 @@ impl Sandbox {
     /// Modules compiled so far (not loaded from a cache), including those refused.
     pub fn compiles(&self) -> u64 {
         self.compiles.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn lock_modules(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(ModuleHash, EngineFingerprint), Arc<PreparedModule>>>
-    {
-        // The map stays consistent even if a holder panicked: every insert is a single call.
-        self.modules
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `task` of `module` once, in a fresh instance, under `limits`.

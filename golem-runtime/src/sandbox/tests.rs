@@ -618,3 +618,25 @@ fn threads_that_need_one_module_at_once_compile_it_once() {
     }
     assert_eq!(sandbox.compiles(), 1, "the others waited for the first");
 }
+
+#[test]
+fn only_the_newest_prepared_modules_are_kept_in_memory() {
+    let mut config = SandboxConfig::with_instances(2);
+    config.max_prepared_modules = 2;
+    let sandbox = sandbox(config);
+    let modules: Vec<Vec<u8>> = (0..3)
+        .map(|n| module("", &format!("(func (export \"golem_task_n{n}\"))")))
+        .collect();
+    for bytes in &modules {
+        assert!(prepare(&sandbox, bytes).is_ok());
+    }
+    assert_eq!(sandbox.compiles(), 3);
+    assert!(prepare(&sandbox, &modules[2]).is_ok());
+    assert_eq!(sandbox.compiles(), 3, "the newest is kept");
+    assert!(prepare(&sandbox, &modules[0]).is_ok());
+    assert_eq!(
+        sandbox.compiles(),
+        4,
+        "the oldest was dropped and is compiled again"
+    );
+}
