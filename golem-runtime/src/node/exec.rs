@@ -199,9 +199,9 @@ pub(crate) fn input_bytes<'a>(
 /// frame's own fields. A batch past it is given back instead of kept growing.
 pub(crate) const BATCH_OUTPUT_BYTES: usize = MAX_REPLY_FRAME - (1 << 20);
 
-/// Runs every subtask of `batch`, stopping at the first failure, or before the next item once
-/// `cancelled` is set; `blob` looks up the module, context and large inputs. The error is any
-/// [`Outcome`] but `Outputs`.
+/// Runs every subtask of `batch`, stopping at the first failure, or (before the module is
+/// prepared, and before each item) once `cancelled` is set; `blob` looks up the module, context
+/// and large inputs. The error is any [`Outcome`] but `Outputs`.
 pub(crate) fn run_batch(
     sandbox: &Sandbox,
     blob: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
@@ -209,6 +209,14 @@ pub(crate) fn run_batch(
     cancelled: &AtomicBool,
 ) -> Result<Vec<Output>, Outcome> {
     let job = &batch.job;
+    let stop = || {
+        cancelled
+            .load(Ordering::Relaxed)
+            .then(|| Outcome::Retry("the batch was cancelled".into()))
+    };
+    if let Some(stopped) = stop() {
+        return Err(stopped);
+    }
     let missing = |what: &str| Outcome::Retry(format!("the {what} blob is not in the store"));
     let module_bytes = blob(&job.module).ok_or_else(|| missing("module"))?;
     let module = sandbox
@@ -219,8 +227,8 @@ pub(crate) fn run_batch(
     let mut outputs = Vec::with_capacity(batch.items.len());
     let mut held = 0usize;
     for item in &batch.items {
-        if cancelled.load(Ordering::Relaxed) {
-            return Err(Outcome::Retry("the batch was cancelled".into()));
+        if let Some(stopped) = stop() {
+            return Err(stopped);
         }
         let input = input_bytes(&item.input, &blob).ok_or_else(|| missing("input"))?;
         let call = Call {

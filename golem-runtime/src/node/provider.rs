@@ -236,9 +236,6 @@ impl Shared {
     /// Runs `batch` on this thread, unless `cancelled` stops it, and signs the receipt of its
     /// outputs.
     fn run(&self, batch: &Batch, cancelled: &AtomicBool) -> Outcome {
-        if cancelled.load(Ordering::Relaxed) {
-            return Outcome::Retry("the batch was cancelled".into());
-        }
         let store = &self.store;
         match run_batch(&self.sandbox, |id| store.get(id), batch, cancelled) {
             Ok(outputs) => self.sign(batch, outputs),
@@ -246,8 +243,9 @@ impl Shared {
         }
     }
 
-    /// Enters in the books that `requestor` was sent results worth `nano`, on a blocking thread: a write to the books waits for the disk (fsync), which
-    /// must not hold up the network threads.
+    /// Enters in the books that `requestor` was sent results worth `nano`, on a blocking
+    /// thread: a write to the books waits for the disk (fsync), which must not hold up the
+    /// network threads.
     fn promise(&self, requestor: NodeId, nano: u128) {
         let Some(books) = &self.config.books else {
             return;
