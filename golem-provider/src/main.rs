@@ -25,7 +25,7 @@ use golem_runtime::identity::NodeKey;
 use golem_runtime::net::relay::{RelayServer, RelayServerConfig};
 use golem_runtime::net::{NetConfig, Relay};
 use golem_runtime::node::{Bootstrap, ProviderNode, ProviderNodeConfig};
-use golem_runtime::payment::{Books, Payee};
+use golem_runtime::payment::{Books, Credit, Payee};
 use golem_runtime::sandbox::{Sandbox, SandboxConfig};
 
 use crate::flavor::{Flavor, parse_bytes};
@@ -127,6 +127,18 @@ struct Args {
     #[arg(long, value_name = "UNITS")]
     credit_limit: Option<u128>,
 
+    /// With --credit-limit: the most a requestor that has never paid this provider may owe; it
+    /// grows by what the requestor pays, up to --credit-limit. Default: a tenth of
+    /// --credit-limit.
+    #[arg(long, value_name = "UNITS", requires = "credit_limit")]
+    first_credit: Option<u128>,
+
+    /// With --credit-limit: the most all requestors together may owe; past it no one is served
+    /// on credit until payments arrive, however many node ids ask. Default: ten times
+    /// --credit-limit.
+    #[arg(long, value_name = "UNITS", requires = "credit_limit")]
+    total_credit: Option<u128>,
+
     /// An Ethereum node's JSON-RPC URL: payments to --pay-to through --chain-contract are
     /// read from it every 10 s and entered in the books (needs the `ethereum` feature).
     #[cfg(feature = "ethereum")]
@@ -143,6 +155,13 @@ struct Args {
     #[cfg(feature = "ethereum")]
     #[arg(long, value_name = "BLOCK", requires = "chain_rpc")]
     chain_from_block: Option<u64>,
+
+    /// A file holding the secret key of the --pay-to account (64 hex digits): with it the
+    /// provider claims from requestors' escrows what they owe beyond its credit, and all they
+    /// owe once a release of the escrow is announced.
+    #[cfg(feature = "ethereum")]
+    #[arg(long, value_name = "FILE", requires = "chain_rpc")]
+    chain_key: Option<PathBuf>,
 
     /// Log filter, such as info, debug or golem_runtime=trace (RUST_LOG is used when unset).
     #[arg(long, value_name = "FILTER")]
@@ -250,6 +269,14 @@ fn run(args: Args) -> Result<(), String> {
         max_clients: args.relay_max_clients,
         client_bytes_per_second: args.relay_client_rate,
     });
+    let credit = args.credit_limit.map(|limit| {
+        let default = Credit::new(limit);
+        Credit {
+            per_requestor: limit,
+            first: args.first_credit.unwrap_or(default.first),
+            total: args.total_credit.unwrap_or(default.total),
+        }
+    });
     let mut config = ProviderNodeConfig {
         net,
         advertise: args.advertise,
@@ -260,7 +287,7 @@ fn run(args: Args) -> Result<(), String> {
         limits: args.limits.limits(),
         payee: args.pay_to,
         books: Some(Arc::clone(&books)),
-        credit_limit: args.credit_limit,
+        credit,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -285,7 +312,28 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|error| error.to_string())?;
         #[cfg(feature = "ethereum")]
         if let Some(watcher) = watcher {
-            tokio::spawn(watch_payments(watcher, Arc::clone(&books)));
+            let claimer = match (&args.chain_key, &args.chain_rpc, args.chain_contract) {
+                (Some(file), Some(rpc), Some(Payee::Ethereum(contract))) => {
+                    let secret = read_secret(file)?;
+                    let config = golem_runtime::payment::ethereum::ChainConfig::new(
+                        rpc.clone(),
+                        secret,
+                        contract,
+                    );
+                    let chain = golem_runtime::payment::ethereum::Chain::connect(config)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    if args.pay_to != Some(Payee::Ethereum(chain.payer())) {
+                        return Err(format!(
+                            "--chain-key is the key of {}, not of --pay-to",
+                            Payee::Ethereum(chain.payer())
+                        ));
+                    }
+                    Some(chain)
+                }
+                _ => None,
+            };
+            tokio::spawn(watch_payments(watcher, Arc::clone(&books), claimer, credit));
         }
         #[cfg(not(feature = "ethereum"))]
         drop(books);
@@ -318,13 +366,47 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 /// Enters the payments that reach this provider on chain in its books, every 10 s.
+/// Reads the payee's secret key: 64 hex digits, `0x` before them or not.
 #[cfg(feature = "ethereum")]
-async fn watch_payments(mut watcher: golem_runtime::payment::ethereum::Watcher, books: Arc<Books>) {
+fn read_secret(file: &std::path::Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+    let hex = text.trim();
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect();
+    bytes
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            format!(
+                "{} does not hold a secret key (64 hex digits)",
+                file.display()
+            )
+        })
+}
+
+/// Enters the payments and escrows the chain shows in the books every 10 s and, with the
+/// payee's key, claims from escrows what is owed (after each poll, so a claim is in the books
+/// before the next).
+#[cfg(feature = "ethereum")]
+async fn watch_payments(
+    mut watcher: golem_runtime::payment::ethereum::Watcher,
+    books: Arc<Books>,
+    claimer: Option<golem_runtime::payment::ethereum::Chain>,
+    credit: Option<Credit>,
+) {
     loop {
         match watcher.poll(&books).await {
             Ok(0) => {}
             Ok(new) => tracing::info!(new, "payments arrived"),
             Err(error) => tracing::warn!(%error, "cannot read payments from the chain"),
+        }
+        if let Some(chain) = &claimer
+            && let Err(error) = chain.claim_owed(&books, credit).await
+        {
+            tracing::warn!(%error, "cannot claim from an escrow");
         }
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     }

@@ -12,6 +12,7 @@ use golem_runtime::adversarial::RawRequestor;
 use golem_runtime::identity::NodeKey;
 use golem_runtime::net::{BAD_FRAME, NetConfig};
 use golem_runtime::node::{ProviderLimits, ProviderNode, ProviderNodeConfig};
+use golem_runtime::payment::{Books, Credit};
 use golem_runtime::proto::message::{Batch, BlobId, Input, Item, JobSpec, Outcome, Reply, Request};
 use golem_runtime::sandbox::{Limits, Sandbox, SandboxConfig};
 
@@ -26,12 +27,22 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A provider of one worker thread whose flavor holds subtasks of up to `deadline`, with
 /// `limits`; the fixture's module and the empty context are in its store.
 async fn provider(limits: ProviderLimits, deadline: Duration) -> ProviderNode {
+    provider_with(limits, deadline, |_| {}).await
+}
+
+/// [`provider`], with its configuration changed by `adjust` before it starts.
+async fn provider_with(
+    limits: ProviderLimits,
+    deadline: Duration,
+    adjust: impl FnOnce(&mut ProviderNodeConfig),
+) -> ProviderNode {
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(4)).expect("engine"));
     let mut config = ProviderNodeConfig::local(&sandbox, 1);
     config.offers[0].deadline_ms = deadline.as_millis() as u64;
     config.offers[0].output_bytes = Limits::default().output_bytes as u64;
     config.threads = Some(1);
     config.limits = limits;
+    adjust(&mut config);
     let provider = ProviderNode::start(&NodeKey::from_secret([0xA0; 32]), sandbox, config)
         .await
         .expect("provider");
@@ -114,6 +125,131 @@ async fn assert_serves(client: &mut RawRequestor, id: u64) {
         }
         other => panic!("expected batch {id} done, got {other:?}"),
     }
+}
+
+/// Waits until the books say every requestor together owes `owed`: the provider enters what it
+/// delivered just after the reply leaves.
+async fn on_credit(books: &Books, owed: u128) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while books.on_credit() != owed {
+        assert!(
+            Instant::now() < deadline,
+            "the books say {} is owed, not {owed}",
+            books.on_credit()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `double(21)` as batch `id` on `client` is refused for non-payment.
+async fn assert_unpaid(client: &mut RawRequestor, id: u64) -> Outcome {
+    let limits = Limits::default().deadline(Duration::from_millis(500));
+    let double = batch::<golem_fixture::double>(id, &[21], limits);
+    send(client, Request::Run(double)).await;
+    match reply(client).await {
+        Reply::Done { batch, outcome } if batch == id => {
+            assert!(matches!(outcome, Outcome::Unpaid { .. }), "{outcome:?}");
+            outcome
+        }
+        other => panic!("expected batch {id} refused as unpaid, got {other:?}"),
+    }
+}
+
+/// Finding 9: node ids cost nothing, so a credit per requestor alone is a credit per key. A
+/// requestor that has never paid gets the first credit only, credit grows by what a requestor
+/// pays, and once every requestor together owes the total no one is served on credit, however
+/// many fresh keys ask.
+#[test]
+fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
+    runtime().block_on(async {
+        let books = Arc::new(Books::in_memory().expect("books"));
+        let provider = provider_with(ProviderLimits::default(), Duration::from_secs(1), |c| {
+            // One unit per unit of fuel, so each batch is owed for.
+            c.offers[0].price_per_gfuel = 1_000_000_000;
+            c.books = Some(Arc::clone(&books));
+        })
+        .await;
+        // What one batch costs, served before any credit is set.
+        let mut first = dial(&provider, 1).await.expect("dials");
+        assert_serves(&mut first, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while books.on_credit() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the batch never entered the books"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cost = books.on_credit();
+        provider.set_credit(Some(Credit {
+            per_requestor: 100 * cost,
+            first: 0,
+            total: 3 * cost,
+        }));
+
+        // Never paid, it may owe nothing more.
+        let refused = assert_unpaid(&mut first, 2).await;
+        assert_eq!(
+            refused,
+            Outcome::Unpaid {
+                owed: cost,
+                limit: 0
+            }
+        );
+
+        // Fresh keys: each owes nothing, so each is served once, until all together owe the
+        // total; from then on a fresh key is refused before it runs anything.
+        let mut served = 0;
+        for seed in 2..10 {
+            let mut fresh = dial(&provider, seed).await.expect("dials");
+            if books.on_credit() >= 3 * cost {
+                assert_unpaid(&mut fresh, 1).await;
+                continue;
+            }
+            assert_serves(&mut fresh, 1).await;
+            served += 1;
+            on_credit(&books, (served + 1) * cost).await;
+            assert_unpaid(&mut fresh, 2).await;
+        }
+        assert_eq!(served, 2, "two fresh keys before the total");
+        assert_eq!(books.on_credit(), 3 * cost);
+
+        // Credit is earned by paying: with room in the total, the first key pays for its batch
+        // and may then owe what it has paid, while a fresh key that never paid still may not.
+        provider.set_credit(Some(Credit {
+            per_requestor: 100 * cost,
+            first: 0,
+            total: 100 * cost,
+        }));
+        let key = NodeKey::from_secret([1; 32]).node_id();
+        assert_eq!(books.arrived(key, cost, [7; 32]), Ok(true));
+        on_credit(&books, 2 * cost).await;
+        assert_serves(&mut first, 3).await;
+        on_credit(&books, 3 * cost).await;
+        assert_serves(&mut first, 4).await;
+        on_credit(&books, 4 * cost).await;
+        let refused = assert_unpaid(&mut first, 5).await;
+        assert_eq!(
+            refused,
+            Outcome::Unpaid {
+                owed: 2 * cost,
+                limit: cost
+            }
+        );
+        let mut fresh = dial(&provider, 2).await.expect("dials");
+        let refused = assert_unpaid(&mut fresh, 3).await;
+        assert_eq!(
+            refused,
+            Outcome::Unpaid {
+                owed: cost,
+                limit: 0
+            }
+        );
+        println!(
+            "a batch costs {cost}; refused {} batches for non-payment",
+            provider.unpaid_refusals()
+        );
+    });
 }
 
 /// Finding 5: a Cancel frees the place of a batch that has not been handed out, but a batch

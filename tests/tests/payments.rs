@@ -52,12 +52,14 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
         report
             .receipts
             .iter()
-            .all(|r| !network.cheaters().contains(&r.provider))
+            .all(|r| !network.cheaters().contains(&r.receipt.provider))
     );
 
     // What the ledger owes each provider is exactly the fuel of its accepted receipts at its rate.
     let mut expected = std::collections::HashMap::new();
-    for receipt in &report.receipts {
+    for priced in &report.receipts {
+        let receipt = &priced.receipt;
+        assert_eq!(priced.price_per_gfuel, prices[&receipt.provider]);
         let nano = u128::from(receipt.fuel()) * u128::from(prices[&receipt.provider]);
         *expected.entry(receipt.provider).or_insert(0u128) += nano;
     }
@@ -73,16 +75,7 @@ fn accepted_receipts_are_owed_at_each_providers_rate_and_a_cheater_is_owed_nothi
     let again: std::collections::HashMap<_, _> =
         ledger.owed().expect("reads").into_iter().collect();
     assert_eq!(again, expected);
-    let priced: Vec<golem::Priced> = report
-        .receipts
-        .iter()
-        .map(|receipt| golem::Priced {
-            payee: None,
-            receipt: receipt.clone(),
-            price_per_gfuel: prices[&receipt.provider],
-        })
-        .collect();
-    assert_eq!(ledger.record(&priced), Ok(0));
+    assert_eq!(ledger.record(&report.receipts), Ok(0));
     let settled: u128 = ledger
         .begin_settlement()
         .expect("settles")

@@ -61,7 +61,7 @@ fn the_same_job_gives_the_same_bytes_on_every_provider() {
     assert_eq!(report.provider_runs, 4 * 300);
     // The report says how each provider was reached: straight at its loopback address.
     let routed: HashSet<NodeId> = report.routes.iter().map(|route| route.node).collect();
-    let paid: HashSet<NodeId> = report.receipts.iter().map(|r| r.provider).collect();
+    let paid: HashSet<NodeId> = report.receipts.iter().map(|r| r.receipt.provider).collect();
     assert_eq!(routed, paid);
     assert!(
         report
@@ -72,7 +72,8 @@ fn the_same_job_gives_the_same_bytes_on_every_provider() {
         report.routes
     );
     let mut per_batch = std::collections::BTreeMap::new();
-    for receipt in &report.receipts {
+    for priced in &report.receipts {
+        let receipt = &priced.receipt;
         assert_eq!(receipt.verify(), Ok(()));
         per_batch
             .entry(receipt.entries[0].index)
@@ -119,7 +120,7 @@ fn redundancy_over_real_providers_leaves_no_wrong_result() {
         report
             .receipts
             .iter()
-            .all(|r| !network.cheaters().contains(&r.provider))
+            .all(|r| !network.cheaters().contains(&r.receipt.provider))
     );
     assert_eq!(golem.providers(), 7, "the cheaters were dropped");
 }

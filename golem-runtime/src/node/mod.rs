@@ -30,7 +30,7 @@ pub use self::requestor::{
 
 use crate::discovery::{AnnouncementError, DiscoveryError};
 use crate::identity::NodeId;
-use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetError};
+use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetError, PathKind};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Reply, Request};
 
@@ -175,7 +175,7 @@ pub(crate) async fn handshake(
 
 /// Logs the path a connection's packets take (direct or relayed) when it is set up and each
 /// time it changes, until the connection closes.
-pub(crate) async fn log_paths(connection: Connection) {
+pub(crate) async fn log_paths(connection: Connection, mut changed: impl FnMut(&PathKind)) {
     use n0_future::StreamExt;
     let peer = connection.peer();
     let mut last = connection.path();
@@ -185,6 +185,7 @@ pub(crate) async fn log_paths(connection: Connection) {
         let path = connection.path();
         if path != last {
             tracing::info!(%peer, %path, "connection path changed");
+            changed(&path);
             last = path;
         }
     }

@@ -20,7 +20,7 @@ use crate::discovery::{
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
-use crate::payment::{Books, Payee};
+use crate::payment::{Books, Credit, Payee};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
     Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Reply,
@@ -54,9 +54,9 @@ pub struct ProviderNodeConfig {
     /// the payments that arrive are entered by whatever watches the payment channel
     /// ([`Books::arrived`]).
     pub books: Option<Arc<Books>>,
-    /// With books, the most a requestor may owe (whole units, by the books); past it the
-    /// requestor's batches are answered with [`Outcome::Unpaid`] until it pays.
-    pub credit_limit: Option<u128>,
+    /// With books, how much work is given before it is paid: past it a requestor's batches are
+    /// answered with [`Outcome::Unpaid`] until payments arrive. `None`: no limit.
+    pub credit: Option<Credit>,
 }
 
 impl ProviderNodeConfig {
@@ -82,7 +82,7 @@ impl ProviderNodeConfig {
             limits: ProviderLimits::default(),
             payee: None,
             books: None,
-            credit_limit: None,
+            credit: None,
         }
     }
 }
@@ -204,8 +204,8 @@ struct Shared {
     cheater: Option<Mutex<crate::adversarial::Cheater>>,
     /// Its part in the gossip topic, where it announces itself.
     discovery: Discovery,
-    /// The credit limit now ([`ProviderNodeConfig::credit_limit`] at start).
-    credit_limit: Mutex<Option<u128>>,
+    /// The credit given now ([`ProviderNodeConfig::credit`] at start).
+    credit: Mutex<Option<Credit>>,
     /// Batches refused because their requestor owed too much.
     unpaid_refusals: AtomicU64,
     config: ProviderNodeConfig,
@@ -284,27 +284,30 @@ impl Shared {
         self.unpaid(requestor)
     }
 
-    /// [`Outcome::Unpaid`] when the books say `requestor` owes more than the credit limit.
+    /// [`Outcome::Unpaid`] when the books say `requestor` is past its [`Credit`] and escrow, or
+    /// every requestor together is past the total.
     fn unpaid(&self, requestor: NodeId) -> Option<Outcome> {
-        let limit = *self
-            .credit_limit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (books, limit) = (self.config.books.as_ref()?, limit?);
-        match books.account(requestor) {
-            Ok(account) if account.owed() > limit => {
-                self.unpaid_refusals.fetch_add(1, Ordering::Relaxed);
-                Some(Outcome::Unpaid {
-                    owed: account.owed(),
-                    limit,
-                })
-            }
-            Ok(_) => None,
+        let credit = *self.credit.lock().unwrap_or_else(PoisonError::into_inner);
+        let (books, credit) = (self.config.books.as_ref()?, credit?);
+        let read = books
+            .account(requestor)
+            .and_then(|account| Ok((account, books.escrow(requestor)?)));
+        let (account, escrow) = match read {
+            Ok(read) => read,
             Err(error) => {
                 tracing::error!(%requestor, %error, "cannot read the books");
-                None
+                return None;
             }
+        };
+        let on_credit = books.on_credit();
+        let limit = credit.refuses(&account, escrow, on_credit)?;
+        let owed = account.owed();
+        if self.unpaid_refusals.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::info!(%requestor, owed, limit, escrow, on_credit, "work refused until paid");
+        } else {
+            tracing::debug!(%requestor, owed, limit, escrow, on_credit, "work refused until paid");
         }
+        Some(Outcome::Unpaid { owed, limit })
     }
 }
 
@@ -439,7 +442,7 @@ impl ProviderNode {
             #[cfg(feature = "adversarial")]
             cheater: cheat.map(|cheat| Mutex::new(crate::adversarial::Cheater::new(cheat))),
             discovery,
-            credit_limit: Mutex::new(config.credit_limit),
+            credit: Mutex::new(config.credit),
             unpaid_refusals: AtomicU64::new(0),
             config,
             stop,
@@ -478,16 +481,17 @@ impl ProviderNode {
         self.shared.discovery.providers()
     }
 
-    /// Changes the credit limit (`None`: none); batches arriving from now on are held to it.
-    pub fn set_credit_limit(&self, limit: Option<u128>) {
+    /// Changes the credit given (`None`: no limit); batches arriving from now on are held to it.
+    pub fn set_credit(&self, credit: Option<Credit>) {
         *self
             .shared
-            .credit_limit
+            .credit
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = limit;
+            .unwrap_or_else(PoisonError::into_inner) = credit;
     }
 
-    /// Batches refused so far because their requestor owed more than the credit limit.
+    /// Batches refused so far because their requestor, or every requestor together, owed more
+    /// than the credit.
     pub fn unpaid_refusals(&self) -> u64 {
         self.shared.unpaid_refusals.load(Ordering::Relaxed)
     }
@@ -641,7 +645,7 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
     let (events, mut inbox) = mpsc::unbounded_channel();
     // Blobs this connection's batches asked for: no other blob is read.
     let wanted: Wanted = Arc::default();
-    let paths = tokio::spawn(log_paths(connection.clone()));
+    let paths = tokio::spawn(log_paths(connection.clone(), |_| {}));
     let reader = tokio::spawn(read_requests(recv, requests));
     let blobs = tokio::spawn(accept_blobs(
         Arc::clone(&shared),

@@ -19,13 +19,12 @@ use crate::discovery::{Announcement, Discovery, DiscoveryConfig, DiscoveryStats,
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint, NetConfig, PathKind};
-use crate::payment::{Payee, PaymentHook, Priced};
+use crate::payment::{PaymentHook, Priced};
 use crate::proto::message::{BlobId, Hello, Input, JobSpec, Offer, Reply, Request};
 use crate::proto::requestor::{
     Check, CheckKind, CheckResult, Event, JobFailure, JobId, JobOutput, JobTerms, ProviderSlot,
-    RequestorSession, Route, SchedulerConfig, Transmit,
+    RequestorSession, Route, SchedulerConfig, Subnet, Transmit,
 };
-use crate::receipt::Receipt;
 use crate::reputation::{Record, ReputationStore, StoreError};
 use crate::sandbox::{EngineFingerprint, Limits, Sandbox};
 use crate::verify::{CheckFn, Verify};
@@ -169,6 +168,8 @@ enum Command {
     Reply(NodeId, Reply, tokio::sync::OwnedSemaphorePermit),
     Checked(u64, CheckResult),
     Forgive(NodeId),
+    /// A provider's connection took another path.
+    Path(NodeId, PathKind),
     Records(oneshot::Sender<Vec<(NodeId, Record)>>),
     /// A dial failed (`connection` is `None`) or a connection ended.
     Down {
@@ -242,7 +243,6 @@ impl Requestor {
             checks,
             store,
             saved: Instant::now(),
-            prices: HashMap::new(),
             endpoint: Arc::clone(&endpoint),
             node: key.node_id(),
             conns: HashMap::new(),
@@ -432,9 +432,6 @@ struct Owner {
     store: Option<ReputationStore>,
     /// When provider records were last saved.
     saved: Instant,
-    /// What each provider used is paid: the rate bought, per billion units of fuel, and where
-    /// it wants the money.
-    prices: HashMap<NodeId, (u64, Option<Payee>)>,
     endpoint: Arc<Endpoint>,
     node: NodeId,
     conns: HashMap<NodeId, Conn>,
@@ -577,6 +574,9 @@ impl Owner {
             } => self.connected(connection, hello, writer, now),
             Command::Reply(node, reply, _room) => self.session.handle_reply(node, reply, now),
             Command::Checked(id, result) => self.session.handle_check(id, result, now),
+            Command::Path(node, path) => {
+                self.session.set_subnet(node, subnet(&path), now);
+            }
             Command::Forgive(node) => {
                 self.session.reputation_mut().forgive(node);
                 self.save_records();
@@ -640,6 +640,8 @@ impl Owner {
             concurrency: info.offer.concurrency,
             engine: info.engine,
             price_per_gfuel: info.offer.price_per_gfuel,
+            payee: hello.payee,
+            subnet: subnet(&connection.path()),
         };
         match &info {
             Some(info) if !self.session.add_provider(node, slot(info), now) => {
@@ -649,15 +651,12 @@ impl Owner {
             }
             Some(info) => {
                 tracing::info!(%node, path = %info.path, flavor = %info.offer.flavor, "provider joined");
-                self.prices
-                    .insert(node, (info.offer.price_per_gfuel, hello.payee));
             }
             None if hello.offers.is_empty() => {
                 tracing::debug!(%node, "connected to a node that sells nothing")
             }
             None => tracing::info!(%node, "no offer of this provider matches the demand"),
         }
-        tokio::spawn(log_paths(connection.clone()));
         self.conns.insert(
             node,
             Conn {
@@ -800,26 +799,10 @@ impl Owner {
                         Err(JobFailure::Budget { report, .. }) => Some(&**report),
                         Err(_) => None,
                     };
-                    if let (Some(report), Some(hook)) = (report, &self.config.payments) {
-                        let priced: Vec<Priced> = report
-                            .receipts
-                            .iter()
-                            .map(|receipt| {
-                                let (price_per_gfuel, payee) = self
-                                    .prices
-                                    .get(&receipt.provider)
-                                    .copied()
-                                    .unwrap_or_default();
-                                Priced {
-                                    receipt: receipt.clone(),
-                                    price_per_gfuel,
-                                    payee,
-                                }
-                            })
-                            .collect();
-                        if let Err(error) = hook.accepted(&priced) {
-                            tracing::error!(job, %error, "accepted receipts not recorded");
-                        }
+                    if let (Some(report), Some(hook)) = (report, &self.config.payments)
+                        && let Err(error) = hook.accepted(&report.receipts)
+                    {
+                        tracing::error!(job, %error, "accepted receipts not recorded");
                     }
                     if let Some(entry) = self.jobs.remove(&job) {
                         self.tickets.remove(&entry.ticket);
@@ -849,8 +832,8 @@ impl Owner {
     }
 
     /// The path to each provider that signed one of `receipts`, as it is now.
-    fn routes(&self, receipts: &[Receipt]) -> Vec<Route> {
-        let providers: BTreeSet<NodeId> = receipts.iter().map(|receipt| receipt.provider).collect();
+    fn routes(&self, receipts: &[Priced]) -> Vec<Route> {
+        let providers: BTreeSet<NodeId> = receipts.iter().map(|r| r.receipt.provider).collect();
         providers
             .into_iter()
             .filter_map(|node| {
@@ -995,6 +978,13 @@ async fn dial(
         }
     };
     let id = connection.quic().stable_id();
+    let paths = {
+        let commands = commands.clone();
+        let changed = move |path: &PathKind| {
+            let _ = commands.send(Command::Path(node, path.clone()));
+        };
+        tokio::spawn(log_paths(connection.clone(), changed))
+    };
     let (writer, mut outbox) = mpsc::unbounded_channel::<Request>();
     let up = Command::Up {
         connection,
@@ -1036,9 +1026,18 @@ async fn dial(
         },
         reason = read => reason,
     };
+    paths.abort();
     let _ = commands.send(Command::Down {
         node,
         connection: Some(id),
         reason,
     });
+}
+
+/// The subnet a provider reached over `path` is on.
+fn subnet(path: &PathKind) -> Subnet {
+    Subnet::of(match path {
+        PathKind::Direct(addr) => Some(*addr),
+        PathKind::Relayed(_) | PathKind::None => None,
+    })
 }

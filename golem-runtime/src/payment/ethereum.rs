@@ -15,6 +15,14 @@
 //!
 //! On the provider's side a [`Watcher`] reads the contract's `Payment` events to its address
 //! and enters them in its [`Books`], so the provider knows what arrived from whom.
+//!
+//! Escrow: a requestor that wants more than the credit a provider gives strangers deposits an
+//! amount for that provider ([`Chain::deposit`]). The provider's watcher enters each escrow's
+//! state in its books (the contract's `EscrowChanged` events), the provider serves the
+//! requestor that much more, and it may take what it is owed from the escrow at any time
+//! ([`Chain::claim`], with the payee's key). The requestor gets back what is left only after
+//! announcing it ([`Chain::announce_release`]) and waiting a day ([`Chain::release`]); from the
+//! announcement on, the provider counts the escrow for nothing and has the day to claim.
 
 use std::time::Duration;
 
@@ -25,7 +33,7 @@ use alloy::rpc::types::{BlockId, Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent};
 
-use super::{Books, Ledger, Payee, Payment, PaymentError, Settlement, from_hex};
+use super::{Books, Credit, Escrow, Ledger, Payee, Payment, PaymentError, Settlement, from_hex};
 use crate::identity::NodeId;
 
 /// The contract's interface, generated from the ABI solc wrote (`contracts/BatchPay.abi`).
@@ -73,6 +81,14 @@ pub enum ChainError {
         /// The settlement.
         id: u64,
         /// What went wrong.
+        message: String,
+    },
+    /// A transaction other than a settlement reverted, or the node refused it.
+    #[error("{call}: {message}")]
+    Failed {
+        /// What was called.
+        call: &'static str,
+        /// Why it failed, as the node said.
         message: String,
     },
     /// The ledger failed.
@@ -222,6 +238,132 @@ impl Chain {
             .await
             .map_err(|error| self.node_error(error))?;
         Ok(saturating_u128(wei))
+    }
+
+    /// Deposits `amount` wei in escrow for `payee` on behalf of `from` (the requestor's node id),
+    /// adding to what this payer holds there and calling off a release announced.
+    pub async fn deposit(
+        &self,
+        from: NodeId,
+        payee: [u8; 20],
+        amount: u128,
+    ) -> Result<(), ChainError> {
+        let call = BatchPay::depositCall {
+            from: B256::from(*from.as_bytes()),
+            payee: Address::from(payee),
+        };
+        self.transact("deposit", call.abi_encode(), amount).await
+    }
+
+    /// Announces that this payer will take back what it holds for `payee` on behalf of `from`;
+    /// [`release`](Self::release) may do so a day later.
+    pub async fn announce_release(&self, from: NodeId, payee: [u8; 20]) -> Result<(), ChainError> {
+        let call = BatchPay::announceReleaseCall {
+            from: B256::from(*from.as_bytes()),
+            payee: Address::from(payee),
+        };
+        self.transact("announce release", call.abi_encode(), 0)
+            .await
+    }
+
+    /// Takes back what this payer still holds for `payee` on behalf of `from`, once the wait
+    /// after [`announce_release`](Self::announce_release) is over.
+    pub async fn release(&self, from: NodeId, payee: [u8; 20]) -> Result<(), ChainError> {
+        let call = BatchPay::releaseCall {
+            from: B256::from(*from.as_bytes()),
+            payee: Address::from(payee),
+        };
+        self.transact("release", call.abi_encode(), 0).await
+    }
+
+    /// As a payee (this chain's key is the payee's), takes `amount` wei of what `depositor`
+    /// holds for it on behalf of `from`; it arrives as a payment from `from`, which the
+    /// payee's [`Watcher`] enters in its books.
+    pub async fn claim(
+        &self,
+        from: NodeId,
+        depositor: [u8; 20],
+        amount: u128,
+    ) -> Result<(), ChainError> {
+        let call = BatchPay::claimCall {
+            from: B256::from(*from.as_bytes()),
+            depositor: Address::from(depositor),
+            amount: U256::from(amount),
+        };
+        self.transact("claim", call.abi_encode(), 0).await
+    }
+
+    /// As a payee, claims from the escrows in `books` what their requestors owe: all of it
+    /// from a requestor whose depositor announced a release, and otherwise what it owes beyond
+    /// the provider's `credit` (the work only its escrow covered). Returns the claims made
+    /// (requestor, depositor, amount).
+    ///
+    /// A claim arrives as a payment, which the books hold only once the payee's [`Watcher`]
+    /// has seen it: poll the watcher between two calls, or the same debt is claimed twice.
+    pub async fn claim_owed(
+        &self,
+        books: &Books,
+        credit: Option<Credit>,
+    ) -> Result<Vec<(NodeId, [u8; 20], u128)>, ChainError> {
+        let mut claims = Vec::new();
+        for (requestor, account) in books.accounts()? {
+            let owed = account.owed();
+            let mut escrows = books.escrows(requestor)?;
+            if owed == 0 || escrows.is_empty() {
+                continue;
+            }
+            let releasing = escrows.iter().any(|escrow| escrow.releasing);
+            let mut due = match credit {
+                _ if releasing => owed,
+                Some(credit) => owed.saturating_sub(credit.limit(&account)),
+                None => 0,
+            };
+            // Escrows being released first: they are about to go.
+            escrows.sort_by_key(|escrow| (!escrow.releasing, std::cmp::Reverse(escrow.amount)));
+            for escrow in escrows {
+                let amount = due.min(escrow.amount);
+                if amount == 0 {
+                    break;
+                }
+                self.claim(requestor, escrow.depositor, amount).await?;
+                tracing::info!(%requestor, amount, "claimed from an escrow");
+                claims.push((requestor, escrow.depositor, amount));
+                due -= amount;
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Sends a call to the contract with `value` wei and waits for it to be mined.
+    async fn transact(
+        &self,
+        call: &'static str,
+        input: Vec<u8>,
+        value: u128,
+    ) -> Result<(), ChainError> {
+        let failed = |message: String| ChainError::Failed { call, message };
+        let tx = TransactionRequest::default()
+            .with_to(self.contract)
+            .with_value(U256::from(value))
+            .with_input(input);
+        let pending = match self.provider.send_transaction(tx).await {
+            Ok(pending) => pending,
+            // A revert found while estimating gas comes back as the node's error.
+            Err(error) if error.as_error_resp().is_some() => {
+                return Err(failed(format!("the node refused it: {error}")));
+            }
+            Err(error) => return Err(self.node_error(error)),
+        };
+        let tx = *pending.tx_hash();
+        let receipt = pending
+            .with_timeout(Some(self.config.receipt_timeout))
+            .get_receipt()
+            .await
+            .map_err(|error| failed(format!("transaction {tx}: {error}")))?;
+        if !receipt.status() {
+            return Err(failed(format!("transaction {tx} reverted")));
+        }
+        Ok(())
     }
 
     /// Whether the contract has paid settlement `id` of `ledger`.
@@ -445,8 +587,9 @@ impl Watcher {
         self
     }
 
-    /// Enters in `books` the payments that reached the payee since the last poll; returns how
-    /// many were new. A payment whose payer tag is not a node id is not entered.
+    /// Enters in `books` the payments that reached the payee since the last poll, and the
+    /// state of every escrow held for it that changed; returns how many payments were new. A
+    /// payment or escrow whose payer tag is not a node id is not entered.
     pub async fn poll(&mut self, books: &Books) -> Result<usize, ChainError> {
         let node = |error: &dyn std::fmt::Display| ChainError::Node {
             url: self.rpc.clone(),
@@ -466,7 +609,10 @@ impl Watcher {
             let to = latest.min(self.next_block.saturating_add(LOG_RANGE - 1));
             let filter = Filter::new()
                 .address(self.contract)
-                .event_signature(BatchPay::Payment::SIGNATURE_HASH)
+                .event_signature(vec![
+                    BatchPay::Payment::SIGNATURE_HASH,
+                    BatchPay::EscrowChanged::SIGNATURE_HASH,
+                ])
                 .topic1(self.payee.into_word())
                 .from_block(self.next_block)
                 .to_block(to);
@@ -476,6 +622,18 @@ impl Watcher {
                 .await
                 .map_err(|e| node(&e))?;
             for log in logs {
+                if let Ok(event) = BatchPay::EscrowChanged::decode_log(&log.inner) {
+                    let Ok(requestor) = NodeId::from_bytes(event.from.0) else {
+                        continue;
+                    };
+                    let escrow = Escrow {
+                        depositor: event.depositor.into_array(),
+                        amount: saturating_u128(event.amount),
+                        releasing: !event.releaseAt.is_zero(),
+                    };
+                    books.escrow_changed(requestor, escrow)?;
+                    continue;
+                }
                 let Ok(event) = BatchPay::Payment::decode_log(&log.inner) else {
                     continue;
                 };
@@ -560,6 +718,10 @@ mod tests {
             ("paid", BatchPay::paidCall::SELECTOR),
             ("unclaimed", BatchPay::unclaimedCall::SELECTOR),
             ("withdraw", BatchPay::withdrawCall::SELECTOR),
+            ("deposit", BatchPay::depositCall::SELECTOR),
+            ("announceRelease", BatchPay::announceReleaseCall::SELECTOR),
+            ("release", BatchPay::releaseCall::SELECTOR),
+            ("claim", BatchPay::claimCall::SELECTOR),
         ] {
             let push4: String = std::iter::once(0x63u8)
                 .chain(selector)

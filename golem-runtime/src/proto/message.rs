@@ -222,11 +222,13 @@ pub enum Outcome {
     /// another provider may.
     Retry(String),
     /// The provider takes no more work from this requestor until it is paid: by its own books
-    /// the requestor owes more than the provider's credit limit (in the smallest currency unit).
+    /// the requestor owes more than the provider's credit allows it (in the smallest currency
+    /// unit), or every requestor together owes the provider's total credit.
     Unpaid {
         /// What the requestor owes the provider.
         owed: u128,
-        /// The most the provider lets a requestor owe.
+        /// The most the provider lets this requestor owe now (nothing while every requestor
+        /// together owes the total).
         limit: u128,
     },
 }

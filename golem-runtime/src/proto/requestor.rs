@@ -39,12 +39,13 @@
 //! * Providers with longer records of accepted results are served first.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::message::{Batch, BlobId, Input, Item, JobSpec, Outcome, Output, Reply, Request};
 use crate::identity::NodeId;
-use crate::payment::NANO;
+use crate::payment::{NANO, Payee, Priced};
 use crate::receipt::{Digest, Receipt, ReceiptEntry};
 use crate::reputation::Reputation;
 use crate::sandbox::{EngineFingerprint, ModuleError, SubtaskError};
@@ -180,8 +181,9 @@ pub struct JobReport {
     pub recomputed: u64,
     /// Providers caught during the job, with what they did.
     pub caught: Vec<Caught>,
-    /// Receipts of the accepted results, by batch: what the providers are owed.
-    pub receipts: Vec<Receipt>,
+    /// Receipts of the accepted results, by batch, each at the price it was bought at and with
+    /// where its provider wants to be paid: what the providers are owed.
+    pub receipts: Vec<Priced>,
     /// How the requestor reached each provider whose results it accepted and that was still
     /// connected as the job ended (filled in by the network driver; the state machine knows no
     /// paths).
@@ -310,6 +312,68 @@ pub struct ProviderSlot {
     pub engine: Option<EngineFingerprint>,
     /// The price bought, per billion units of fuel.
     pub price_per_gfuel: u64,
+    /// Where it wants to be paid, if it said.
+    pub payee: Option<Payee>,
+    /// Where it is reached.
+    pub subnet: Subnet,
+}
+
+/// The part of the internet a provider is reached at, as far as the requestor can see.
+/// Copies of a batch that must agree go to providers on distinct subnets, so that one operator
+/// with many node ids on one network cannot supply every copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subnet {
+    /// This machine (a loopback address): the requestor's own providers, each distinct.
+    Local,
+    /// A public address's IPv4 /24 or IPv6 /48, the network one operator most often holds; or,
+    /// for a private, link-local or shared address, the one machine's address.
+    Seen(IpAddr),
+    /// Reached through a relay only, so where it is cannot be seen: all such providers count
+    /// as one subnet, until a direct path shows where they are.
+    Unseen,
+}
+
+impl Subnet {
+    /// The subnet of a provider reached straight at `addr`, or only through a relay (`None`).
+    pub fn of(addr: Option<SocketAddr>) -> Self {
+        let Some(addr) = addr else {
+            return Self::Unseen;
+        };
+        match addr.ip().to_canonical() {
+            ip if ip.is_loopback() => Self::Local,
+            IpAddr::V4(ip) => {
+                let [a, b, c, _] = ip.octets();
+                // 100.64.0.0/10: carrier-grade NAT, one machine per address as in a LAN.
+                let shared = a == 100 && (64..128).contains(&b);
+                if ip.is_private() || ip.is_link_local() || shared {
+                    Self::Seen(IpAddr::V4(ip))
+                } else {
+                    Self::Seen(IpAddr::V4(Ipv4Addr::new(a, b, c, 0)))
+                }
+            }
+            IpAddr::V6(ip) => {
+                let segments = ip.segments();
+                // fc00::/7 (unique local) and fe80::/10 (link-local): one machine each.
+                let private = (segments[0] & 0xfe00) == 0xfc00 || (segments[0] & 0xffc0) == 0xfe80;
+                if private {
+                    Self::Seen(IpAddr::V6(ip))
+                } else {
+                    let [a, b, c, ..] = segments;
+                    Self::Seen(IpAddr::V6(Ipv6Addr::new(a, b, c, 0, 0, 0, 0, 0)))
+                }
+            }
+        }
+    }
+
+    /// Whether a provider here and one at `other` may be one operator's.
+    fn shared_with(self, other: Self) -> bool {
+        match (self, other) {
+            (Self::Local, _) | (_, Self::Local) => false,
+            (Self::Seen(a), Self::Seen(b)) => a == b,
+            (Self::Unseen, Self::Unseen) => true,
+            _ => false,
+        }
+    }
 }
 
 struct JobState {
@@ -351,23 +415,27 @@ impl JobState {
 
 struct Accepted {
     range: Range<usize>,
-    receipts: Vec<Receipt>,
+    receipts: Vec<Priced>,
     /// What the receipts are owed, in billionths of the smallest currency unit.
     nano: u128,
 }
 
 struct Copy {
     provider: NodeId,
+    /// Where the provider was when the copy was sent.
+    subnet: Subnet,
     sent: Instant,
     deadline: Instant,
     /// The worst case of what it may cost, held against the job's budget.
     reserved_nano: u128,
 }
 
-/// One provider's answer to a batch, under a verified receipt.
+/// One provider's answer to a batch, under a verified receipt, at the price it was bought at.
 struct Returned {
     outputs: Vec<Output>,
-    receipt: Receipt,
+    priced: Priced,
+    /// Where the provider was when it returned the result.
+    subnet: Subnet,
     /// What it costs if accepted.
     nano: u128,
 }
@@ -429,7 +497,22 @@ impl BatchState {
     /// Whether `node` has a copy or a result of this batch.
     fn holds(&self, node: NodeId) -> bool {
         self.copies.iter().any(|copy| copy.provider == node)
-            || self.results.iter().any(|r| r.receipt.provider == node)
+            || self
+                .results
+                .iter()
+                .any(|r| r.priced.receipt.provider == node)
+    }
+
+    /// Whether `node`, at `subnet`, may not take a copy of this batch: it holds one, or, when
+    /// copies must agree, a provider on its subnet does.
+    fn taken(&self, node: NodeId, subnet: Subnet) -> bool {
+        self.holds(node)
+            || (self.quorum > 1
+                && (self
+                    .copies
+                    .iter()
+                    .any(|copy| copy.subnet.shared_with(subnet))
+                    || self.results.iter().any(|r| r.subnet.shared_with(subnet))))
     }
 
     /// Items (offsets in the batch) where the results differ.
@@ -437,10 +520,11 @@ impl BatchState {
         let Some(first) = self.results.first() else {
             return Vec::new();
         };
-        (0..first.receipt.entries.len())
+        (0..first.priced.receipt.entries.len())
             .filter(|&offset| {
                 self.results[1..].iter().any(|other| {
-                    !other.receipt.entries[offset].same_result(&first.receipt.entries[offset])
+                    !other.priced.receipt.entries[offset]
+                        .same_result(&first.priced.receipt.entries[offset])
                 })
             })
             .collect()
@@ -481,6 +565,8 @@ struct ProviderState {
     window: usize,
     engine: Option<EngineFingerprint>,
     price_per_gfuel: u64,
+    payee: Option<Payee>,
+    subnet: Subnet,
     in_flight: HashSet<u64>,
     /// Blobs sent to this provider, and how many times each was asked for again.
     sent: HashMap<BlobId, u32>,
@@ -612,11 +698,30 @@ impl RequestorSession {
             window: window.max(1),
             engine: slot.engine,
             price_per_gfuel: slot.price_per_gfuel,
+            payee: slot.payee,
+            subnet: slot.subnet,
             in_flight: HashSet::new(),
             sent: HashMap::new(),
         });
         self.dispatch(now);
         true
+    }
+
+    /// Passes over the providers made so far (dispatches while any is connected).
+    #[cfg(test)]
+    pub(crate) fn passes(&self) -> usize {
+        self.turn
+    }
+
+    /// `node` is now reached at `subnet` (a connection moved from a relay to a direct path, or
+    /// back): copies sent from now on follow it.
+    pub fn set_subnet(&mut self, node: NodeId, subnet: Subnet, now: Instant) {
+        if let Some(provider) = self.providers.get_mut(&node)
+            && provider.subnet != subnet
+        {
+            provider.subnet = subnet;
+            self.dispatch(now);
+        }
     }
 
     /// A provider is gone: its batches go back to the queue.
@@ -706,24 +811,29 @@ impl RequestorSession {
 
     /// A provider replied.
     pub fn handle_reply(&mut self, node: NodeId, reply: Reply, now: Instant) {
-        match reply {
+        let changed = match reply {
             Reply::Need { batch, blobs } => self.handle_need(node, batch, blobs),
             Reply::Done { batch, outcome } => self.handle_done(node, batch, outcome, now),
             // Introductions are the driver's business.
-            Reply::Hello(_) => {}
+            Reply::Hello(_) => false,
+        };
+        // A reply that changes nothing (a stale or unasked one) costs no pass over the
+        // providers: a provider cannot make the requestor work by sending them.
+        if changed {
+            self.dispatch(now);
         }
-        self.dispatch(now);
     }
 
-    fn handle_need(&mut self, node: NodeId, batch: u64, blobs: Vec<BlobId>) {
+    /// Whether the reply changed what may be dispatched (a provider was dropped).
+    fn handle_need(&mut self, node: NodeId, batch: u64, blobs: Vec<BlobId>) -> bool {
         let Some(state) = self.batches.get(&batch) else {
-            return; // the batch is over; the provider will be cancelled or already was
+            return false; // the batch is over; the provider will be cancelled or already was
         };
         let Some(job) = self.jobs.get(&state.job) else {
-            return;
+            return false;
         };
         if !state.copies.iter().any(|copy| copy.provider == node) {
-            return;
+            return false;
         }
         let max_resends = self.config.max_blob_resends;
         let mut violation = None;
@@ -744,24 +854,41 @@ impl RequestorSession {
                 self.transmits.push_back((node, Transmit::Blob(blob)));
             }
         }
-        if let Some(reason) = violation {
-            self.misbehaved(node, reason);
-        }
+        let Some(reason) = violation else {
+            return false;
+        };
+        self.misbehaved(node, reason);
+        true
     }
 
-    fn handle_done(&mut self, node: NodeId, batch: u64, outcome: Outcome, now: Instant) {
+    /// Whether the reply changed what may be dispatched: it freed a place at its provider, or
+    /// it was a result or refusal of a batch still open.
+    fn handle_done(&mut self, node: NodeId, batch: u64, outcome: Outcome, now: Instant) -> bool {
         let Some(provider) = self.providers.get_mut(&node) else {
-            return; // gone, dropped or caught: what it still sends is not used
+            return false; // gone, dropped or caught: what it still sends is not used
         };
-        provider.in_flight.remove(&batch);
+        let freed = provider.in_flight.remove(&batch);
         let Some(state) = self.batches.get(&batch) else {
-            return; // already settled by other copies, or its job is over
+            return freed; // already settled by other copies, or its job is over
+        };
+        if state
+            .results
+            .iter()
+            .any(|r| r.priced.receipt.provider == node)
+        {
+            return freed; // a second answer from the same provider counts once
+        }
+        self.take_done(node, batch, outcome, now);
+        true
+    }
+
+    /// The answer of `node` to `batch`, a batch still open that it has not answered before.
+    fn take_done(&mut self, node: NodeId, batch: u64, outcome: Outcome, now: Instant) {
+        let Some(state) = self.batches.get(&batch) else {
+            return;
         };
         let range = state.range.clone();
         let job_id = state.job;
-        if state.results.iter().any(|r| r.receipt.provider == node) {
-            return; // a second answer from the same provider counts once
-        }
         let sent = state
             .copies
             .iter()
@@ -831,8 +958,20 @@ impl RequestorSession {
                     self.catch(node, reason, now);
                     return;
                 }
-                let price = self.providers.get(&node).map_or(0, |p| p.price_per_gfuel);
-                let nano = u128::from(receipt.fuel()) * u128::from(price);
+                // Priced now, at the rate its copy was sent under: a provider that comes back
+                // at another price is paid the new one for new work only.
+                let (price_per_gfuel, payee, subnet) = self
+                    .providers
+                    .get(&node)
+                    .map_or((0, None, Subnet::Unseen), |p| {
+                        (p.price_per_gfuel, p.payee, p.subnet)
+                    });
+                let priced = Priced {
+                    receipt,
+                    price_per_gfuel,
+                    payee,
+                };
+                let nano = priced.nano_amount();
                 // A result whose copy was already given up holds no reservation: it is taken
                 // only if the budget still has room for it.
                 if sent.is_none() && !self.fits(job_id, nano) {
@@ -854,7 +993,8 @@ impl RequestorSession {
                     state.copies.retain(|copy| copy.provider != node);
                     state.results.push(Returned {
                         outputs,
-                        receipt,
+                        priced,
+                        subnet,
                         nano,
                     });
                 }
@@ -976,15 +1116,15 @@ impl RequestorSession {
         let Some(first) = results.next() else {
             return;
         };
-        let mut receipts = vec![first.receipt.clone()];
-        receipts.extend(results.map(|other| other.receipt));
-        for receipt in &receipts {
-            self.reputation.accepted(receipt.provider, count);
+        let mut receipts = vec![first.priced.clone()];
+        receipts.extend(results.map(|other| other.priced));
+        for priced in &receipts {
+            self.reputation.accepted(priced.receipt.provider, count);
             if agreed {
-                self.reputation.verified(receipt.provider, count);
+                self.reputation.verified(priced.receipt.provider, count);
             }
         }
-        let provider = first.receipt.provider;
+        let provider = first.priced.receipt.provider;
         let check = match &job.verify {
             Verify::SpotCheck(spot) => {
                 let rate = spot.rate(self.reputation.get(&provider).streak.saturating_sub(count));
@@ -1187,7 +1327,9 @@ impl RequestorSession {
                     let claimed = state.offsets.iter().map(|&offset| &result.outputs[offset]);
                     match compare(&state.check.batch, claimed, &ran) {
                         Verdict::Right => {}
-                        Verdict::Wrong(reason) => wrong.push((result.receipt.provider, reason)),
+                        Verdict::Wrong(reason) => {
+                            wrong.push((result.priced.receipt.provider, reason))
+                        }
                         Verdict::Unknown(reason) => return self.retry_check(state, &reason, now),
                     }
                 }
@@ -1268,7 +1410,12 @@ impl RequestorSession {
         self.jobs
             .get(&job)
             .and_then(|job| job.accepted.get(&batch))
-            .is_some_and(|accepted| accepted.receipts.iter().any(|r| r.provider == provider))
+            .is_some_and(|accepted| {
+                accepted
+                    .receipts
+                    .iter()
+                    .any(|r| r.receipt.provider == provider)
+            })
     }
 
     /// Catches `provider` if the sampled batch still stands on its result.
@@ -1313,7 +1460,9 @@ impl RequestorSession {
             let tainted: Vec<u64> = job
                 .accepted
                 .iter()
-                .filter(|(_, accepted)| accepted.receipts.iter().any(|r| r.provider == node))
+                .filter(|(_, accepted)| {
+                    accepted.receipts.iter().any(|r| r.receipt.provider == node)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             let mut redo = Vec::new();
@@ -1350,12 +1499,17 @@ impl RequestorSession {
         let waiting: Vec<u64> = self
             .batches
             .iter()
-            .filter(|(_, state)| state.results.iter().any(|r| r.receipt.provider == node))
+            .filter(|(_, state)| {
+                state
+                    .results
+                    .iter()
+                    .any(|r| r.priced.receipt.provider == node)
+            })
             .map(|(id, _)| *id)
             .collect();
         for batch in waiting {
             if let Some(state) = self.batches.get_mut(&batch) {
-                state.results.retain(|r| r.receipt.provider != node);
+                state.results.retain(|r| r.priced.receipt.provider != node);
             }
             self.evaluate(batch, now);
         }
@@ -1416,7 +1570,8 @@ impl RequestorSession {
         }
     }
 
-    /// Ends the round of `batch` once every eligible provider has turned it down: the job
+    /// Ends the round of `batch` once every eligible provider that may take a copy has turned
+    /// it down: the job
     /// fails with the refusal when every one refused its module; otherwise the round counts
     /// one attempt and the batch may go to them again. Returns whether a round ended. Called
     /// when a provider turns the batch down and when a provider leaves (the ones left may all
@@ -1432,7 +1587,12 @@ impl RequestorSession {
                 return true;
             }
         }
-        if !self.every_eligible(batch, BatchState::turned_down_by) {
+        // Providers that may not take a copy (they hold one, or share a subnet with one that
+        // does) count as having turned it down: the others are all it can go to.
+        let cannot_take = |state: &BatchState, node: NodeId| {
+            state.turned_down_by(node) || state.taken(node, self.subnet(node))
+        };
+        if !self.every_eligible(batch, cannot_take) {
             return false;
         }
         let Some(state) = self.batches.get_mut(&batch) else {
@@ -1729,6 +1889,13 @@ impl RequestorSession {
         }
     }
 
+    /// Where `node` is reached, as last seen.
+    fn subnet(&self, node: NodeId) -> Subnet {
+        self.providers
+            .get(&node)
+            .map_or(Subnet::Unseen, |provider| provider.subnet)
+    }
+
     /// Whether `node` may run batches of `job`: results that are re-run must come from an
     /// engine equal to the requestor's.
     fn eligible(&self, node: NodeId, job: &JobState) -> bool {
@@ -1745,11 +1912,12 @@ impl RequestorSession {
                 return true;
             }
         }
+        let subnet = self.subnet(node);
         let backup = self
             .backup_candidates()
             .filter(|(id, ready)| {
                 *ready <= now
-                    && !self.batches[id].holds(node)
+                    && !self.batches[id].taken(node, subnet)
                     && self.fits(
                         self.batches[id].job,
                         self.batches[id].copies[0].reserved_nano,
@@ -1780,6 +1948,7 @@ impl RequestorSession {
         }
         // What the budget still holds, and what one subtask may cost at this provider.
         let price = self.providers.get(&node).map_or(0, |p| p.price_per_gfuel);
+        let subnet = self.subnet(node);
         let per_item = worst_case(&job.spec, price, 1);
         let room = job
             .budget_nano
@@ -1792,7 +1961,7 @@ impl RequestorSession {
             let id = job.requeued[position];
             match self.batches.get(&id) {
                 Some(state) if state.wants() > 0 => {
-                    if !state.holds(node)
+                    if !state.taken(node, subnet)
                         && !state.turned_down_by(node)
                         && affordable(state.range.len())
                     {
@@ -1852,12 +2021,15 @@ impl RequestorSession {
                     .max(self.config.min_deadline),
                 None => self.config.first_deadline,
             };
-        let reserved_nano = self
-            .providers
-            .get(&node)
-            .map_or(0, |p| worst_case(&job.spec, p.price_per_gfuel, items.len()));
+        let (reserved_nano, subnet) = self.providers.get(&node).map_or((0, Subnet::Unseen), |p| {
+            (
+                worst_case(&job.spec, p.price_per_gfuel, items.len()),
+                p.subnet,
+            )
+        });
         state.copies.push(Copy {
             provider: node,
+            subnet,
             sent: now,
             deadline,
             reserved_nano,

@@ -2,18 +2,18 @@
 //! that are delayed, reordered and dropped, providers that hang or die.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::message::{Batch, BlobId, Hello, Input, JobSpec, Outcome, Output, Reply, Request};
 use super::provider::{ProviderSession, ProviderSessionConfig};
 use super::requestor::{
     Check, CheckKind, CheckResult, Event, JobFailure, JobOutput, JobTerms, ProviderSlot,
-    RequestorSession, SchedulerConfig, Transmit,
+    RequestorSession, SchedulerConfig, Subnet, Transmit,
 };
 use crate::adversarial::{Cheat, Cheater};
 use crate::identity::{NodeId, NodeKey};
-use crate::payment::NANO;
+use crate::payment::{NANO, Priced};
 use crate::receipt::Receipt;
 use crate::sandbox::{Limits, ModuleError, SubtaskError};
 use crate::verify::Verify;
@@ -74,6 +74,8 @@ struct SimProvider {
     session: ProviderSession,
     store: HashSet<BlobId>,
     behavior: Behavior,
+    /// Where the requestor sees it: by default on this machine, each provider its own.
+    subnet: Subnet,
     alive: bool,
     /// Batches it gave back.
     gave_back: u32,
@@ -138,6 +140,7 @@ impl Sim {
                 ),
                 store: HashSet::new(),
                 behavior: *behavior,
+                subnet: Subnet::Local,
                 alive: true,
                 gave_back: 0,
             })
@@ -205,6 +208,8 @@ impl Sim {
             concurrency,
             engine: None,
             price_per_gfuel: self.price,
+            payee: None,
+            subnet: self.providers[index].subnet,
         };
         self.requestor.add_provider(node, slot, self.now());
     }
@@ -638,7 +643,13 @@ fn a_provider_that_wants_to_be_paid_first_is_dropped_and_its_work_goes_elsewhere
         output.report.caught.is_empty(),
         "not paying is not cheating"
     );
-    assert!(output.report.receipts.iter().all(|r| r.provider != unpaid));
+    assert!(
+        output
+            .report
+            .receipts
+            .iter()
+            .all(|r| r.receipt.provider != unpaid)
+    );
 }
 
 #[test]
@@ -819,14 +830,18 @@ fn redundancy_leaves_no_wrong_result_with_thirty_percent_of_cheaters() {
         );
         assert!(report.overhead() >= 1.0, "two copies of everything");
         // Receipts of two agreeing providers for every subtask, none from a cheater.
-        let paid: u64 = report.receipts.iter().map(|r| r.entries.len() as u64).sum();
+        let paid: u64 = report
+            .receipts
+            .iter()
+            .map(|r| r.receipt.entries.len() as u64)
+            .sum();
         assert_eq!(paid, 2 * items.len() as u64);
         let cheaters = cheater_nodes(&sim);
         assert!(
             report
                 .receipts
                 .iter()
-                .all(|r| !cheaters.contains(&r.provider))
+                .all(|r| !cheaters.contains(&r.receipt.provider))
         );
     }
 }
@@ -933,7 +948,13 @@ fn receipts_that_do_not_verify_are_rejected_even_without_verification() {
     let output = result.expect("the job completes");
     assert_eq!(wrong_outputs(&output, &items), 0);
     assert_eq!(caught_nodes(&output), cheater_nodes(&sim));
-    assert!(output.report.receipts.iter().all(|r| r.verify().is_ok()));
+    assert!(
+        output
+            .report
+            .receipts
+            .iter()
+            .all(|r| r.receipt.verify().is_ok())
+    );
     // The cheaters are banned: connecting again schedules nothing on them.
     let cheaters = cheater_nodes(&sim);
     for index in [1, 4, 8] {
@@ -948,6 +969,8 @@ fn receipts_that_do_not_verify_are_rejected_even_without_verification() {
         concurrency: 1,
         engine: None,
         price_per_gfuel: 0,
+        payee: None,
+        subnet: Subnet::Local,
     };
     for node in cheaters {
         assert!(!sim.requestor.add_provider(node, slot, now));
@@ -1015,7 +1038,7 @@ fn providers_with_longer_records_are_served_first() {
     let output = result.expect("the job completes");
     assert!(events.iter().any(|e| matches!(e, Event::Finished { .. })));
     assert_eq!(output.report.receipts.len(), 1);
-    assert_eq!(output.report.receipts[0].provider, trusted);
+    assert_eq!(output.report.receipts[0].receipt.provider, trusted);
 }
 
 #[test]
@@ -1032,6 +1055,8 @@ fn an_output_or_fuel_figure_changed_after_signing_is_rejected() {
             concurrency: 1,
             engine: None,
             price_per_gfuel: 0,
+            payee: None,
+            subnet: Subnet::Local,
         };
         assert!(session.add_provider(node, slot, now));
         let spec = JobSpec {
@@ -1069,6 +1094,66 @@ fn an_output_or_fuel_figure_changed_after_signing_is_rejected() {
         assert!(!events.iter().any(|e| matches!(e, Event::Finished { .. })));
         assert!(session.reputation().is_banned(&node));
     }
+}
+
+/// An inbox flood (finding 15 of the attack review): a reply that changes nothing (the result
+/// of a batch its provider does not hold, a request for blobs of a batch that is over) costs the
+/// requestor no pass over its providers, so a provider cannot make it work by sending them.
+#[test]
+fn stale_replies_cost_no_pass_over_the_providers() {
+    let node = NodeKey::from_secret([9; 32]).node_id();
+    let now = Instant::now();
+    let mut session = RequestorSession::new(SchedulerConfig::default());
+    let slot = ProviderSlot {
+        concurrency: 1,
+        engine: None,
+        price_per_gfuel: 0,
+        payee: None,
+        subnet: Subnet::Local,
+    };
+    assert!(session.add_provider(node, slot, now));
+    let spec = JobSpec {
+        module: BlobId::of(b"module"),
+        task: "t".into(),
+        context: BlobId::of(b"context"),
+        seed: [0; 32],
+        nonce: [1; 16],
+        limits: Limits::default(),
+    };
+    session.submit(spec, vec![Input::Inline(vec![7])], Verify::None, now);
+    let Some((_, Transmit::Request(Request::Run(batch)))) = session.poll_transmit() else {
+        panic!("the batch is sent");
+    };
+    let passes = session.passes();
+    for stale in batch.id + 1..batch.id + 10_001 {
+        let outcome = Outcome::Retry("busy".into());
+        session.handle_reply(
+            node,
+            Reply::Done {
+                batch: stale,
+                outcome,
+            },
+            now,
+        );
+        let need = Reply::Need {
+            batch: stale,
+            blobs: vec![BlobId::of(b"module")],
+        };
+        session.handle_reply(node, need, now);
+    }
+    assert_eq!(session.passes(), passes, "stale replies made passes");
+    assert!(session.poll_transmit().is_none());
+    // An answer to the batch it holds changes something.
+    let outcome = Outcome::Retry("busy".into());
+    session.handle_reply(
+        node,
+        Reply::Done {
+            batch: batch.id,
+            outcome,
+        },
+        now,
+    );
+    assert!(session.passes() > passes);
 }
 
 #[test]
@@ -1116,7 +1201,11 @@ fn a_budget_is_never_exceeded_and_running_out_keeps_the_results_so_far() {
             settled as u128 * per_result,
             "every accepted copy is paid"
         );
-        let paid: u64 = report.receipts.iter().map(|r| r.entries.len() as u64).sum();
+        let paid: u64 = report
+            .receipts
+            .iter()
+            .map(|r| r.receipt.entries.len() as u64)
+            .sum();
         assert_eq!(
             paid,
             (settled * verify.copies()) as u64,
@@ -1133,7 +1222,143 @@ fn a_budget_is_never_exceeded_and_running_out_keeps_the_results_so_far() {
         let items = inputs(2_000);
         let (result, _) = sim.run(items.clone());
         let output = result.expect("the job completes within its budget");
-        let fuel: u64 = output.report.receipts.iter().map(|r| r.fuel()).sum();
+        let fuel: u64 = output
+            .report
+            .receipts
+            .iter()
+            .map(|r| r.receipt.fuel())
+            .sum();
         assert_eq!(fuel as usize, items.len() * verify.copies());
     }
+}
+
+/// A provider that comes back at a higher price (finding 14 of the attack review) is paid it
+/// for the work it does after, not for the work the budget counted at the old price: each
+/// receipt carries the price its result was counted at.
+#[test]
+fn a_provider_back_at_a_higher_price_is_paid_it_for_new_work_only() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let mut sim = Sim::new(
+        3,
+        &[Behavior::Honest; 2],
+        network,
+        SchedulerConfig::default(),
+    );
+    let (old, new) = (1_000_000, 1_000_000_000);
+    sim.price = old;
+    sim.limits = Limits::default().fuel(10);
+    sim.budget = Some(10_000);
+    sim.connect_all();
+    let items = inputs(2_000);
+    let swapper = sim.providers[0].node;
+    let mut steps = 0;
+    let (result, _) = sim.run_with(items, |sim| {
+        steps += 1;
+        if steps == 100 {
+            let now = sim.now();
+            sim.requestor.remove_provider(swapper, now);
+            sim.price = new;
+            sim.connect(0, 2);
+        }
+    });
+    let output = result.expect("the job completes");
+    assert!(
+        steps > 100,
+        "the job ended before the swap, after {steps} steps"
+    );
+    let prices = |node: NodeId| -> BTreeSet<u64> {
+        output
+            .report
+            .receipts
+            .iter()
+            .filter(|r| r.receipt.provider == node)
+            .map(|r| r.price_per_gfuel)
+            .collect()
+    };
+    assert_eq!(prices(swapper), BTreeSet::from([old, new]));
+    assert_eq!(prices(sim.providers[1].node), BTreeSet::from([old]));
+    let paid: u128 = output.report.receipts.iter().map(Priced::nano_amount).sum();
+    assert!(
+        paid <= 10_000 * NANO,
+        "{paid} paid of a budget of 10⁴ units"
+    );
+}
+
+/// Sybils (finding 12 of the attack review): copies that must agree go to providers on distinct
+/// subnets, so an operator with many node ids on one /24 supplies one copy of a batch at most;
+/// providers seen only through a relay count as one subnet.
+#[test]
+fn copies_that_must_agree_go_to_distinct_subnets() {
+    let network = Network {
+        drop_percent: 0,
+        max_delay_ms: 5,
+    };
+    let mut sim = Sim::new(
+        4,
+        &[Behavior::Honest; 6],
+        network,
+        SchedulerConfig::default(),
+    );
+    let at = |addr: &str| Subnet::of(Some(addr.parse().expect("an address")));
+    let subnets = [
+        at("203.0.113.5:1"),
+        at("203.0.113.77:1"),
+        at("203.0.113.200:1"),
+        at("198.51.100.1:1"),
+        Subnet::of(None),
+        Subnet::of(None),
+    ];
+    for (provider, subnet) in sim.providers.iter_mut().zip(subnets) {
+        provider.subnet = subnet;
+    }
+    sim.verify = Verify::redundant(2);
+    sim.connect_all();
+    let (result, _) = sim.run(inputs(600));
+    let output = result.expect("the job completes");
+    let subnet_of = |node: NodeId| subnets[sim.provider_index(node)];
+    let mut per_batch: HashMap<u64, Vec<Subnet>> = HashMap::new();
+    for priced in &output.report.receipts {
+        let first = priced.receipt.entries[0].index;
+        per_batch
+            .entry(first)
+            .or_default()
+            .push(subnet_of(priced.receipt.provider));
+    }
+    assert!(!per_batch.is_empty());
+    for (first, subnets) in &per_batch {
+        assert_eq!(subnets.len(), 2, "batch at {first}: {subnets:?}");
+        assert_ne!(subnets[0], subnets[1], "batch at {first}: one subnet twice");
+    }
+    // Each copy has one of three subnets to go to: the /24 of three providers, the other
+    // address, the relayed pair; and the job used them all.
+    let used: HashSet<Subnet> = per_batch.values().flatten().copied().collect();
+    assert_eq!(used.len(), 3, "{used:?}");
+}
+
+#[test]
+fn subnets_are_a_public_ipv4_24_or_ipv6_48_and_one_machine_on_a_private_network() {
+    let at = |addr: &str| Subnet::of(Some(addr.parse().expect("an address")));
+    assert_eq!(at("203.0.113.5:1"), at("203.0.113.250:9"));
+    assert_ne!(at("203.0.113.5:1"), at("203.0.114.5:1"));
+    assert_eq!(at("[2001:db8:1:2::5]:1"), at("[2001:db8:1:ffff::9]:1"));
+    assert_ne!(at("[2001:db8:1::5]:1"), at("[2001:db8:2::5]:1"));
+    assert_eq!(
+        at("[::ffff:203.0.113.5]:1"),
+        at("203.0.113.9:1"),
+        "IPv4-mapped"
+    );
+    for (a, b) in [
+        ("192.168.1.2:1", "192.168.1.3:1"),
+        ("10.0.0.2:1", "10.0.0.3:1"),
+        ("100.64.0.2:1", "100.64.0.3:1"),
+        ("[fd00::2]:1", "[fd00::3]:1"),
+    ] {
+        assert_ne!(at(a), at(b), "{a} and {b} are two machines");
+    }
+    assert_eq!(at("127.0.0.1:1"), Subnet::Local);
+    assert_eq!(at("[::1]:1"), Subnet::Local);
+    assert_eq!(Subnet::of(None), Subnet::Unseen);
 }

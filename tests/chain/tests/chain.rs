@@ -12,7 +12,7 @@ use golem_runtime::identity::{NodeId, NodeKey};
 use golem_runtime::payment::ethereum::{
     BATCH_PAY_ABI, BATCH_PAY_BIN, BatchPay, Chain, ChainConfig, ChainError, Watcher,
 };
-use golem_runtime::payment::{Books, Ledger, NANO, Payee};
+use golem_runtime::payment::{Books, Credit, Ledger, NANO, Payee};
 
 fn deploy(anvil: &Anvil) -> [u8; 20] {
     anvil
@@ -309,7 +309,11 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
 
     // A limit of one and a half jobs: the second job runs until the debt passes it, then the
     // provider refuses it and it waits.
-    provider.set_credit_limit(Some(one_job * 3 / 2));
+    provider.set_credit(Some(Credit {
+        per_requestor: one_job * 3 / 2,
+        first: one_job * 3 / 2,
+        total: u128::MAX,
+    }));
     let second = job(1_000);
     let running = {
         let (golem, second) = (golem.clone(), second.clone());
@@ -371,4 +375,149 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
         account.owed(),
         (account.promised_nano - recorded + still) / NANO
     );
+}
+
+/// Identity costs something where it must: a provider that gives strangers no credit serves a
+/// requestor that holds an escrow for it, as far as the escrow goes; takes what it is owed
+/// from the escrow, which arrives as a payment; and counts the escrow for nothing once its
+/// release is announced. The requestor takes back the rest only a day later.
+#[test]
+fn an_escrow_serves_a_stranger_past_the_credit_and_pays_the_provider_when_claimed() {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use golem::Golem;
+    use golem_fixture::grind;
+    use golem_runtime::node::{ProviderNode, ProviderNodeConfig};
+    use golem_runtime::sandbox::{Sandbox, SandboxConfig};
+
+    let anvil = Anvil::start(&[]);
+    let contract = deploy(&anvil);
+    let payee_key = anvil.keys[2];
+    let payee = address_of(payee_key);
+    let books = Arc::new(Books::in_memory().expect("books"));
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::with_instances(6)).expect("engine"));
+    let mut config = ProviderNodeConfig::local(&sandbox, 2);
+    config.offers[0].price_per_gfuel = 1_000_000_000_000;
+    config.payee = Some(Payee::Ethereum(payee));
+    config.books = Some(Arc::clone(&books));
+    // No credit at all: not to strangers, not to anyone.
+    let credit = Credit {
+        per_requestor: 0,
+        first: 0,
+        total: 0,
+    };
+    config.credit = Some(credit);
+    let provider = anvil
+        .block_on(ProviderNode::start(
+            &NodeKey::from_secret([0x34; 32]),
+            sandbox,
+            config,
+        ))
+        .expect("provider");
+    let golem = Golem::builder()
+        .join(provider.bootstrap().to_string())
+        .build_blocking()
+        .expect("the provider is found");
+    let node = golem.node_id();
+    let requestor = connect(
+        &anvil,
+        ChainConfig::new(&anvil.url, anvil.keys[1], contract),
+    );
+    let mut watcher = Watcher::new(&anvil.url, contract, payee, 0).expect("watcher");
+    let items: Vec<(u64, u32)> = (0..300).map(|i| (i, 3_000)).collect();
+    let native: Vec<u64> = items.iter().map(|item| grind(*item)).collect();
+    let wait_for_refusals = |more_than: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while provider.unpaid_refusals() <= more_than {
+            assert!(Instant::now() < deadline, "never refused");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A stranger without escrow is refused: the job waits.
+    let running = {
+        let (golem, items) = (golem.clone(), items.clone());
+        std::thread::spawn(move || golem.par_for(items, grind).run())
+    };
+    wait_for_refusals(0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!running.is_finished(), "the job waits while refused");
+
+    // An escrow of one ether, far more than the job costs: once the provider's watcher has
+    // seen it, the job runs.
+    let ether = 10u128.pow(18);
+    anvil
+        .block_on(requestor.deposit(node, payee, ether))
+        .expect("deposited");
+    assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(0), "no payment");
+    assert_eq!(books.escrow(node), Ok(ether));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !running.is_finished() {
+        assert!(Instant::now() < deadline, "the job never resumed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outputs = running.join().expect("no panic").expect("the job runs");
+    assert_eq!(outputs, native);
+    let owed = books.account(node).expect("reads").owed();
+    assert!(owed > 0);
+    assert_eq!(books.on_credit(), 0, "all of it is covered by the escrow");
+    println!("served {owed} wei of work against an escrow of {ether}");
+
+    // The provider takes what it is owed from the escrow; it arrives as a payment from the
+    // requestor, and the books are square.
+    let provider_chain = connect(&anvil, ChainConfig::new(&anvil.url, payee_key, contract));
+    let held = anvil.balance(contract);
+    let claims = anvil
+        .block_on(provider_chain.claim_owed(&books, Some(credit)))
+        .expect("claimed");
+    assert_eq!(claims, vec![(node, requestor.payer(), owed)]);
+    assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(1));
+    let again = anvil.block_on(provider_chain.claim_owed(&books, Some(credit)));
+    assert_eq!(again, Ok(Vec::new()), "nothing is owed now");
+    assert_eq!(books.account(node).expect("reads").owed(), 0);
+    assert_eq!(books.escrow(node), Ok(ether - owed));
+    assert_eq!(anvil.balance(contract), held - owed);
+    let claim = anvil.block_on(provider_chain.claim(node, requestor.payer(), ether));
+    assert!(
+        matches!(&claim, Err(ChainError::Failed { call: "claim", .. })),
+        "more than is held: {claim:?}"
+    );
+
+    // Release announced: the escrow covers nothing from now on, and work is refused again.
+    anvil
+        .block_on(requestor.announce_release(node, payee))
+        .expect("announced");
+    anvil.block_on(watcher.poll(&books)).expect("polls");
+    assert_eq!(books.escrow(node), Ok(0));
+    let refused = provider.unpaid_refusals();
+    let job = std::future::IntoFuture::into_future(golem.par_for(items.clone(), grind));
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let waited = timer.block_on(async { tokio::time::timeout(Duration::from_secs(5), job).await });
+    assert!(waited.is_err(), "the job waits while refused");
+    assert!(provider.unpaid_refusals() > refused);
+
+    // Taken back only once the day is over; then the contract holds nothing.
+    let early = anvil.block_on(requestor.release(node, payee));
+    assert!(
+        matches!(
+            &early,
+            Err(ChainError::Failed {
+                call: "release",
+                ..
+            })
+        ),
+        "{early:?}"
+    );
+    anvil.rpc::<_, u64>("evm_increaseTime", (86_400u64,));
+    anvil.mine();
+    anvil
+        .block_on(requestor.release(node, payee))
+        .expect("released");
+    assert_eq!(anvil.balance(contract), held - ether);
+    anvil.block_on(watcher.poll(&books)).expect("polls");
+    assert_eq!(books.escrows(node), Ok(Vec::new()));
 }
