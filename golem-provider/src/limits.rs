@@ -25,12 +25,14 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_connections_per_ip: usize,
 
-    /// Batches held at once across every connection (waiting for blobs, queued, running);
-    /// more are given back to their requestor to send elsewhere.
+    /// Batches held at once across every connection (waiting for blobs, queued, running, or
+    /// done with outputs not taken yet); more are given back to their requestor to send
+    /// elsewhere.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     max_batches: usize,
 
-    /// Memory of the batches held at once across every connection.
+    /// Memory of the batches held at once across every connection, and of the outputs of
+    /// finished batches their requestors have not taken yet.
     #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
     max_batch_memory: usize,
 
@@ -38,7 +40,9 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_batches_per_connection: usize,
 
-    /// Memory of the batches held at once for one connection.
+    /// Memory of the batches held at once for one connection; as much again for the outputs
+    /// of its finished batches its requestor has not taken yet (past it a batch is given back,
+    /// but one batch's outputs are always kept).
     #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
     max_batch_memory_per_connection: usize,
 

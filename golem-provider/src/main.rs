@@ -139,6 +139,12 @@ struct Args {
     #[arg(long, value_name = "UNITS", requires = "credit_limit")]
     total_credit: Option<u128>,
 
+    /// With --credit-limit: the most all requestors that have never paid may owe together;
+    /// past it a new node id is not served on credit, and the rest of --total-credit stays for
+    /// requestors that pay. Default: half of --total-credit.
+    #[arg(long, value_name = "UNITS", requires = "credit_limit")]
+    strangers_credit: Option<u128>,
+
     /// An Ethereum node's JSON-RPC URL: payments to --pay-to through --chain-contract are
     /// read from it every 10 s and entered in the books (needs the `ethereum` feature).
     #[cfg(feature = "ethereum")]
@@ -271,10 +277,12 @@ fn run(args: Args) -> Result<(), String> {
     });
     let credit = args.credit_limit.map(|limit| {
         let default = Credit::new(limit);
+        let total = args.total_credit.unwrap_or(default.total);
         Credit {
             per_requestor: limit,
             first: args.first_credit.unwrap_or(default.first),
-            total: args.total_credit.unwrap_or(default.total),
+            strangers: args.strangers_credit.unwrap_or(total / 2),
+            total,
         }
     });
     let mut config = ProviderNodeConfig {
@@ -365,7 +373,6 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Enters the payments that reach this provider on chain in its books, every 10 s.
 /// Reads the payee's secret key: 64 hex digits, `0x` before them or not.
 #[cfg(feature = "ethereum")]
 fn read_secret(file: &std::path::Path) -> Result<[u8; 32], String> {
@@ -398,15 +405,18 @@ async fn watch_payments(
     credit: Option<Credit>,
 ) {
     loop {
-        match watcher.poll(&books).await {
+        let polled = watcher.poll(&books).await;
+        match &polled {
             Ok(0) => {}
             Ok(new) => tracing::info!(new, "payments arrived"),
             Err(error) => tracing::warn!(%error, "cannot read payments from the chain"),
         }
-        if let Some(chain) = &claimer
+        // Claims only from books the chain has just brought up to date.
+        if polled.is_ok()
+            && let Some(chain) = &claimer
             && let Err(error) = chain.claim_owed(&books, credit).await
         {
-            tracing::warn!(%error, "cannot claim from an escrow");
+            tracing::warn!(%error, "cannot claim from the escrows");
         }
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     }

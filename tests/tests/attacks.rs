@@ -157,8 +157,8 @@ async fn assert_unpaid(client: &mut RawRequestor, id: u64) -> Outcome {
 
 /// Finding 9: node ids cost nothing, so a credit per requestor alone is a credit per key. A
 /// requestor that has never paid gets the first credit only, credit grows by what a requestor
-/// pays, and once every requestor together owes the total no one is served on credit, however
-/// many fresh keys ask.
+/// pays, those that never paid share a part of the total only, and once every requestor
+/// together owes the total no one is served on credit, however many fresh keys ask.
 #[test]
 fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
     runtime().block_on(async {
@@ -184,6 +184,7 @@ fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
         provider.set_credit(Some(Credit {
             per_requestor: 100 * cost,
             first: 0,
+            strangers: 3 * cost,
             total: 3 * cost,
         }));
 
@@ -219,6 +220,7 @@ fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
         provider.set_credit(Some(Credit {
             per_requestor: 100 * cost,
             first: 0,
+            strangers: 100 * cost,
             total: 100 * cost,
         }));
         let key = NodeKey::from_secret([1; 32]).node_id();
@@ -245,10 +247,96 @@ fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
                 limit: 0
             }
         );
+
+        // Keys that never paid share their part of the total only: once they owe it, a fresh
+        // key is refused, and the requestor that pays is still served.
+        let strangers = books.owed_on_credit().strangers;
+        assert_eq!(strangers, 2 * cost, "the two fresh keys served above");
+        provider.set_credit(Some(Credit {
+            per_requestor: 100 * cost,
+            first: cost,
+            strangers: 3 * cost,
+            total: 100 * cost,
+        }));
+        let mut fresh = dial(&provider, 10).await.expect("dials");
+        assert_serves(&mut fresh, 1).await;
+        on_credit(&books, 5 * cost).await;
+        assert_eq!(books.owed_on_credit().strangers, 3 * cost);
+        let mut fresh = dial(&provider, 11).await.expect("dials");
+        let refused = assert_unpaid(&mut fresh, 1).await;
+        assert_eq!(refused, Outcome::Unpaid { owed: 0, limit: 0 });
+        assert_serves(&mut first, 6).await;
+        on_credit(&books, 6 * cost).await;
         println!(
             "a batch costs {cost}; refused {} batches for non-payment",
             provider.unpaid_refusals()
         );
+    });
+}
+
+/// Finding 9: requests sent together do not all pass the credit before the first result is in
+/// the books: the work run and not yet entered counts as owed, and each batch is asked again as
+/// it starts.
+#[test]
+fn batches_sent_together_take_no_more_than_the_credit() {
+    runtime().block_on(async {
+        let books = Arc::new(Books::in_memory().expect("books"));
+        let provider = provider_with(ProviderLimits::default(), Duration::from_secs(1), |c| {
+            c.offers[0].price_per_gfuel = 1_000_000_000;
+            c.books = Some(Arc::clone(&books));
+        })
+        .await;
+        let mut first = dial(&provider, 1).await.expect("dials");
+        assert_serves(&mut first, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while books.on_credit() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the batch never entered the books"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cost = books.on_credit();
+        // A stranger may owe one batch: it is served while it owes no more than that.
+        provider.set_credit(Some(Credit {
+            per_requestor: cost,
+            first: cost,
+            strangers: 100 * cost,
+            total: 100 * cost,
+        }));
+        let mut attacker = dial(&provider, 2).await.expect("dials");
+        // A spin holds the one worker (and costs nothing: it fails) while five batches are
+        // accepted behind it, each passing the credit as it arrives.
+        let spin = batch::<golem_fixture::spin>(1, &[1], spin_limits(Duration::from_millis(300)));
+        send(&mut attacker, Request::Run(spin)).await;
+        let limits = Limits::default().deadline(Duration::from_millis(500));
+        for id in 2..=6 {
+            send(
+                &mut attacker,
+                Request::Run(batch::<golem_fixture::double>(id, &[21], limits.clone())),
+            )
+            .await;
+        }
+        let (mut served, mut unpaid) = (0, 0);
+        for _ in 1..=6 {
+            match reply(&mut attacker).await {
+                Reply::Done {
+                    outcome: Outcome::Outputs { .. },
+                    ..
+                } => served += 1,
+                Reply::Done {
+                    outcome: Outcome::Unpaid { .. },
+                    ..
+                } => unpaid += 1,
+                Reply::Done { batch: 1, .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The first owes nothing as it starts, the second owes one batch (not more than the
+        // credit), the third would owe two.
+        assert_eq!((served, unpaid), (2, 3));
+        on_credit(&books, 3 * cost).await;
+        println!("five batches sent together: {served} served, {unpaid} refused until paid");
     });
 }
 
@@ -460,6 +548,76 @@ fn a_requestor_that_takes_no_replies_is_closed() {
         );
         let mut honest = dial(&provider, 2).await.expect("dials");
         assert_serves(&mut honest, 1).await;
+    });
+}
+
+/// Finding 4: the outputs of finished batches wait for their reply in the connection's room, so
+/// a requestor that reads no replies makes the provider hold that much at most: the batches
+/// past it are given back, not kept.
+#[test]
+fn the_outputs_a_requestor_does_not_take_are_held_up_to_its_room() {
+    runtime().block_on(async {
+        const MIB: usize = 1 << 20;
+        // Room for three outputs of 1 MiB, not four.
+        let limits = ProviderLimits {
+            batch_bytes_per_connection: 3 * MIB + MIB / 2,
+            reply_timeout: Duration::from_secs(60),
+            ..ProviderLimits::default()
+        };
+        let provider = provider(limits, Duration::from_secs(5)).await;
+        // A small window, so that the first output fills it.
+        let net = NetConfig {
+            stream_window: 64 << 10,
+            ..NetConfig::loopback()
+        };
+        let mut attacker = dial_with(&provider, 1, net).await.expect("dials");
+        // A spin first, on the one worker, while every flood is accepted and queued behind it.
+        let spin = batch::<golem_fixture::spin>(1, &[1], spin_limits(Duration::from_millis(300)));
+        send(&mut attacker, Request::Run(spin)).await;
+        let limits = Limits::default()
+            .output_bytes(2 * MIB)
+            .deadline(Duration::from_secs(5));
+        for id in 2..=13 {
+            let flood = batch::<golem_fixture::flood>(id, &[MIB], limits.clone());
+            send(&mut attacker, Request::Run(flood)).await;
+        }
+        // Every batch runs; three floods' outputs are kept, unread, and nothing else.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while provider.held().0 != 3 || provider.held().1 < 3 * MIB {
+            assert!(Instant::now() < deadline, "held {:?}", provider.held());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let held = provider.held();
+        assert_eq!(held.0, 3, "{held:?}");
+        assert!((3 * MIB..3 * MIB + MIB / 2).contains(&held.1), "{held:?}");
+        let (mut kept, mut given_back) = (0, 0);
+        for _ in 1..=13 {
+            match reply(&mut attacker).await {
+                Reply::Done {
+                    outcome: Outcome::Outputs { outputs, .. },
+                    ..
+                } => {
+                    assert_eq!(outputs[0].bytes.len(), MIB + 3, "a MiB, encoded");
+                    kept += 1;
+                }
+                Reply::Done {
+                    batch,
+                    outcome: Outcome::Retry(_),
+                } if batch > 1 => given_back += 1,
+                Reply::Done { batch: 1, .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((kept, given_back), (3, 9));
+        println!("held {held:?} while no reply was read; {kept} kept, {given_back} given back");
+        // Taken, they leave no trace, and the connection is served as before.
+        assert_serves(&mut attacker, 14).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while provider.held() != (0, 0) {
+            assert!(Instant::now() < deadline, "held {:?}", provider.held());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
 }
 

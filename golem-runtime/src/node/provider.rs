@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,13 @@ use crate::discovery::{
 use crate::identity::{NodeId, NodeKey};
 use crate::market::Demand;
 use crate::net::{Connection, Endpoint, FramedRecv, FramedSend, NetConfig};
-use crate::payment::{Books, Credit, Payee};
+use crate::payment::{Books, Credit, NANO, Payee};
 use crate::proto::PROTOCOL_VERSION;
 use crate::proto::message::{
     Batch, BlobId, Hello, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Offer, Outcome, Output, Reply,
     Request,
 };
-use crate::proto::provider::{BatchQuota, ProviderSession, ProviderSessionConfig, Work};
+use crate::proto::provider::{BatchQuota, ProviderSession, ProviderSessionConfig, QuotaHold, Work};
 use crate::sandbox::Sandbox;
 
 /// Settings of a [`ProviderNode`].
@@ -91,15 +91,15 @@ impl ProviderNodeConfig {
 /// what a requestor may ask of one subtask: memory, fuel, output, logs, time) and the sandbox's
 /// own limits ([`SandboxConfig`](crate::sandbox::SandboxConfig): module size, compile time and
 /// concurrency, compiled modules kept in memory and on disk), these bound what any peer can
-/// make the provider spend, with one gap left: the outputs of finished batches waiting for
-/// their reply count against no quota (the reply timeout bounds how long). Each limit has a
-/// flag in `golem-provider`.
+/// make the provider spend. Each limit has a flag in `golem-provider`.
 ///
 /// Memory held for one connection is at most about its QUIC receive window
 /// ([`RECEIVE_WINDOW`](crate::net::RECEIVE_WINDOW), 32 MiB), the request frames read ahead of
-/// its session (16 MiB each, at most five), and its batches ([`batch_bytes_per_connection`]);
-/// the batches of all connections together are capped by [`batch_bytes`]; blobs being received
-/// by [`blob_receive_bytes`]; blobs kept by [`blob_memory_bytes`].
+/// its session (16 MiB each, at most five), its batches ([`batch_bytes_per_connection`]), and
+/// the outputs of its finished batches not sent yet (as much again: a batch whose outputs do
+/// not fit is given back, though a connection holding none may always keep one batch's); the
+/// batches and outputs of all connections together are capped by [`batch_bytes`]; blobs being
+/// received by [`blob_receive_bytes`]; blobs kept by [`blob_memory_bytes`].
 ///
 /// [`batch_bytes_per_connection`]: Self::batch_bytes_per_connection
 /// [`batch_bytes`]: Self::batch_bytes
@@ -117,12 +117,13 @@ pub struct ProviderLimits {
     /// Batches one connection may have accepted and not done; more are answered with
     /// [`Outcome::Retry`].
     pub batches_per_connection: usize,
-    /// Bytes of batches one connection may have accepted and not done.
+    /// Bytes of batches one connection may have accepted and not done, and bytes of outputs
+    /// of its finished batches it may leave unsent (the requestor has not taken them).
     pub batch_bytes_per_connection: usize,
-    /// Batches held across every connection (waiting for blobs, queued, running); past it a
-    /// connection still gets its [`share`](Self::share).
+    /// Batches held across every connection (waiting for blobs, queued, running, or done with
+    /// outputs not sent yet); past it a connection still gets its [`share`](Self::share).
     pub batches: usize,
-    /// Bytes of batches held across every connection.
+    /// Bytes of batches, and of outputs not sent yet, held across every connection.
     pub batch_bytes: usize,
     /// Largest blob accepted; at most [`blob_receive_bytes`](Self::blob_receive_bytes).
     pub max_blob_bytes: u64,
@@ -208,6 +209,9 @@ struct Shared {
     credit: Mutex<Option<Credit>>,
     /// Batches refused because their requestor owed too much.
     unpaid_refusals: AtomicU64,
+    /// Worth of the work run for each requestor and not in the books yet (its reply not sent,
+    /// or being written), in billionths of a unit: counted with what the books say it owes.
+    owing: Mutex<HashMap<NodeId, u128>>,
     config: ProviderNodeConfig,
     stop: watch::Sender<bool>,
 }
@@ -243,19 +247,45 @@ impl Shared {
         }
     }
 
-    /// Enters in the books that `requestor` was sent results worth `nano`, on a blocking
-    /// thread: a write to the books waits for the disk (fsync), which must not hold up the
-    /// network threads.
-    fn promise(&self, requestor: NodeId, nano: u128) {
+    /// Enters in the books that the results `owing` is for were sent, on a blocking thread: a
+    /// write to the books waits for the disk (fsync), which must not hold up the network
+    /// threads. It moves from `owing` to the books while the checks of the credit wait, so
+    /// they count it once.
+    fn promise(&self, mut owing: Owing) {
         let Some(books) = &self.config.books else {
             return;
         };
         let books = Arc::clone(books);
         drop(tokio::task::spawn_blocking(move || {
-            if let Err(error) = books.promise(requestor, nano) {
+            let shared = Arc::clone(&owing.shared);
+            let mut sums = shared.owing.lock().unwrap_or_else(PoisonError::into_inner);
+            let requestor = owing.requestor;
+            if let Err(error) = books.promise(requestor, owing.nano) {
                 tracing::error!(%requestor, %error, "work delivered not entered in the books");
             }
+            owing.settle(&mut sums);
         }));
+    }
+
+    /// Counts the worth of `outcome` at `price` as owed by `requestor` until the returned
+    /// [`Owing`] is dropped; `None` when it is worth nothing.
+    fn owe(self: &Arc<Self>, requestor: NodeId, outcome: &Outcome, price: u64) -> Option<Owing> {
+        let Outcome::Outputs { outputs, .. } = outcome else {
+            return None;
+        };
+        let fuel: u128 = outputs.iter().map(|out| u128::from(out.fuel)).sum();
+        let nano = fuel * u128::from(price);
+        if nano == 0 || self.config.books.is_none() {
+            return None;
+        }
+        let mut owing = self.owing.lock().unwrap_or_else(PoisonError::into_inner);
+        let sum = owing.entry(requestor).or_default();
+        *sum = sum.saturating_add(nano);
+        Some(Owing {
+            shared: Arc::clone(self),
+            requestor,
+            nano,
+        })
     }
 
     fn sign(&self, batch: &Batch, outputs: Vec<Output>) -> Outcome {
@@ -274,38 +304,62 @@ impl Shared {
     }
 
     /// Why `batch` is answered at once, before its blobs are fetched: no flavor holds its
-    /// limits, or its requestor owes more than the credit limit.
+    /// limits, or its requestor owes more than the credit limit. On the network threads: when
+    /// the books are being written, the credit is left to the check as the batch starts.
     fn refusal(&self, requestor: NodeId, batch: &Batch) -> Option<Outcome> {
         if self.offer_for(batch).is_none() {
             return Some(Outcome::Retry(
                 "the job's limits exceed every flavor of this provider".into(),
             ));
         }
-        self.unpaid(requestor)
+        let owing = self.owing.try_lock().ok()?;
+        self.unpaid_with(requestor, &owing)
     }
 
-    /// [`Outcome::Unpaid`] when the books say `requestor` is past its [`Credit`] and escrow, or
-    /// every requestor together is past the total.
+    /// [`Outcome::Unpaid`] when `requestor` is past its [`Credit`] and escrow, or every
+    /// requestor together is past the total, or it has never paid and those that have not are
+    /// past theirs. Waits while the books are written, so it sees each result once.
     fn unpaid(&self, requestor: NodeId) -> Option<Outcome> {
+        let owing = self.owing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.unpaid_with(requestor, &owing)
+    }
+
+    /// [`unpaid`](Self::unpaid), with the work not in the books yet, `owing`, held: what the
+    /// books say is owed and what is not in them yet are read as one.
+    fn unpaid_with(&self, requestor: NodeId, owing: &HashMap<NodeId, u128>) -> Option<Outcome> {
         let credit = *self.credit.lock().unwrap_or_else(PoisonError::into_inner);
         let (books, credit) = (self.config.books.as_ref()?, credit?);
         let read = books
             .account(requestor)
             .and_then(|account| Ok((account, books.escrow(requestor)?)));
-        let (account, escrow) = match read {
+        let (mut account, escrow) = match read {
             Ok(read) => read,
             Err(error) => {
                 tracing::error!(%requestor, %error, "cannot read the books");
                 return None;
             }
         };
-        let on_credit = books.on_credit();
+        // Work run and not in the books yet is owed all the same, so requests sent together
+        // cannot all pass before the first result is entered.
+        let mut on_credit = books.owed_on_credit();
+        let all_owing = owing
+            .values()
+            .fold(0u128, |sum, nano| sum.saturating_add(*nano));
+        on_credit.all = on_credit.all.saturating_add(all_owing / NANO);
+        let before = account.owed();
+        let own = owing.get(&requestor).copied().unwrap_or(0);
+        account.promised_nano = account.promised_nano.saturating_add(own);
+        if account.arrived == 0 {
+            let more = account.owed().saturating_sub(before);
+            on_credit.strangers = on_credit.strangers.saturating_add(more);
+        }
         let limit = credit.refuses(&account, escrow, on_credit)?;
         let owed = account.owed();
+        let (all, strangers) = (on_credit.all, on_credit.strangers);
         if self.unpaid_refusals.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::info!(%requestor, owed, limit, escrow, on_credit, "work refused until paid");
+            tracing::info!(%requestor, owed, limit, escrow, all, strangers, "work refused until paid");
         } else {
-            tracing::debug!(%requestor, owed, limit, escrow, on_credit, "work refused until paid");
+            tracing::debug!(%requestor, owed, limit, escrow, all, strangers, "work refused until paid");
         }
         Some(Outcome::Unpaid { owed, limit })
     }
@@ -444,6 +498,7 @@ impl ProviderNode {
             discovery,
             credit: Mutex::new(config.credit),
             unpaid_refusals: AtomicU64::new(0),
+            owing: Mutex::default(),
             config,
             stop,
         });
@@ -488,6 +543,13 @@ impl ProviderNode {
             .credit
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = credit;
+    }
+
+    /// What every connection holds now against [`ProviderLimits::batches`] and
+    /// [`ProviderLimits::batch_bytes`]: batches accepted and not done, or done and not sent,
+    /// and their bytes (inputs, and the outputs not sent yet).
+    pub fn held(&self) -> (usize, usize) {
+        self.shared.quota.used()
     }
 
     /// Batches refused so far because their requestor, or every requestor together, owed more
@@ -616,8 +678,96 @@ async fn accept_loop(shared: Arc<Shared>) {
 enum ConnEvent {
     Blob(BlobId),
     BlobFailed(BlobId, String),
-    /// A batch ran: its id, outcome and the price it is charged at.
-    Done(u64, Outcome, u64),
+    /// A batch ran: its id, its outcome, what it is owed, and the room its outputs hold until
+    /// they are sent.
+    Done(u64, Outcome, Option<Owing>, Option<Kept>),
+}
+
+/// The worth of results run for a requestor, counted as owed by it until dropped: when the
+/// books have it, or when the results are dropped unsent.
+struct Owing {
+    shared: Arc<Shared>,
+    requestor: NodeId,
+    nano: u128,
+}
+
+impl Owing {
+    /// Takes its worth out of `sums` (the provider's [`Shared::owing`], held).
+    fn settle(&mut self, sums: &mut HashMap<NodeId, u128>) {
+        if let Some(sum) = sums.get_mut(&self.requestor) {
+            *sum = sum.saturating_sub(self.nano);
+            if *sum == 0 {
+                sums.remove(&self.requestor);
+            }
+        }
+        self.nano = 0;
+    }
+}
+
+impl Drop for Owing {
+    fn drop(&mut self) {
+        if self.nano > 0 {
+            let shared = Arc::clone(&self.shared);
+            let mut sums = shared.owing.lock().unwrap_or_else(PoisonError::into_inner);
+            self.settle(&mut sums);
+        }
+    }
+}
+
+/// The room a finished batch's outputs take until they are sent: its place in the provider's
+/// [`BatchQuota`], grown by their bytes, and their bytes in the connection's count of outputs
+/// not sent. Both are given back when it is dropped.
+struct Kept {
+    hold: QuotaHold,
+    bytes: usize,
+    unsent: Arc<AtomicUsize>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.unsent.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A finished batch whose reply is not sent yet: what it is owed, and the room it keeps.
+struct Unsent {
+    owing: Option<Owing>,
+    _kept: Option<Kept>,
+}
+
+/// Keeps `outcome`'s outputs in the room of a connection that leaves `unsent` bytes of outputs
+/// unsent, at most `room` (but one batch's always), and in the provider's quota with `hold`;
+/// when they do not fit, they are dropped and the batch is given back.
+fn keep_outputs(
+    outcome: Outcome,
+    hold: QuotaHold,
+    unsent: &Arc<AtomicUsize>,
+    room: usize,
+) -> (Outcome, Option<Kept>) {
+    let Outcome::Outputs { outputs, .. } = &outcome else {
+        return (outcome, None);
+    };
+    // The bytes, and a little for each output's fuel and framing.
+    let bytes: usize = outputs.iter().map(|output| output.bytes.len() + 32).sum();
+    let reserved = unsent.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+        (held == 0 || held.saturating_add(bytes) <= room).then_some(held + bytes)
+    });
+    let Ok(before) = reserved else {
+        let reason = "the outputs this requestor has not taken fill its room";
+        return (Outcome::Retry(reason.into()), None);
+    };
+    let mut kept = Kept {
+        hold,
+        bytes,
+        unsent: Arc::clone(unsent),
+    };
+    if !kept.hold.grow(bytes, before == 0) {
+        // Dropping `kept` gives the connection's bytes and the place back.
+        drop(kept);
+        let reason = "the provider holds too many outputs not taken yet";
+        return (Outcome::Retry(reason.into()), None);
+    }
+    (outcome, Some(kept))
 }
 
 /// Requests read ahead of the session: the reader waits (and QUIC flow control holds the
@@ -665,8 +815,10 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
     );
     let mut replies = FramedSend::new(send, MAX_REPLY_FRAME);
     let mut stop = shared.stop.subscribe();
-    // What each finished batch is worth, until its result is sent.
-    let mut unsent: HashMap<u64, u128> = HashMap::new();
+    // Finished batches, until their results are sent.
+    let mut unsent: HashMap<u64, Unsent> = HashMap::new();
+    // Bytes of their outputs, counted as each batch ends (on a worker thread).
+    let unsent_bytes = Arc::new(AtomicUsize::new(0));
     // The batches handed out to run, with the flag that stops them.
     let mut running: HashMap<u64, Arc<AtomicBool>> = HashMap::new();
     let reason = loop {
@@ -689,19 +841,10 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
             event = inbox.recv() => match event {
                 Some(ConnEvent::Blob(id)) => session.handle_blob(id),
                 Some(ConnEvent::BlobFailed(id, reason)) => session.handle_blob_failed(id, &reason),
-                Some(ConnEvent::Done(batch, outcome, price)) => {
+                Some(ConnEvent::Done(batch, outcome, owing, kept)) => {
                     running.remove(&batch);
-                    let worth = match &outcome {
-                        Outcome::Outputs { outputs, .. } => {
-                            let fuel: u128 = outputs.iter().map(|out| u128::from(out.fuel)).sum();
-                            fuel * u128::from(price)
-                        }
-                        _ => 0,
-                    };
                     if session.handle_done(batch, outcome) {
-                        if worth > 0 {
-                            unsent.insert(batch, worth);
-                        }
+                        unsent.insert(batch, Unsent { owing, _kept: kept });
                     } else {
                         tracing::debug!(%peer, batch, "the result of a cancelled batch is dropped");
                     }
@@ -723,7 +866,10 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
                 let _ = session.handle_done(id, Outcome::Retry(reason.into()));
                 continue;
             };
-            if let Some(unpaid) = shared.unpaid(peer) {
+            if let Ok(owing) = shared.owing.try_lock()
+                && let Some(unpaid) = shared.unpaid_with(peer, &owing)
+            {
+                drop(owing);
                 let _ = session.handle_done(id, unpaid);
                 continue;
             }
@@ -731,11 +877,19 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
             running.insert(id, Arc::clone(&cancelled));
             let events = events.clone();
             let worker = Arc::clone(&shared);
+            let (unsent_bytes, room) =
+                (Arc::clone(&unsent_bytes), limits.batch_bytes_per_connection);
             let submitted = shared.executor.submit(peer, move || {
-                let outcome = worker.run(&batch, &cancelled);
-                // The place is free before the session hears the batch is done.
-                drop(hold);
-                let _ = events.send(ConnEvent::Done(id, outcome, price));
+                // Asked again as it starts: the work run before it may have used the credit.
+                let outcome = match worker.unpaid(peer) {
+                    Some(unpaid) => unpaid,
+                    None => worker.run(&batch, &cancelled),
+                };
+                // The place is kept for the outputs until they are sent, or given back (before
+                // the session hears the batch is done).
+                let (outcome, kept) = keep_outputs(outcome, hold, &unsent_bytes, room);
+                let owing = worker.owe(peer, &outcome, price);
+                let _ = events.send(ConnEvent::Done(id, outcome, owing, kept));
             });
             if submitted.is_err() {
                 running.remove(&id);
@@ -765,11 +919,11 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
                     break;
                 }
             }
-            // Results are owed for once they are sent.
+            // Results are owed for once they are sent, and their room is free.
             if let Reply::Done { batch, .. } = &reply
-                && let Some(nano) = unsent.remove(batch)
+                && let Some(owing) = unsent.remove(batch).and_then(|sent| sent.owing)
             {
-                shared.promise(peer, nano);
+                shared.promise(owing);
             }
         }
         if let Some(reason) = failed {

@@ -94,14 +94,16 @@ impl Account {
 /// How much work a provider gives before it is paid, in whole units by its [`Books`].
 ///
 /// A node id costs nothing to make, so a credit per requestor alone is a credit per key: a
-/// requestor could take unpaid work under fresh keys without end. Hence three limits:
+/// requestor could take unpaid work under fresh keys without end. Hence four limits:
 ///
 /// - a requestor the provider has never been paid by may owe [`first`](Self::first) at most;
 /// - that grows by what it has paid, up to [`per_requestor`](Self::per_requestor), so credit
 ///   is earned by payment, not by making keys;
+/// - all requestors that have never paid together may owe [`strangers`](Self::strangers) at
+///   most: past it no new key is served on credit, and the rest of the total stays for
+///   requestors that pay, however many keys the others make;
 /// - all requestors together may owe [`total`](Self::total) at most beyond their escrows:
-///   once they do, no one is given new work on credit until payments arrive, however many
-///   keys ask.
+///   once they do, no one is given new work on credit until payments arrive.
 ///
 /// What a requestor's escrows hold on chain for this provider ([`Escrow`]) is not credit: the
 /// provider can claim it, so a requestor may owe that much more, total or not.
@@ -111,18 +113,22 @@ pub struct Credit {
     pub per_requestor: u128,
     /// The most a requestor that has never paid may owe beyond its escrow.
     pub first: u128,
+    /// The most every requestor that has never paid may owe together beyond their escrows.
+    pub strangers: u128,
     /// The most every requestor together may owe beyond their escrows.
     pub total: u128,
 }
 
 impl Credit {
-    /// A credit of `per_requestor`, a tenth of it for a requestor that has never paid, and ten
-    /// times it for all requestors together.
+    /// A credit of `per_requestor`, a tenth of it for a requestor that has never paid, ten
+    /// times it for all requestors together, and half of that for all that have never paid.
     pub fn new(per_requestor: u128) -> Self {
+        let total = per_requestor.saturating_mul(10);
         Self {
             per_requestor,
             first: per_requestor / 10,
-            total: per_requestor.saturating_mul(10),
+            strangers: total / 2,
+            total,
         }
     }
 
@@ -134,17 +140,60 @@ impl Credit {
     }
 
     /// Whether a requestor with `account` and `escrow` (what its escrows cover) is refused new
-    /// work while every requestor together owes `on_credit` beyond their escrows: `Some(limit)`,
-    /// the most it may owe now, when it is. A requestor is served while it owes no more than
-    /// its [`limit`](Self::limit) and its escrow; once all together owe
-    /// [`total`](Self::total), only while it owes less than its escrow.
-    pub fn refuses(&self, account: &Account, escrow: u128, on_credit: u128) -> Option<u128> {
+    /// work while requestors owe `on_credit` beyond their escrows: `Some(limit)`, the most it
+    /// may owe now, when it is. A requestor is served while it owes no more than its
+    /// [`limit`](Self::limit) and its escrow; once all together owe [`total`](Self::total),
+    /// or it has never paid and all such owe [`strangers`](Self::strangers), only while it
+    /// owes less than its escrow.
+    pub fn refuses(&self, account: &Account, escrow: u128, on_credit: OnCredit) -> Option<u128> {
         let owed = account.owed();
-        if on_credit >= self.total {
+        let stranger = account.arrived == 0;
+        if on_credit.all >= self.total || (stranger && on_credit.strangers >= self.strangers) {
             return (owed >= escrow).then_some(escrow);
         }
         let limit = self.limit(account).saturating_add(escrow);
         (owed > limit).then_some(limit)
+    }
+}
+
+/// What requestors owe a provider beyond their escrows, in whole units: the work it has given
+/// on credit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OnCredit {
+    /// What every requestor together owes.
+    pub all: u128,
+    /// What the requestors that have never paid owe together.
+    pub strangers: u128,
+}
+
+impl OnCredit {
+    /// `self` with one requestor's part, owing `owed` and a stranger or not, taken out
+    /// (`add` false) or put in. The sums wrap, so changes applied out of order still end at
+    /// the right sums; [`settled`](Self::settled) reads a sum caught below zero meanwhile as
+    /// zero.
+    fn with(mut self, (owed, stranger): (u128, bool), add: bool) -> Self {
+        let step = |sum: u128| {
+            if add {
+                sum.wrapping_add(owed)
+            } else {
+                sum.wrapping_sub(owed)
+            }
+        };
+        self.all = step(self.all);
+        if stranger {
+            self.strangers = step(self.strangers);
+        }
+        self
+    }
+
+    /// The sums as they can be read: one below zero (a change applied before an earlier one)
+    /// reads as zero.
+    fn settled(self) -> Self {
+        let read = |sum: u128| if sum > u128::MAX / 2 { 0 } else { sum };
+        Self {
+            all: read(self.all),
+            strangers: read(self.strangers),
+        }
     }
 }
 
@@ -153,13 +202,15 @@ impl Credit {
 #[derive(Debug)]
 pub struct Books {
     db: Db,
-    /// What every requestor together owes beyond what its escrows cover, kept as the books
-    /// change; held while they are written, so it follows the order of the writes.
-    on_credit: Mutex<u128>,
+    /// What requestors owe beyond what their escrows cover, kept as the books change.
+    on_credit: Mutex<OnCredit>,
 }
 
-/// What `requestor` owes beyond its escrows, read in `write`.
-fn on_credit_in(write: &redb::WriteTransaction, requestor: NodeId) -> Result<u128, redb::Error> {
+/// What `requestor` owes beyond its escrows, read in `write`, and whether it has never paid.
+fn on_credit_in(
+    write: &redb::WriteTransaction,
+    requestor: NodeId,
+) -> Result<(u128, bool), redb::Error> {
     let amount = |table| -> Result<u128, redb::Error> {
         let table = write.open_table(table)?;
         let value = table.get(requestor.as_bytes())?.map_or(0, |g| g.value());
@@ -170,7 +221,10 @@ fn on_credit_in(write: &redb::WriteTransaction, requestor: NodeId) -> Result<u12
         arrived: amount(ARRIVED)?,
     };
     let escrows = escrows_in(&write.open_table(ESCROWS)?, requestor)?;
-    Ok(account.owed().saturating_sub(cover(&escrows)))
+    Ok((
+        account.owed().saturating_sub(cover(&escrows)),
+        account.arrived == 0,
+    ))
 }
 
 impl Books {
@@ -187,12 +241,13 @@ impl Books {
     fn with(db: Db) -> Result<Self, PaymentError> {
         let books = Self {
             db,
-            on_credit: Mutex::new(0),
+            on_credit: Mutex::new(OnCredit::default()),
         };
-        let mut on_credit = 0u128;
+        let mut on_credit = OnCredit::default();
         for (requestor, account) in books.accounts()? {
             let escrow = cover(&books.escrows(requestor)?);
-            on_credit = on_credit.saturating_add(account.owed().saturating_sub(escrow));
+            let owed = account.owed().saturating_sub(escrow);
+            on_credit = on_credit.with((owed, account.arrived == 0), true);
         }
         *books.total() = on_credit;
         Ok(books)
@@ -202,7 +257,7 @@ impl Books {
         store_error(&self.db, error)
     }
 
-    fn total(&self) -> std::sync::MutexGuard<'_, u128> {
+    fn total(&self) -> std::sync::MutexGuard<'_, OnCredit> {
         self.on_credit
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -211,7 +266,12 @@ impl Books {
     /// What every requestor together owes beyond what its escrows cover: the work this
     /// provider has given on credit, in whole units.
     pub fn on_credit(&self) -> u128 {
-        *self.total()
+        self.owed_on_credit().all
+    }
+
+    /// What requestors owe beyond their escrows: all of them, and those that have never paid.
+    pub fn owed_on_credit(&self) -> OnCredit {
+        self.total().settled()
     }
 
     /// Writes one change to `requestor`'s account in one transaction and keeps
@@ -221,13 +281,16 @@ impl Books {
         requestor: NodeId,
         change: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, PaymentError> {
-        let mut total = self.total();
         let write = self.db.db.begin_write().map_err(|e| self.error(e))?;
         let before = on_credit_in(&write, requestor).map_err(|e| self.error(e))?;
         let back = change(&write).map_err(|e| self.error(e))?;
         let after = on_credit_in(&write, requestor).map_err(|e| self.error(e))?;
         write.commit().map_err(|e| self.error(e))?;
-        *total = total.saturating_sub(before).saturating_add(after);
+        // Write transactions follow one another, and each moves the sums by its own change, so
+        // the changes may be applied in any order, and the lock is not held while the disk
+        // syncs.
+        let mut total = self.total();
+        *total = total.with(before, false).with(after, true);
         Ok(back)
     }
 
@@ -244,6 +307,28 @@ impl Books {
             }
             Ok(())
         })
+    }
+
+    /// Every requestor with an escrow for this provider, in node id order.
+    pub fn escrowed(&self) -> Result<Vec<NodeId>, PaymentError> {
+        let mut requestors = Vec::<NodeId>::new();
+        let read = self.db.db.begin_read().map_err(|e| self.error(e))?;
+        let table = match read.open_table(ESCROWS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(requestors),
+            Err(error) => return Err(self.error(error)),
+        };
+        for row in table.iter().map_err(|e| self.error(e))? {
+            let (key, _) = row.map_err(|e| self.error(e))?;
+            let mut id = [0; 32];
+            id.copy_from_slice(&key.value()[..32]);
+            if let Ok(requestor) = NodeId::from_bytes(id)
+                && requestors.last() != Some(&requestor)
+            {
+                requestors.push(requestor);
+            }
+        }
+        Ok(requestors)
     }
 
     /// The escrows held for `requestor`, by depositor.
@@ -372,6 +457,8 @@ mod tests {
     #[test]
     fn what_all_requestors_owe_on_credit_follows_every_change_and_survives_reopening() {
         let dir = std::env::temp_dir().join(format!("golem-books-{}", std::process::id()));
+        // Left by an earlier run of this process id, if any.
+        let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("books.redb");
         let (a, b) = (
             NodeKey::from_secret([1; 32]).node_id(),
@@ -381,10 +468,23 @@ mod tests {
             let books = Books::open(&path).expect("books");
             books.promise(a, 5 * NANO).expect("promised");
             books.promise(b, 3 * NANO).expect("promised");
-            assert_eq!(books.on_credit(), 8);
+            assert_eq!(
+                books.owed_on_credit(),
+                OnCredit {
+                    all: 8,
+                    strangers: 8
+                }
+            );
             assert_eq!(books.arrived(a, 2, [1; 32]), Ok(true));
             assert_eq!(books.arrived(a, 2, [1; 32]), Ok(false));
-            assert_eq!(books.on_credit(), 6);
+            // Having paid, `a` is no stranger.
+            assert_eq!(
+                books.owed_on_credit(),
+                OnCredit {
+                    all: 6,
+                    strangers: 3
+                }
+            );
             // Overpaid: `a` owes nothing, and its surplus does not lower what `b` owes.
             assert_eq!(books.arrived(a, 10, [2; 32]), Ok(true));
             assert_eq!(books.on_credit(), 3);
@@ -430,30 +530,67 @@ mod tests {
         let credit = Credit {
             per_requestor: 100,
             first: 10,
+            strangers: 200,
             total: 500,
         };
         let account = |owed: u128, arrived: u128| Account {
             promised_nano: (owed + arrived) * NANO,
             arrived,
         };
+        let owing = |all: u128, strangers: u128| OnCredit { all, strangers };
+        let none = OnCredit::default();
         assert_eq!(credit.limit(&account(0, 0)), 10, "never paid");
         assert_eq!(credit.limit(&account(0, 40)), 50, "grows with what arrived");
         assert_eq!(credit.limit(&account(0, 4_000)), 100, "up to the most");
-        assert_eq!(credit.refuses(&account(10, 0), 0, 0), None);
-        assert_eq!(credit.refuses(&account(11, 0), 0, 0), Some(10));
-        assert_eq!(credit.refuses(&account(11, 40), 0, 0), None);
-        assert_eq!(credit.refuses(&account(0, 0), 0, 499), None);
+        assert_eq!(credit.refuses(&account(10, 0), 0, none), None);
+        assert_eq!(credit.refuses(&account(11, 0), 0, none), Some(10));
+        assert_eq!(credit.refuses(&account(11, 40), 0, none), None);
+        assert_eq!(credit.refuses(&account(0, 0), 0, owing(499, 199)), None);
         assert_eq!(
-            credit.refuses(&account(0, 4_000), 0, 500),
+            credit.refuses(&account(0, 4_000), 0, owing(500, 0)),
             Some(0),
             "once all owe the total, not even a good payer is served on credit"
         );
+        // Strangers fill their share only: past it a new key is refused, a payer is not.
+        assert_eq!(credit.refuses(&account(0, 0), 0, owing(200, 200)), Some(0));
+        assert_eq!(credit.refuses(&account(0, 1), 0, owing(200, 200)), None);
         // An escrow is not credit: it adds to the limit, and serves past the total.
-        assert_eq!(credit.refuses(&account(30, 0), 25, 0), None);
-        assert_eq!(credit.refuses(&account(36, 0), 25, 0), Some(35));
-        assert_eq!(credit.refuses(&account(24, 0), 25, 500), None);
-        assert_eq!(credit.refuses(&account(25, 0), 25, 500), Some(25));
+        assert_eq!(credit.refuses(&account(30, 0), 25, none), None);
+        assert_eq!(credit.refuses(&account(36, 0), 25, none), Some(35));
+        assert_eq!(credit.refuses(&account(24, 0), 25, owing(500, 200)), None);
+        assert_eq!(
+            credit.refuses(&account(25, 0), 25, owing(500, 200)),
+            Some(25)
+        );
         assert_eq!(Credit::new(1_000).first, 100);
+        assert_eq!(Credit::new(1_000).strangers, 5_000);
         assert_eq!(Credit::new(u128::MAX).total, u128::MAX);
+    }
+
+    #[test]
+    fn changes_applied_out_of_order_end_at_the_same_sums() {
+        let (one, two) = ((0, true), (5, true));
+        let three = (2, false);
+        // One requestor went 0 → 5 owed (a stranger), then 5 → 2 as it paid.
+        let in_order = OnCredit::default()
+            .with(one, false)
+            .with(two, true)
+            .with(two, false)
+            .with(three, true);
+        let reversed = OnCredit::default().with(two, false).with(three, true);
+        assert_eq!(
+            reversed.settled(),
+            OnCredit::default(),
+            "below zero reads as zero"
+        );
+        let reversed = reversed.with(one, false).with(two, true);
+        assert_eq!(in_order, reversed);
+        assert_eq!(
+            in_order.settled(),
+            OnCredit {
+                all: 2,
+                strangers: 0
+            }
+        );
     }
 }

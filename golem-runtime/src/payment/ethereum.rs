@@ -24,7 +24,9 @@
 //! announcing it ([`Chain::announce_release`]) and waiting a day ([`Chain::release`]); from the
 //! announcement on, the provider counts the escrow for nothing and has the day to claim.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use alloy::network::{EthereumWallet, ReceiptResponse, TransactionBuilder};
 use alloy::primitives::{Address, B256, Bytes, U256};
@@ -167,7 +169,22 @@ pub struct Chain {
     config: ChainConfig,
     payer: Address,
     contract: Address,
+    /// Claims made and not yet seen in the books, by requestor (shared by clones).
+    claims: Arc<Mutex<HashMap<NodeId, Claimed>>>,
 }
+
+/// A claim from a requestor's escrows that the books have not shown yet.
+#[derive(Debug, Clone, Copy)]
+struct Claimed {
+    /// What the books' `arrived` for the requestor reaches once the claim is seen.
+    arrived: u128,
+    /// When it was made.
+    at: Instant,
+}
+
+/// How long a claim may go unseen in the books before the debt may be claimed again: a claim
+/// whose transaction was lost, or whose outcome was not known, is not waited for forever.
+const CLAIM_SEEN_WITHIN: Duration = Duration::from_secs(600);
 
 /// How a settlement's transaction ended.
 enum Sent {
@@ -184,6 +201,7 @@ impl Chain {
             contract: Address::from(config.contract),
             config,
             payer,
+            claims: Arc::default(),
         };
         let code = chain
             .provider
@@ -299,19 +317,22 @@ impl Chain {
     /// (requestor, depositor, amount).
     ///
     /// A claim arrives as a payment, which the books hold only once the payee's [`Watcher`]
-    /// has seen it: poll the watcher between two calls, or the same debt is claimed twice.
+    /// has seen it. Until then (or for ten minutes, when a claim's outcome is not known) no
+    /// more is claimed from that requestor, so the same debt is never claimed twice. A claim
+    /// that fails is logged, and the other requestors' are still made.
     pub async fn claim_owed(
         &self,
         books: &Books,
         credit: Option<Credit>,
     ) -> Result<Vec<(NodeId, [u8; 20], u128)>, ChainError> {
         let mut claims = Vec::new();
-        for (requestor, account) in books.accounts()? {
+        for requestor in books.escrowed()? {
+            let account = books.account(requestor)?;
             let owed = account.owed();
-            let mut escrows = books.escrows(requestor)?;
-            if owed == 0 || escrows.is_empty() {
+            if owed == 0 || self.unseen_claim(requestor, account.arrived) {
                 continue;
             }
+            let mut escrows = books.escrows(requestor)?;
             let releasing = escrows.iter().any(|escrow| escrow.releasing);
             let mut due = match credit {
                 _ if releasing => owed,
@@ -320,18 +341,51 @@ impl Chain {
             };
             // Escrows being released first: they are about to go.
             escrows.sort_by_key(|escrow| (!escrow.releasing, std::cmp::Reverse(escrow.amount)));
+            let mut claimed = 0u128;
             for escrow in escrows {
                 let amount = due.min(escrow.amount);
                 if amount == 0 {
                     break;
                 }
-                self.claim(requestor, escrow.depositor, amount).await?;
+                let made = self.claim(requestor, escrow.depositor, amount).await;
+                // Sent or perhaps sent: waited for before the next claim from this requestor.
+                claimed = claimed.saturating_add(amount);
+                if let Err(error) = made {
+                    tracing::warn!(%requestor, amount, %error, "cannot claim from an escrow");
+                    break;
+                }
                 tracing::info!(%requestor, amount, "claimed from an escrow");
                 claims.push((requestor, escrow.depositor, amount));
                 due -= amount;
             }
+            if claimed > 0 {
+                let claim = Claimed {
+                    arrived: account.arrived.saturating_add(claimed),
+                    at: Instant::now(),
+                };
+                self.claims_made().insert(requestor, claim);
+            }
         }
         Ok(claims)
+    }
+
+    fn claims_made(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Claimed>> {
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a claim from `requestor` is made and not yet in books where it has paid
+    /// `arrived` (and not so old that it is given up on); forgets one that is.
+    fn unseen_claim(&self, requestor: NodeId, arrived: u128) -> bool {
+        let mut claims = self.claims_made();
+        let Some(claim) = claims.get(&requestor) else {
+            return false;
+        };
+        if arrived < claim.arrived && claim.at.elapsed() < CLAIM_SEEN_WITHIN {
+            tracing::debug!(%requestor, "a claim is not in the books yet");
+            return true;
+        }
+        claims.remove(&requestor);
+        false
     }
 
     /// Sends a call to the contract with `value` wei and waits for it to be mined.

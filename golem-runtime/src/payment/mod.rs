@@ -31,7 +31,7 @@ mod books;
 #[cfg(feature = "ethereum")]
 pub mod ethereum;
 
-pub use books::{Account, Books, Credit, Escrow};
+pub use books::{Account, Books, Credit, Escrow, OnCredit};
 
 /// Billionths of the smallest currency unit per unit.
 pub const NANO: u128 = 1_000_000_000;

@@ -227,8 +227,9 @@ pub enum Outcome {
     Unpaid {
         /// What the requestor owes the provider.
         owed: u128,
-        /// The most the provider lets this requestor owe now (nothing while every requestor
-        /// together owes the total).
+        /// The most the provider lets this requestor owe now: its credit and escrow, or its
+        /// escrow alone while every requestor together owes the total credit (or, for one
+        /// that has never paid, while those that have not owe their part of it).
         limit: u128,
     },
 }

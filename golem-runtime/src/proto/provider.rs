@@ -120,6 +120,24 @@ pub struct QuotaHold {
     bytes: usize,
 }
 
+impl QuotaHold {
+    /// Holds `bytes` more (a finished batch's outputs, kept until they are sent) if the byte
+    /// cap allows it, or past the cap when `force`. Returns whether it holds them.
+    pub fn grow(&mut self, bytes: usize, force: bool) -> bool {
+        let mut used = self
+            .quota
+            .used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !force && used.1.saturating_add(bytes) > self.quota.max_bytes {
+            return false;
+        }
+        used.1 += bytes;
+        self.bytes += bytes;
+        true
+    }
+}
+
 impl Drop for QuotaHold {
     fn drop(&mut self) {
         let mut used = self
@@ -600,6 +618,23 @@ mod tests {
         assert_eq!(quota.used(), (0, 0), "so does a session that is gone");
         second.handle_request(Request::Run(batch(3, b"a")), now, all);
         assert!(second.poll_work().is_some());
+    }
+
+    #[test]
+    fn a_hold_grows_by_the_outputs_it_keeps_within_the_byte_cap_unless_forced() {
+        let quota = Arc::new(BatchQuota::new(4, 100));
+        let mut hold = quota.try_hold(40).expect("room");
+        assert!(hold.grow(50, false));
+        let other = quota.try_hold(10).expect("room");
+        assert_eq!(quota.used(), (2, 100));
+        assert!(!hold.grow(1, false), "past the cap");
+        assert_eq!(quota.used(), (2, 100));
+        assert!(hold.grow(1, true), "forced");
+        assert_eq!(quota.used(), (2, 101));
+        drop(hold);
+        assert_eq!(quota.used(), (1, 10), "all it grew by is given back");
+        drop(other);
+        assert_eq!(quota.used(), (0, 0));
     }
 
     #[test]

@@ -328,8 +328,10 @@ pub enum Subnet {
     /// A public address's IPv4 /24 or IPv6 /48, the network one operator most often holds; or,
     /// for a private, link-local or shared address, the one machine's address.
     Seen(IpAddr),
-    /// Reached through a relay only, so where it is cannot be seen: all such providers count
-    /// as one subnet, until a direct path shows where they are.
+    /// Reached through a relay only, so where it is cannot be seen: it may share any network,
+    /// so it takes no copy of a batch whose copies must agree until a direct path shows where
+    /// it is. (Were relayed providers one subnet of their own, an operator could supply one
+    /// copy on its network and one more through a relay.)
     Unseen,
 }
 
@@ -370,8 +372,7 @@ impl Subnet {
         match (self, other) {
             (Self::Local, _) | (_, Self::Local) => false,
             (Self::Seen(a), Self::Seen(b)) => a == b,
-            (Self::Unseen, Self::Unseen) => true,
-            _ => false,
+            (Self::Unseen, _) | (_, Self::Unseen) => true,
         }
     }
 }
@@ -420,10 +421,13 @@ struct Accepted {
     nano: u128,
 }
 
+#[derive(Clone)]
 struct Copy {
     provider: NodeId,
     /// Where the provider was when the copy was sent.
     subnet: Subnet,
+    /// Its price when the copy was sent: the rate its result is bought at.
+    price_per_gfuel: u64,
     sent: Instant,
     deadline: Instant,
     /// The worst case of what it may cost, held against the job's budget.
@@ -444,6 +448,9 @@ struct BatchState {
     job: JobId,
     range: Range<usize>,
     copies: Vec<Copy>,
+    /// Copies given up (late, given back, their provider gone): a result may still come for
+    /// one, and only for one of these or of `copies`.
+    lapsed: Vec<Copy>,
     /// Results awaiting agreement.
     results: Vec<Returned>,
     /// Results that must agree.
@@ -469,6 +476,7 @@ impl BatchState {
             job,
             range,
             copies: Vec::new(),
+            lapsed: Vec::new(),
             results: Vec::new(),
             quorum,
             check: None,
@@ -504,14 +512,15 @@ impl BatchState {
     }
 
     /// Whether `node`, at `subnet`, may not take a copy of this batch: it holds one, or, when
-    /// copies must agree, a provider on its subnet does.
+    /// copies must agree, a provider on its subnet does or its subnet is unseen.
     fn taken(&self, node: NodeId, subnet: Subnet) -> bool {
         self.holds(node)
             || (self.quorum > 1
-                && (self
-                    .copies
-                    .iter()
-                    .any(|copy| copy.subnet.shared_with(subnet))
+                && (subnet == Subnet::Unseen
+                    || self
+                        .copies
+                        .iter()
+                        .any(|copy| copy.subnet.shared_with(subnet))
                     || self.results.iter().any(|r| r.subnet.shared_with(subnet))))
     }
 
@@ -714,7 +723,8 @@ impl RequestorSession {
     }
 
     /// `node` is now reached at `subnet` (a connection moved from a relay to a direct path, or
-    /// back): copies sent from now on follow it.
+    /// back): copies sent from now on follow it. A copy keeps the subnet it was sent to: that
+    /// is where its provider was seen, and a move afterwards gives an operator no copy more.
     pub fn set_subnet(&mut self, node: NodeId, subnet: Subnet, now: Instant) {
         if let Some(provider) = self.providers.get_mut(&node)
             && provider.subnet != subnet
@@ -878,6 +888,13 @@ impl RequestorSession {
         {
             return freed; // a second answer from the same provider counts once
         }
+        let sent = |copies: &[Copy]| copies.iter().any(|copy| copy.provider == node);
+        if !sent(&state.copies) && !sent(&state.lapsed) {
+            // Never sent to it: an answer would let one operator's other keys supply copies
+            // the subnets forbid them, or turn down batches they were never given.
+            tracing::debug!(%node, batch, "an answer to a batch it was not sent is ignored");
+            return freed;
+        }
         self.take_done(node, batch, outcome, now);
         true
     }
@@ -889,11 +906,13 @@ impl RequestorSession {
         };
         let range = state.range.clone();
         let job_id = state.job;
-        let sent = state
-            .copies
-            .iter()
-            .find(|copy| copy.provider == node)
-            .map(|copy| copy.sent);
+        let quorum = state.quorum;
+        let find = |copies: &[Copy]| copies.iter().find(|copy| copy.provider == node).cloned();
+        // `handle_done` made sure there is one: out, or given up.
+        let Some(copy) = find(&state.copies).or_else(|| find(&state.lapsed)) else {
+            return;
+        };
+        let sent = find(&state.copies).map(|copy| copy.sent);
         match outcome {
             Outcome::Outputs { outputs, signature } => {
                 if outputs.len() != range.len() {
@@ -958,19 +977,24 @@ impl RequestorSession {
                     self.catch(node, reason, now);
                     return;
                 }
-                // Priced now, at the rate its copy was sent under: a provider that comes back
-                // at another price is paid the new one for new work only.
-                let (price_per_gfuel, payee, subnet) = self
-                    .providers
-                    .get(&node)
-                    .map_or((0, None, Subnet::Unseen), |p| {
-                        (p.price_per_gfuel, p.payee, p.subnet)
-                    });
+                // Priced at the rate its copy was sent under: a provider that comes back at
+                // another price is paid the new one for new work only.
+                let payee = self.providers.get(&node).and_then(|p| p.payee);
                 let priced = Priced {
                     receipt,
-                    price_per_gfuel,
+                    price_per_gfuel: copy.price_per_gfuel,
                     payee,
                 };
+                let subnet = copy.subnet;
+                // A copy given up left its subnet free for another: its late result counts
+                // only if no result from that subnet is in.
+                let shared = self.batches.get(&batch).is_some_and(|state| {
+                    state.results.iter().any(|r| r.subnet.shared_with(subnet))
+                });
+                if quorum > 1 && shared {
+                    tracing::debug!(%node, batch, "a late result from a subnet already in");
+                    return;
+                }
                 let nano = priced.nano_amount();
                 // A result whose copy was already given up holds no reservation: it is taken
                 // only if the budget still has room for it.
@@ -1089,9 +1113,14 @@ impl RequestorSession {
         if state.results.len() >= state.quorum {
             self.accept(batch, now);
         } else if state.wants() > 0 {
-            let job = state.job;
+            let (job, first) = (state.job, state.range.start);
             if let Some(job) = self.jobs.get_mut(&job) {
                 job.requeued.push_back(batch);
+            }
+            // Every other provider may have turned it down while this copy ran.
+            if self.end_round(batch) {
+                let error = SubtaskError::Internal("every provider gave the batch back".into());
+                self.check_attempts(batch, first, error);
             }
         }
     }
@@ -1562,7 +1591,9 @@ impl RequestorSession {
     /// while others can run it.
     fn give_back(&mut self, batch: u64, node: NodeId, index: usize, error: SubtaskError) {
         self.drop_copy(batch, node);
-        if let Some(state) = self.batches.get_mut(&batch) {
+        if let Some(state) = self.batches.get_mut(&batch)
+            && !state.gave_back.contains(&node)
+        {
             state.gave_back.push(node);
         }
         if self.end_round(batch) {
@@ -1571,11 +1602,11 @@ impl RequestorSession {
     }
 
     /// Ends the round of `batch` once every eligible provider that may take a copy has turned
-    /// it down: the job
-    /// fails with the refusal when every one refused its module; otherwise the round counts
-    /// one attempt and the batch may go to them again. Returns whether a round ended. Called
-    /// when a provider turns the batch down and when a provider leaves (the ones left may all
-    /// have turned it down).
+    /// it down and no copy is out: the job fails with the refusal when every one refused its
+    /// module; otherwise the round counts one attempt and the batch may go to them again.
+    /// Returns whether a round ended. Called when a provider turns the batch down, when a
+    /// result leaves copies wanted, and when a provider leaves (the ones left may all have
+    /// turned it down).
     fn end_round(&mut self, batch: u64) -> bool {
         if self.every_eligible(batch, |state, node| state.refused_by.contains(&node)) {
             let refused = self.batches.get(&batch).and_then(|state| {
@@ -1598,6 +1629,12 @@ impl RequestorSession {
         let Some(state) = self.batches.get_mut(&batch) else {
             return false;
         };
+        // A copy still out may yet come back: the round waits for it, so a provider that gives
+        // the batch back at once cannot spend its attempts while another runs it. Its result
+        // ends the round then, if no one else may take the copies still wanted.
+        if !state.copies.is_empty() {
+            return false;
+        }
         state.gave_back.clear();
         state.attempts += 1;
         true
@@ -1690,7 +1727,13 @@ impl RequestorSession {
         let Some(state) = self.batches.get_mut(&batch) else {
             return;
         };
-        state.copies.retain(|copy| copy.provider != node);
+        let Some(at) = state.copies.iter().position(|copy| copy.provider == node) else {
+            return;
+        };
+        let copy = state.copies.remove(at);
+        if !state.lapsed.iter().any(|lapsed| lapsed.provider == node) {
+            state.lapsed.push(copy);
+        }
         if state.wants() > 0 {
             let job = state.job;
             if let Some(job) = self.jobs.get_mut(&job) {
@@ -1943,12 +1986,14 @@ impl RequestorSession {
     /// A batch of `job` that wants a copy `node` may take, or a new one.
     fn next_batch_for(&mut self, job_id: JobId, node: NodeId) -> Option<u64> {
         let job = self.jobs.get(&job_id)?;
-        if !self.eligible(node, job) {
+        let subnet = self.subnet(node);
+        // Where copies must agree, a provider whose subnet is unseen takes none (see
+        // [`Subnet::Unseen`]), not even the first.
+        if !self.eligible(node, job) || (job.verify.copies() > 1 && subnet == Subnet::Unseen) {
             return None;
         }
         // What the budget still holds, and what one subtask may cost at this provider.
         let price = self.providers.get(&node).map_or(0, |p| p.price_per_gfuel);
-        let subnet = self.subnet(node);
         let per_item = worst_case(&job.spec, price, 1);
         let room = job
             .budget_nano
@@ -2021,15 +2066,15 @@ impl RequestorSession {
                     .max(self.config.min_deadline),
                 None => self.config.first_deadline,
             };
-        let (reserved_nano, subnet) = self.providers.get(&node).map_or((0, Subnet::Unseen), |p| {
-            (
-                worst_case(&job.spec, p.price_per_gfuel, items.len()),
-                p.subnet,
-            )
-        });
+        let (price_per_gfuel, subnet) = self
+            .providers
+            .get(&node)
+            .map_or((0, Subnet::Unseen), |p| (p.price_per_gfuel, p.subnet));
+        let reserved_nano = worst_case(&job.spec, price_per_gfuel, items.len());
         state.copies.push(Copy {
             provider: node,
             subnet,
+            price_per_gfuel,
             sent: now,
             deadline,
             reserved_nano,

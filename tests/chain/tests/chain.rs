@@ -312,6 +312,7 @@ fn a_provider_refuses_a_requestor_that_owes_too_much_until_it_is_paid() {
     provider.set_credit(Some(Credit {
         per_requestor: one_job * 3 / 2,
         first: one_job * 3 / 2,
+        strangers: u128::MAX,
         total: u128::MAX,
     }));
     let second = job(1_000);
@@ -405,6 +406,7 @@ fn an_escrow_serves_a_stranger_past_the_credit_and_pays_the_provider_when_claime
     let credit = Credit {
         per_requestor: 0,
         first: 0,
+        strangers: 0,
         total: 0,
     };
     config.credit = Some(credit);
@@ -472,6 +474,13 @@ fn an_escrow_serves_a_stranger_past_the_credit_and_pays_the_provider_when_claime
         .block_on(provider_chain.claim_owed(&books, Some(credit)))
         .expect("claimed");
     assert_eq!(claims, vec![(node, requestor.payer(), owed)]);
+    let early = anvil.block_on(provider_chain.claim_owed(&books, Some(credit)));
+    assert_eq!(
+        early,
+        Ok(Vec::new()),
+        "a claim not in the books yet is not made again"
+    );
+    assert_eq!(anvil.balance(contract), held - owed);
     assert_eq!(anvil.block_on(watcher.poll(&books)), Ok(1));
     let again = anvil.block_on(provider_chain.claim_owed(&books, Some(credit)));
     assert_eq!(again, Ok(Vec::new()), "nothing is owed now");
