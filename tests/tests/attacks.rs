@@ -67,6 +67,15 @@ async fn dial_with(
     RawRequestor::dial(&key, &net, provider.node_id(), provider.addr()).await
 }
 
+/// Dials `provider` (seed 1) with a stream window of 64 KiB: a few replies fill it.
+async fn dial_narrow(provider: &ProviderNode) -> RawRequestor {
+    let net = NetConfig {
+        stream_window: 64 << 10,
+        ..NetConfig::loopback()
+    };
+    dial_with(provider, 1, net).await.expect("dials")
+}
+
 async fn send(client: &mut RawRequestor, request: Request) {
     client.send(&request).await.expect("request sent");
 }
@@ -155,6 +164,30 @@ async fn assert_unpaid(client: &mut RawRequestor, id: u64) -> Outcome {
     }
 }
 
+/// A provider that keeps books and charges one unit per unit of fuel, so each batch is owed
+/// for, with no credit limit yet; a requestor (seed 1) it served one batch (id 1); and what
+/// that batch cost, once the books hold it.
+async fn priced_provider() -> (Arc<Books>, ProviderNode, RawRequestor, u128) {
+    let books = Arc::new(Books::in_memory().expect("books"));
+    let provider = provider_with(ProviderLimits::default(), Duration::from_secs(1), |c| {
+        c.offers[0].price_per_gfuel = 1_000_000_000;
+        c.books = Some(Arc::clone(&books));
+    })
+    .await;
+    let mut first = dial(&provider, 1).await.expect("dials");
+    assert_serves(&mut first, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while books.on_credit() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the batch never entered the books"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cost = books.on_credit();
+    (books, provider, first, cost)
+}
+
 /// Finding 9: node ids cost nothing, so a credit per requestor alone is a credit per key. A
 /// requestor that has never paid gets the first credit only, credit grows by what a requestor
 /// pays, those that never paid share a part of the total only, and once every requestor
@@ -162,25 +195,7 @@ async fn assert_unpaid(client: &mut RawRequestor, id: u64) -> Outcome {
 #[test]
 fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
     runtime().block_on(async {
-        let books = Arc::new(Books::in_memory().expect("books"));
-        let provider = provider_with(ProviderLimits::default(), Duration::from_secs(1), |c| {
-            // One unit per unit of fuel, so each batch is owed for.
-            c.offers[0].price_per_gfuel = 1_000_000_000;
-            c.books = Some(Arc::clone(&books));
-        })
-        .await;
-        // What one batch costs, served before any credit is set.
-        let mut first = dial(&provider, 1).await.expect("dials");
-        assert_serves(&mut first, 1).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while books.on_credit() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the batch never entered the books"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let cost = books.on_credit();
+        let (books, provider, mut first, cost) = priced_provider().await;
         provider.set_credit(Some(Credit {
             per_requestor: 100 * cost,
             first: 0,
@@ -276,27 +291,12 @@ fn fresh_keys_cannot_take_unpaid_work_past_the_total_credit() {
 
 /// Finding 9: requests sent together do not all pass the credit before the first result is in
 /// the books: the work run and not yet entered counts as owed, and each batch is asked again as
-/// it starts.
+/// it starts (with one worker, as here, no batch passes the credit; with more, one per worker
+/// may).
 #[test]
 fn batches_sent_together_take_no_more_than_the_credit() {
     runtime().block_on(async {
-        let books = Arc::new(Books::in_memory().expect("books"));
-        let provider = provider_with(ProviderLimits::default(), Duration::from_secs(1), |c| {
-            c.offers[0].price_per_gfuel = 1_000_000_000;
-            c.books = Some(Arc::clone(&books));
-        })
-        .await;
-        let mut first = dial(&provider, 1).await.expect("dials");
-        assert_serves(&mut first, 1).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while books.on_credit() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the batch never entered the books"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let cost = books.on_credit();
+        let (books, provider, _first, cost) = priced_provider().await;
         // A stranger may owe one batch: it is served while it owes no more than that.
         provider.set_credit(Some(Credit {
             per_requestor: cost,
@@ -527,11 +527,7 @@ fn a_requestor_that_takes_no_replies_is_closed() {
         };
         let provider = provider(limits, Duration::from_secs(5)).await;
         // A small window, so that few replies fill it.
-        let net = NetConfig {
-            stream_window: 64 << 10,
-            ..NetConfig::loopback()
-        };
-        let mut attacker = dial_with(&provider, 1, net).await.expect("dials");
+        let mut attacker = dial_narrow(&provider).await;
         let limits = Limits::default().deadline(Duration::from_secs(5));
         // Four outputs of 64 KiB: more than the control stream's window.
         for id in 1..=4 {
@@ -566,11 +562,7 @@ fn the_outputs_a_requestor_does_not_take_are_held_up_to_its_room() {
         };
         let provider = provider(limits, Duration::from_secs(5)).await;
         // A small window, so that the first output fills it.
-        let net = NetConfig {
-            stream_window: 64 << 10,
-            ..NetConfig::loopback()
-        };
-        let mut attacker = dial_with(&provider, 1, net).await.expect("dials");
+        let mut attacker = dial_narrow(&provider).await;
         // A spin first, on the one worker, while every flood is accepted and queued behind it.
         let spin = batch::<golem_fixture::spin>(1, &[1], spin_limits(Duration::from_millis(300)));
         send(&mut attacker, Request::Run(spin)).await;

@@ -98,8 +98,10 @@ impl ProviderNodeConfig {
 /// its session (16 MiB each, at most five), its batches ([`batch_bytes_per_connection`]), and
 /// the outputs of its finished batches not sent yet (as much again: a batch whose outputs do
 /// not fit is given back, though a connection holding none may always keep one batch's); the
-/// batches and outputs of all connections together are capped by [`batch_bytes`]; blobs being
-/// received by [`blob_receive_bytes`]; blobs kept by [`blob_memory_bytes`].
+/// batches and outputs of all connections together are capped by [`batch_bytes`] (past it
+/// each connection by the one batch's outputs it may always keep, and by its
+/// [`share`](Self::share)); blobs being received by [`blob_receive_bytes`]; blobs kept by
+/// [`blob_memory_bytes`].
 ///
 /// [`batch_bytes_per_connection`]: Self::batch_bytes_per_connection
 /// [`batch_bytes`]: Self::batch_bytes
@@ -210,8 +212,8 @@ struct Shared {
     /// Batches refused because their requestor owed too much.
     unpaid_refusals: AtomicU64,
     /// Worth of the work run for each requestor and not in the books yet (its reply not sent,
-    /// or being written), in billionths of a unit: counted with what the books say it owes.
-    owing: Mutex<HashMap<NodeId, u128>>,
+    /// or being written): counted with what the books say it owes.
+    owing: Mutex<HashMap<NodeId, Owed>>,
     config: ProviderNodeConfig,
     stop: watch::Sender<bool>,
 }
@@ -249,21 +251,19 @@ impl Shared {
 
     /// Enters in the books that the results `owing` is for were sent, on a blocking thread: a
     /// write to the books waits for the disk (fsync), which must not hold up the network
-    /// threads. It moves from `owing` to the books while the checks of the credit wait, so
-    /// they count it once.
-    fn promise(&self, mut owing: Owing) {
+    /// threads. `owing` counts until the books have it (for a moment, both count: the credit
+    /// errs on the side of refusing).
+    fn promise(&self, owing: Owing) {
         let Some(books) = &self.config.books else {
             return;
         };
         let books = Arc::clone(books);
         drop(tokio::task::spawn_blocking(move || {
-            let shared = Arc::clone(&owing.shared);
-            let mut sums = shared.owing.lock().unwrap_or_else(PoisonError::into_inner);
             let requestor = owing.requestor;
             if let Err(error) = books.promise(requestor, owing.nano) {
                 tracing::error!(%requestor, %error, "work delivered not entered in the books");
             }
-            owing.settle(&mut sums);
+            drop(owing);
         }));
     }
 
@@ -274,13 +274,17 @@ impl Shared {
             return None;
         };
         let fuel: u128 = outputs.iter().map(|out| u128::from(out.fuel)).sum();
-        let nano = fuel * u128::from(price);
-        if nano == 0 || self.config.books.is_none() {
+        let nano = fuel.saturating_mul(u128::from(price));
+        let books = self.config.books.as_ref()?;
+        if nano == 0 {
             return None;
         }
+        // Whether it has never paid, as the credit's check will read it.
+        let stranger = books.account(requestor).is_ok_and(|a| a.arrived == 0);
         let mut owing = self.owing.lock().unwrap_or_else(PoisonError::into_inner);
-        let sum = owing.entry(requestor).or_default();
-        *sum = sum.saturating_add(nano);
+        let owed = owing.entry(requestor).or_insert(Owed { nano: 0, stranger });
+        owed.nano = owed.nano.saturating_add(nano);
+        owed.stranger = stranger;
         Some(Owing {
             shared: Arc::clone(self),
             requestor,
@@ -304,31 +308,28 @@ impl Shared {
     }
 
     /// Why `batch` is answered at once, before its blobs are fetched: no flavor holds its
-    /// limits, or its requestor owes more than the credit limit. On the network threads: when
-    /// the books are being written, the credit is left to the check as the batch starts.
+    /// limits, or its requestor owes more than the credit limit.
     fn refusal(&self, requestor: NodeId, batch: &Batch) -> Option<Outcome> {
         if self.offer_for(batch).is_none() {
             return Some(Outcome::Retry(
                 "the job's limits exceed every flavor of this provider".into(),
             ));
         }
-        let owing = self.owing.try_lock().ok()?;
-        self.unpaid_with(requestor, &owing)
+        self.unpaid(requestor)
     }
 
     /// [`Outcome::Unpaid`] when `requestor` is past its [`Credit`] and escrow, or every
     /// requestor together is past the total, or it has never paid and those that have not are
-    /// past theirs. Waits while the books are written, so it sees each result once.
+    /// past theirs: by the books and the work run and not in them yet, read as one.
+    ///
+    /// Asked when a batch arrives, when it is handed out, and as it starts on a worker, so
+    /// requests sent together cannot all pass before the first result is entered: past the
+    /// credit, a requestor gets at most one batch more per worker running at once.
     fn unpaid(&self, requestor: NodeId) -> Option<Outcome> {
         let owing = self.owing.lock().unwrap_or_else(PoisonError::into_inner);
-        self.unpaid_with(requestor, &owing)
-    }
-
-    /// [`unpaid`](Self::unpaid), with the work not in the books yet, `owing`, held: what the
-    /// books say is owed and what is not in them yet are read as one.
-    fn unpaid_with(&self, requestor: NodeId, owing: &HashMap<NodeId, u128>) -> Option<Outcome> {
         let credit = *self.credit.lock().unwrap_or_else(PoisonError::into_inner);
         let (books, credit) = (self.config.books.as_ref()?, credit?);
+        let own = owing.get(&requestor).map_or(0, |owed| owed.nano);
         let read = books
             .account(requestor)
             .and_then(|account| Ok((account, books.escrow(requestor)?)));
@@ -339,20 +340,19 @@ impl Shared {
                 return None;
             }
         };
-        // Work run and not in the books yet is owed all the same, so requests sent together
-        // cannot all pass before the first result is entered.
+        // Work run and not in the books yet is owed all the same.
         let mut on_credit = books.owed_on_credit();
-        let all_owing = owing
-            .values()
-            .fold(0u128, |sum, nano| sum.saturating_add(*nano));
-        on_credit.all = on_credit.all.saturating_add(all_owing / NANO);
-        let before = account.owed();
-        let own = owing.get(&requestor).copied().unwrap_or(0);
-        account.promised_nano = account.promised_nano.saturating_add(own);
-        if account.arrived == 0 {
-            let more = account.owed().saturating_sub(before);
-            on_credit.strangers = on_credit.strangers.saturating_add(more);
+        let (mut all, mut strangers) = (0u128, 0u128);
+        for owed in owing.values() {
+            all = all.saturating_add(owed.nano);
+            if owed.stranger {
+                strangers = strangers.saturating_add(owed.nano);
+            }
         }
+        drop(owing);
+        on_credit.all = on_credit.all.saturating_add(all / NANO);
+        on_credit.strangers = on_credit.strangers.saturating_add(strangers / NANO);
+        account.promised_nano = account.promised_nano.saturating_add(own);
         let limit = credit.refuses(&account, escrow, on_credit)?;
         let owed = account.owed();
         let (all, strangers) = (on_credit.all, on_credit.strangers);
@@ -683,6 +683,14 @@ enum ConnEvent {
     Done(u64, Outcome, Option<Owing>, Option<Kept>),
 }
 
+/// What one requestor owes for work not in the books yet.
+struct Owed {
+    /// In billionths of the smallest currency unit.
+    nano: u128,
+    /// Whether it had never paid when the work was run.
+    stranger: bool,
+}
+
 /// The worth of results run for a requestor, counted as owed by it until dropped: when the
 /// books have it, or when the results are dropped unsent.
 struct Owing {
@@ -691,25 +699,18 @@ struct Owing {
     nano: u128,
 }
 
-impl Owing {
-    /// Takes its worth out of `sums` (the provider's [`Shared::owing`], held).
-    fn settle(&mut self, sums: &mut HashMap<NodeId, u128>) {
-        if let Some(sum) = sums.get_mut(&self.requestor) {
-            *sum = sum.saturating_sub(self.nano);
-            if *sum == 0 {
-                sums.remove(&self.requestor);
-            }
-        }
-        self.nano = 0;
-    }
-}
-
 impl Drop for Owing {
     fn drop(&mut self) {
-        if self.nano > 0 {
-            let shared = Arc::clone(&self.shared);
-            let mut sums = shared.owing.lock().unwrap_or_else(PoisonError::into_inner);
-            self.settle(&mut sums);
+        let mut owing = self
+            .shared
+            .owing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(owed) = owing.get_mut(&self.requestor) {
+            owed.nano = owed.nano.saturating_sub(self.nano);
+            if owed.nano == 0 {
+                owing.remove(&self.requestor);
+            }
         }
     }
 }
@@ -866,10 +867,7 @@ async fn serve(shared: Arc<Shared>, connection: Connection, slot: ConnectionSlot
                 let _ = session.handle_done(id, Outcome::Retry(reason.into()));
                 continue;
             };
-            if let Ok(owing) = shared.owing.try_lock()
-                && let Some(unpaid) = shared.unpaid_with(peer, &owing)
-            {
-                drop(owing);
+            if let Some(unpaid) = shared.unpaid(peer) {
                 let _ = session.handle_done(id, unpaid);
                 continue;
             }

@@ -85,6 +85,15 @@ pub enum ChainError {
         /// What went wrong.
         message: String,
     },
+    /// A transaction other than a settlement was sent and its outcome is not known (no
+    /// receipt in time): it may yet be mined.
+    #[error("{call}: outcome unknown ({message})")]
+    Unknown {
+        /// What was called.
+        call: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// A transaction other than a settlement reverted, or the node refused it.
     #[error("{call}: {message}")]
     Failed {
@@ -317,9 +326,10 @@ impl Chain {
     /// (requestor, depositor, amount).
     ///
     /// A claim arrives as a payment, which the books hold only once the payee's [`Watcher`]
-    /// has seen it. Until then (or for ten minutes, when a claim's outcome is not known) no
-    /// more is claimed from that requestor, so the same debt is never claimed twice. A claim
-    /// that fails is logged, and the other requestors' are still made.
+    /// has seen it. Until then (for ten minutes at most: a claim whose outcome was not known
+    /// may never have been mined) no more is claimed from that requestor, so the same debt is
+    /// not claimed twice. A claim that fails is logged, and the other requestors' are still
+    /// made.
     pub async fn claim_owed(
         &self,
         books: &Books,
@@ -348,8 +358,10 @@ impl Chain {
                     break;
                 }
                 let made = self.claim(requestor, escrow.depositor, amount).await;
-                // Sent or perhaps sent: waited for before the next claim from this requestor.
-                claimed = claimed.saturating_add(amount);
+                // Made, or perhaps: waited for before the next claim from this requestor.
+                if matches!(made, Ok(()) | Err(ChainError::Unknown { .. })) {
+                    claimed = claimed.saturating_add(amount);
+                }
                 if let Err(error) = made {
                     tracing::warn!(%requestor, amount, %error, "cannot claim from an escrow");
                     break;
@@ -413,7 +425,10 @@ impl Chain {
             .with_timeout(Some(self.config.receipt_timeout))
             .get_receipt()
             .await
-            .map_err(|error| failed(format!("transaction {tx}: {error}")))?;
+            .map_err(|error| ChainError::Unknown {
+                call,
+                message: format!("transaction {tx}: {error}"),
+            })?;
         if !receipt.status() {
             return Err(failed(format!("transaction {tx} reverted")));
         }

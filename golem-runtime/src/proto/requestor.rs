@@ -987,9 +987,13 @@ impl RequestorSession {
                 };
                 let subnet = copy.subnet;
                 // A copy given up left its subnet free for another: its late result counts
-                // only if no result from that subnet is in.
+                // only if no result or copy out from that subnet is in.
                 let shared = self.batches.get(&batch).is_some_and(|state| {
                     state.results.iter().any(|r| r.subnet.shared_with(subnet))
+                        || state
+                            .copies
+                            .iter()
+                            .any(|copy| copy.provider != node && copy.subnet.shared_with(subnet))
                 });
                 if quorum > 1 && shared {
                     tracing::debug!(%node, batch, "a late result from a subnet already in");
@@ -1635,6 +1639,16 @@ impl RequestorSession {
         if !state.copies.is_empty() {
             return false;
         }
+        // No one turned it down: the providers there are may not take it (they share a network
+        // with its results, or cannot be placed on one). That is no attempt; it waits for a
+        // provider that may.
+        if state.gave_back.is_empty() {
+            tracing::warn!(
+                batch,
+                "no provider on a network distinct from its results' may take a copy; waiting"
+            );
+            return false;
+        }
         state.gave_back.clear();
         state.attempts += 1;
         true
@@ -1731,9 +1745,9 @@ impl RequestorSession {
             return;
         };
         let copy = state.copies.remove(at);
-        if !state.lapsed.iter().any(|lapsed| lapsed.provider == node) {
-            state.lapsed.push(copy);
-        }
+        // The newest copy given up to it, at the price it was sent under.
+        state.lapsed.retain(|lapsed| lapsed.provider != node);
+        state.lapsed.push(copy);
         if state.wants() > 0 {
             let job = state.job;
             if let Some(job) = self.jobs.get_mut(&job) {

@@ -455,6 +455,29 @@ impl Sim {
     }
 }
 
+/// A provider slot of one place, free, on this machine.
+fn free_slot() -> ProviderSlot {
+    ProviderSlot {
+        concurrency: 1,
+        engine: None,
+        price_per_gfuel: 0,
+        payee: None,
+        subnet: Subnet::Local,
+    }
+}
+
+/// A job spec with the default limits, for sessions driven by hand.
+fn plain_spec() -> JobSpec {
+    JobSpec {
+        module: BlobId::of(b"module"),
+        task: "t".into(),
+        context: BlobId::of(b"context"),
+        seed: [0; 32],
+        nonce: [1; 16],
+        limits: Limits::default(),
+    }
+}
+
 fn inputs(count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|i| (i as u32).to_le_bytes().to_vec())
@@ -965,13 +988,7 @@ fn receipts_that_do_not_verify_are_rejected_even_without_verification() {
         );
     }
     let now = sim.now();
-    let slot = ProviderSlot {
-        concurrency: 1,
-        engine: None,
-        price_per_gfuel: 0,
-        payee: None,
-        subnet: Subnet::Local,
-    };
+    let slot = free_slot();
     for node in cheaters {
         assert!(!sim.requestor.add_provider(node, slot, now));
     }
@@ -1051,22 +1068,9 @@ fn an_output_or_fuel_figure_changed_after_signing_is_rejected() {
         let node = key.node_id();
         let now = Instant::now();
         let mut session = RequestorSession::new(SchedulerConfig::default());
-        let slot = ProviderSlot {
-            concurrency: 1,
-            engine: None,
-            price_per_gfuel: 0,
-            payee: None,
-            subnet: Subnet::Local,
-        };
+        let slot = free_slot();
         assert!(session.add_provider(node, slot, now));
-        let spec = JobSpec {
-            module: BlobId::of(b"module"),
-            task: "t".into(),
-            context: BlobId::of(b"context"),
-            seed: [0; 32],
-            nonce: [1; 16],
-            limits: Limits::default(),
-        };
+        let spec = plain_spec();
         session.submit(spec, vec![Input::Inline(vec![7])], Verify::None, now);
         let Some((_, Transmit::Request(Request::Run(batch)))) = session.poll_transmit() else {
             panic!("the batch is sent");
@@ -1104,22 +1108,9 @@ fn stale_replies_cost_no_pass_over_the_providers() {
     let node = NodeKey::from_secret([9; 32]).node_id();
     let now = Instant::now();
     let mut session = RequestorSession::new(SchedulerConfig::default());
-    let slot = ProviderSlot {
-        concurrency: 1,
-        engine: None,
-        price_per_gfuel: 0,
-        payee: None,
-        subnet: Subnet::Local,
-    };
+    let slot = free_slot();
     assert!(session.add_provider(node, slot, now));
-    let spec = JobSpec {
-        module: BlobId::of(b"module"),
-        task: "t".into(),
-        context: BlobId::of(b"context"),
-        seed: [0; 32],
-        nonce: [1; 16],
-        limits: Limits::default(),
-    };
+    let spec = plain_spec();
     session.submit(spec, vec![Input::Inline(vec![7])], Verify::None, now);
     let Some((_, Transmit::Request(Request::Run(batch)))) = session.poll_transmit() else {
         panic!("the batch is sent");
@@ -1165,23 +1156,10 @@ fn answers_to_batches_a_provider_was_never_sent_are_ignored() {
     let mut session = RequestorSession::new(SchedulerConfig::default());
     let nodes = [9, 10].map(|seed| NodeKey::from_secret([seed; 32]).node_id());
     for node in nodes {
-        let slot = ProviderSlot {
-            concurrency: 1,
-            engine: None,
-            price_per_gfuel: 0,
-            payee: None,
-            subnet: Subnet::Local,
-        };
+        let slot = free_slot();
         assert!(session.add_provider(node, slot, now));
     }
-    let spec = JobSpec {
-        module: BlobId::of(b"module"),
-        task: "t".into(),
-        context: BlobId::of(b"context"),
-        seed: [0; 32],
-        nonce: [1; 16],
-        limits: Limits::default(),
-    };
+    let spec = plain_spec();
     session.submit(spec, vec![Input::Inline(vec![7])], Verify::None, now);
     let Some((holder, Transmit::Request(Request::Run(batch)))) = session.poll_transmit() else {
         panic!("the batch is sent");
