@@ -393,7 +393,14 @@ fn hostile_peers_all_at_once_do_not_stop_an_honest_job() {
             .build()
             .await
             .expect("the daemon is found");
-        let (expected, calm) = honest(&golem).await;
+        // The first run ships the module and compiles it; the figures compare the runs after.
+        let (expected, _) = honest(&golem).await;
+        let mut calm = Duration::ZERO;
+        for _ in 0..3 {
+            let (hits, took) = honest(&golem).await;
+            assert_eq!(hits, expected, "the honest job's outputs without attackers");
+            calm = calm.max(took);
+        }
         let (start_memory, _) = memory(pid);
         let start_disk = disk(daemon.dir());
 
@@ -477,7 +484,7 @@ fn hostile_peers_all_at_once_do_not_stop_an_honest_job() {
             disk_budget / MIB
         );
         println!(
-            "honest job: {calm:?} alone, {attacked:?} under attack, the slowest of three ({:.1}x)",
+            "honest job, the slowest of three: {calm:?} alone, {attacked:?} under attack ({:.1}x)",
             attacked.as_secs_f64() / calm.as_secs_f64()
         );
         assert!(peak_memory <= memory_budget, "memory past the budget");

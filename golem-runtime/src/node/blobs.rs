@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::room::FairRoom;
 use crate::disk::{DEFAULT_DISK_RESERVE, DirQuota};
+use crate::identity::NodeId;
 use crate::net::{BAD_FRAME, FramedRecv, FramedSend, StreamError};
 use crate::proto::message::{BlobHeader, BlobId};
 
@@ -373,15 +375,17 @@ fn rate_time(bytes: u64) -> std::time::Duration {
 /// Largest blob header frame.
 const HEADER_LIMIT: usize = 256;
 
-/// Receives a blob from a unidirectional stream: reads its header, refuses a blob above
-/// `limit` bytes or one `wanted` does not name, waits for room for its bytes in `room` (permits
-/// of 1 KiB, held while they are read), then reads and hashes it (on a blocking thread) and refuses bytes that do not hash to the
-/// announced id. Memory grows with the bytes that arrive, not with the length announced.
+/// Receives a blob from `peer` on a unidirectional stream: reads its header, refuses a blob
+/// above `limit` bytes or one `wanted` does not name, waits for room for its bytes in `room`
+/// (in KiB, held while they are read; a peer holding less goes first), then reads and hashes
+/// it (on a blocking thread) and refuses bytes that do not hash to the announced id. Memory
+/// grows with the bytes that arrive, not with the length announced.
 pub(crate) async fn receive_blob(
     stream: iroh::endpoint::RecvStream,
     limit: u64,
     wanted: impl Fn(&BlobId) -> bool,
-    room: &tokio::sync::Semaphore,
+    room: &Arc<FairRoom<NodeId>>,
+    peer: NodeId,
 ) -> Result<(BlobId, Vec<u8>), BlobError> {
     let mut framed = FramedRecv::new(stream, HEADER_LIMIT);
     let header: BlobHeader = framed
@@ -402,11 +406,7 @@ pub(crate) async fn receive_blob(
         return Err(BlobError::NotAsked { id });
     }
     let expected = usize::try_from(len).map_err(|_| BlobError::TooLarge { id, len, limit })?;
-    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
-    let _room = room
-        .acquire_many(kib)
-        .await
-        .map_err(|_| StreamError::Io("the provider is shutting down".into()))?;
+    let _room = room.acquire(peer, len.div_ceil(1024)).await;
     let mut bytes = Vec::with_capacity(expected.min(CHUNK));
     bytes.extend_from_slice(&first);
     let started = std::time::Instant::now();

@@ -16,6 +16,7 @@ mod blobs;
 mod exec;
 mod provider;
 mod requestor;
+mod room;
 
 use std::net::SocketAddr;
 use std::str::FromStr;

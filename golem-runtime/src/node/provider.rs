@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use iroh::endpoint::RecvStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::blobs::{BlobError, BlobStore, receive_blob};
 use super::exec::{Executor, run_batch};
+use super::room::FairRoom;
 use super::{Bootstrap, NodeError, log_paths};
 use crate::discovery::{
     ANNOUNCE_EVERY, ANNOUNCEMENT_TTL, Announcement, Discovery, DiscoveryConfig, MAX_ADDRESSES,
@@ -130,9 +131,11 @@ pub struct ProviderLimits {
     /// Largest blob accepted; at most [`blob_receive_bytes`](Self::blob_receive_bytes).
     pub max_blob_bytes: u64,
     /// Bytes of blobs being received at once, across every connection; a blob waits for room
-    /// before its bytes are read, and a stream that then delivers slower than
-    /// [`MIN_BLOB_RATE`](crate::node::MIN_BLOB_RATE) (after [`BLOB_GRACE`](crate::node::BLOB_GRACE))
-    /// is given up, so a peer that barely sends holds the room for seconds, not minutes.
+    /// before its bytes are read (room that frees goes to the waiting requestor that holds
+    /// least, so one that opens many streams delays itself), and a stream that then delivers
+    /// slower than [`MIN_BLOB_RATE`](crate::node::MIN_BLOB_RATE) (after
+    /// [`BLOB_GRACE`](crate::node::BLOB_GRACE)) is given up, so a peer that barely sends holds
+    /// the room for seconds, not minutes.
     pub blob_receive_bytes: u64,
     /// How long a batch waits for its blobs, and a blob stream may take, before it is given up.
     pub blob_wait: Duration,
@@ -196,8 +199,8 @@ struct Shared {
     executor: Executor<NodeId>,
     /// What every connection's session may hold together.
     quota: Arc<BatchQuota>,
-    /// Room for blobs being received, in KiB.
-    receiving: Arc<Semaphore>,
+    /// Room for blobs being received, in KiB, handed out fairly among requestors.
+    receiving: Arc<FairRoom<NodeId>>,
     /// Connections served now, by node id and by address.
     connections: Mutex<Connections>,
     sandbox: Arc<Sandbox>,
@@ -480,16 +483,13 @@ impl ProviderNode {
         let discovery = Discovery::join(&endpoint, bootstrap, DiscoveryConfig::default()).await?;
         let (stop, _) = watch::channel(false);
         let limits = &config.limits;
-        let receive_kib = usize::try_from(limits.blob_receive_bytes.div_ceil(1024))
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             endpoint,
             hello,
             store,
             executor,
             quota: Arc::new(BatchQuota::new(limits.batches, limits.batch_bytes)),
-            receiving: Arc::new(Semaphore::new(receive_kib)),
+            receiving: FairRoom::new(limits.blob_receive_bytes.div_ceil(1024)),
             connections: Mutex::default(),
             sandbox,
             key: NodeKey::from_secret(key.secret_bytes()),
@@ -984,7 +984,13 @@ async fn accept_blobs(
             };
             let received = tokio::time::timeout(
                 limits.blob_wait,
-                receive_blob(stream, limits.max_blob_bytes, is_wanted, &shared.receiving),
+                receive_blob(
+                    stream,
+                    limits.max_blob_bytes,
+                    is_wanted,
+                    &shared.receiving,
+                    peer,
+                ),
             )
             .await
             .unwrap_or(Err(BlobError::Timeout {
