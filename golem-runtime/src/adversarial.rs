@@ -185,6 +185,11 @@ impl Network {
             secret[..8].copy_from_slice(&(index as u64).to_le_bytes());
             let key = crate::identity::NodeKey::from_secret(secret);
             let mut config = ProviderNodeConfig::local(&sandbox, 1);
+            // Each joins the topic through the first, as providers join through bootstrap
+            // nodes: the providers form one mesh of their own, whoever else comes and goes.
+            config
+                .bootstrap
+                .extend(providers.first().map(ProviderNode::bootstrap));
             // A price of its own, so payments can tell providers apart.
             for offer in &mut config.offers {
                 offer.price_per_gfuel = 1_000 * (index as u64 + 1);

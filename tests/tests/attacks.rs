@@ -340,38 +340,36 @@ fn batches_sent_together_take_no_more_than_the_credit() {
     });
 }
 
-/// Finding 5: a Cancel frees the place of a batch that has not been handed out, but a batch
-/// already running (or queued to run) keeps its place until it stops, and what has not started
-/// never runs.
+/// Finding 5: a Cancel stops a batch where it is: one queued never runs, and one running stops
+/// within an epoch tick, not at its deadline; either way its place comes free at once.
 #[test]
-fn a_cancelled_batch_keeps_its_place_until_it_stops_and_queued_work_never_runs() {
+fn a_cancelled_batch_stops_at_once_whether_queued_or_running() {
     runtime().block_on(async {
         let limits = ProviderLimits {
             batches_per_connection: 6,
             ..ProviderLimits::default()
         };
-        let second = Duration::from_secs(1);
-        let provider = provider(limits, second).await;
+        let minute = Duration::from_secs(60);
+        let provider = provider(limits, minute).await;
         let mut attacker = dial(&provider, 1).await.expect("dials");
-        // Six spins of a second each, on the one worker; all cancelled at once.
+        // Six spins of a minute each, on the one worker: one runs, five wait behind it.
         for id in 1..=6 {
-            let spin = batch::<golem_fixture::spin>(id, &[1], spin_limits(second));
+            let spin = batch::<golem_fixture::spin>(id, &[1], spin_limits(minute));
             send(&mut attacker, Request::Run(spin)).await;
         }
-        for id in 1..=6 {
-            send(&mut attacker, Request::Cancel { batch: id }).await;
-        }
-        let cancelled = Instant::now();
-        let spin = batch::<golem_fixture::spin>(7, &[1], spin_limits(second));
+        // While they hold every place, a new batch is given back.
+        let spin = batch::<golem_fixture::spin>(7, &[1], spin_limits(minute));
         send(&mut attacker, Request::Run(spin)).await;
         let refused = reply(&mut attacker).await;
         assert!(
             is_retry(&refused, 7),
-            "the cancelled batches still hold their places: {refused:?}"
+            "the spins hold their places: {refused:?}"
         );
-        // No reply is owed for them. Their places come free once the one running stops and
-        // the five queued are dropped without running their five seconds: until then a new
-        // batch is given back as well.
+        for id in 1..=6 {
+            send(&mut attacker, Request::Cancel { batch: id }).await;
+        }
+        let cancelled = Instant::now();
+        // No reply is owed for them, and their places come free as soon as they stop.
         let mut id = 8;
         loop {
             assert!(
@@ -396,8 +394,8 @@ fn a_cancelled_batch_keeps_its_place_until_it_stops_and_queued_work_never_runs()
         let waited = cancelled.elapsed();
         eprintln!("served {waited:?} after the cancels");
         assert!(
-            waited < Duration::from_millis(3500),
-            "the cancelled batches ran: {waited:?}"
+            waited < Duration::from_secs(5),
+            "the running spin went on after its cancel: {waited:?}"
         );
     });
 }

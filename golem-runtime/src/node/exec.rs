@@ -199,14 +199,15 @@ pub(crate) fn input_bytes<'a>(
 /// frame's own fields. A batch past it is given back instead of kept growing.
 pub(crate) const BATCH_OUTPUT_BYTES: usize = MAX_REPLY_FRAME - (1 << 20);
 
-/// Runs every subtask of `batch`, stopping at the first failure, or (before the module is
-/// prepared, and before each item) once `cancelled` is set; `blob` looks up the module, context
-/// and large inputs. The error is any [`Outcome`] but `Outputs`.
+/// Runs every subtask of `batch`, stopping at the first failure, or once `cancelled` is set
+/// (before the module is prepared, before each item, and within an epoch tick in the item
+/// running); `blob` looks up the module, context and large inputs. The error is any
+/// [`Outcome`] but `Outputs`.
 pub(crate) fn run_batch(
     sandbox: &Sandbox,
     blob: impl Fn(&BlobId) -> Option<Arc<[u8]>>,
     batch: &Batch,
-    cancelled: &AtomicBool,
+    cancelled: &Arc<AtomicBool>,
 ) -> Result<Vec<Output>, Outcome> {
     let job = &batch.job;
     let stop = || {
@@ -238,7 +239,7 @@ pub(crate) fn run_batch(
         };
         // A host-side bug must not take the worker thread (and every later batch) down with it.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            sandbox.run(&module, &task, call, &job.limits)
+            sandbox.run_until(&module, &task, call, &job.limits, cancelled)
         }))
         .unwrap_or_else(|_| Err(SubtaskError::Internal("the sandbox panicked".into())));
         match result {
@@ -257,10 +258,11 @@ pub(crate) fn run_batch(
                 });
             }
             Err(error) => {
-                return Err(Outcome::Failed {
+                // Stopped by the cancel, not failed.
+                return Err(stop().unwrap_or(Outcome::Failed {
                     index: item.index,
                     error,
-                });
+                }));
             }
         }
     }

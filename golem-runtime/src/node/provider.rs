@@ -244,7 +244,7 @@ impl Shared {
 
     /// Runs `batch` on this thread, unless `cancelled` stops it, and signs the receipt of its
     /// outputs.
-    fn run(&self, batch: &Batch, cancelled: &AtomicBool) -> Outcome {
+    fn run(&self, batch: &Batch, cancelled: &Arc<AtomicBool>) -> Outcome {
         let store = &self.store;
         match run_batch(&self.sandbox, |id| store.get(id), batch, cancelled) {
             Ok(outputs) => self.sign(batch, outputs),

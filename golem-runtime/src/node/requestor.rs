@@ -883,7 +883,7 @@ impl Owner {
                     &sandbox,
                     lookup,
                     &check.batch,
-                    &AtomicBool::new(false),
+                    &Arc::new(AtomicBool::new(false)),
                 )),
                 (CheckKind::Custom, _, Some(custom)) => run_custom(&*custom, &check, lookup),
                 _ => CheckResult::Failed("the requestor cannot run this check".into()),

@@ -333,6 +333,31 @@ impl Sandbox {
         call: Call<'_>,
         limits: &Limits,
     ) -> Result<Execution, SubtaskError> {
+        self.run_inner(module, task, call, limits, None)
+    }
+
+    /// [`run`](Self::run), stopped within an epoch tick once `stop` is set (with epoch
+    /// deadlines on; without, it runs to its end): the call then ends in
+    /// [`SubtaskError::Internal`] saying it was stopped.
+    pub fn run_until(
+        &self,
+        module: &PreparedModule,
+        task: &TaskExport,
+        call: Call<'_>,
+        limits: &Limits,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Execution, SubtaskError> {
+        self.run_inner(module, task, call, limits, Some(stop))
+    }
+
+    fn run_inner(
+        &self,
+        module: &PreparedModule,
+        task: &TaskExport,
+        call: Call<'_>,
+        limits: &Limits,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<Execution, SubtaskError> {
         if limits.memory_bytes > self.config.max_memory_bytes {
             return Err(SubtaskError::Internal(format!(
                 "the memory limit of {} bytes is above this sandbox's maximum of {} bytes",
@@ -347,7 +372,26 @@ impl Sandbox {
                 .set_fuel(limits.fuel)
                 .map_err(|error| SubtaskError::Internal(error.to_string()))?;
         }
-        store.set_epoch_deadline(self.epoch_ticks(limits.deadline));
+        let ticks = self.epoch_ticks(limits.deadline);
+        match stop {
+            Some(stop) if self.ticker.is_some() => {
+                // Woken at every tick: the deadline counts down there, and a stop ends the call.
+                let stop = Arc::clone(stop);
+                let mut left = ticks;
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(wasmtime::Error::msg(STOPPED));
+                    }
+                    left = left.saturating_sub(1);
+                    if left == 0 {
+                        return Err(Trap::Interrupt.into());
+                    }
+                    Ok(wasmtime::UpdateDeadline::Continue(1))
+                });
+            }
+            _ => store.set_epoch_deadline(ticks),
+        }
 
         let outcome = module.call(&mut store, task);
         let fuel_used = self
@@ -376,6 +420,9 @@ impl Sandbox {
         &self.linker
     }
 }
+
+/// Why a call stopped by [`Sandbox::run_until`] ended.
+const STOPPED: &str = "the subtask was stopped";
 
 /// Turns a wasmtime error from a guest call into the typed error a user sees.
 ///

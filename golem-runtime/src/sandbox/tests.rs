@@ -100,6 +100,32 @@ fn infinite_loop_hits_the_deadline_without_fuel() {
 }
 
 #[test]
+fn a_running_call_stops_within_a_tick_of_its_stop() {
+    let mut config = SandboxConfig::with_instances(4);
+    config.fuel_metering = false;
+    let sandbox = Arc::new(sandbox(config));
+    let bytes = module("", r#"(func (export "golem_task_spin") (loop $l (br $l)))"#);
+    let module = prepare(&sandbox, &bytes).expect("prepared");
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = {
+        let (sandbox, stop) = (Arc::clone(&sandbox), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let task = module.task("spin").expect("a task");
+            let limits = Limits::default().deadline(Duration::from_secs(60));
+            let started = Instant::now();
+            let result = sandbox.run_until(&module, &task, call(b""), &limits, &stop);
+            (result, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (result, took) = running.join().expect("no panic");
+    assert_eq!(result, Err(SubtaskError::Internal(STOPPED.into())));
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+    assert_still_serves(&sandbox);
+}
+
+#[test]
 fn memory_bomb_reaches_the_memory_limit() {
     let sandbox = sandbox(SandboxConfig::with_instances(4));
     // Grows by a page until refused, then traps as a Rust allocator would.
