@@ -51,7 +51,7 @@ pub(crate) struct LimitArgs {
     max_blob: u64,
 
     /// Bytes of blobs being received at once across every connection; a blob waits for room
-    /// before it is read.
+    /// before it is read, and room that frees goes to the requestor holding least.
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
     blob_receive_memory: u64,
 
@@ -76,8 +76,8 @@ pub(crate) struct LimitArgs {
     #[arg(long, default_value = "4G", value_name = "SIZE", value_parser = parse_bytes)]
     compiled_disk: u64,
 
-    /// Free space left on the disk of DIR: no blob or compiled module is written into it, so the
-    /// books (DIR/books.redb) can always be.
+    /// Free space left on the disk of DIR: no blob or compiled module is written into it, so
+    /// the books (DIR/books.redb) always have room to be written.
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_bytes)]
     disk_reserve: u64,
 

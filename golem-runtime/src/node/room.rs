@@ -4,13 +4,19 @@
 //! A FIFO semaphore lets one peer that opens many streams queue in front of everyone: each of
 //! its streams waits its turn, and a peer that comes later waits behind all of them. Here, when
 //! room frees, it goes to the waiting peer that holds least, so a peer's own backlog delays
-//! itself, not the others.
+//! itself, not the others. A request that does not fit yet lets smaller ones behind it go
+//! first for [`SKIP_FOR`]; after that it keeps its place, so neither a large request nor a
+//! stream of small ones can hold the other off for good.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+/// How long a request that does not fit lets those behind it that do go first.
+const SKIP_FOR: Duration = Duration::from_secs(1);
 
 /// Room of a fixed size in units (the provider counts KiB), shared by peers of id `K`.
 #[derive(Debug)]
@@ -33,6 +39,7 @@ struct Waiting<K: Copy + Eq + Hash> {
     owner: K,
     units: u64,
     arrived: u64,
+    since: Instant,
     grant: oneshot::Sender<RoomHold<K>>,
 }
 
@@ -87,7 +94,7 @@ impl<K: Copy + Eq + Hash> FairRoom<K> {
 
     /// `units` for `owner`, once there is room and no peer holding less waits for it. A request
     /// larger than the whole room waits for ever: the caller caps what it asks. Dropping the
-    /// future gives up its place.
+    /// future gives up its place, and the room goes to the next.
     pub(crate) async fn acquire(self: &Arc<Self>, owner: K, units: u64) -> RoomHold<K> {
         let (granted, unserved) = {
             let mut state = self.lock();
@@ -98,12 +105,20 @@ impl<K: Copy + Eq + Hash> FairRoom<K> {
                 owner,
                 units,
                 arrived,
+                since: Instant::now(),
                 grant,
             });
             (granted, self.grant(&mut state))
         };
         drop(unserved);
-        match granted.await {
+        let mut pending = Pending {
+            room: Arc::clone(self),
+            granted,
+            done: false,
+        };
+        let granted = (&mut pending.granted).await;
+        pending.done = true;
+        match granted {
             Ok(hold) => hold,
             // The sender is dropped only once it has sent, or once this receiver is gone.
             Err(_) => unreachable!("a waiting request is granted before its sender is dropped"),
@@ -111,27 +126,33 @@ impl<K: Copy + Eq + Hash> FairRoom<K> {
     }
 
     /// Hands free units to the waiting: the peer holding least first (the earliest among
-    /// equals), as long as its request fits. Returns the holds whose requests were given up,
-    /// to be dropped once the lock is released.
+    /// equals). One that does not fit lets those behind it that do go first, for [`SKIP_FOR`];
+    /// then it keeps its place. Returns the holds whose requests were given up, to be dropped
+    /// once the lock is released.
     fn grant(self: &Arc<Self>, state: &mut State<K>) -> Vec<RoomHold<K>> {
         let mut unserved = Vec::new();
         state.waiting.retain(|waiting| !waiting.grant.is_closed());
         loop {
-            let next = state
-                .waiting
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, waiting)| {
-                    let held = state.held.get(&waiting.owner).copied().unwrap_or(0);
-                    (held, waiting.arrived)
-                })
-                .map(|(at, _)| at);
+            let mut order: Vec<usize> = (0..state.waiting.len()).collect();
+            order.sort_by_key(|&at| {
+                let waiting = &state.waiting[at];
+                let held = state.held.get(&waiting.owner).copied().unwrap_or(0);
+                (held, waiting.arrived)
+            });
+            let mut next = None;
+            for at in order {
+                let waiting = &state.waiting[at];
+                if waiting.units <= state.free {
+                    next = Some(at);
+                    break;
+                }
+                if waiting.since.elapsed() >= SKIP_FOR {
+                    break;
+                }
+            }
             let Some(at) = next else {
                 break;
             };
-            if state.waiting[at].units > state.free {
-                break;
-            }
             let waiting = state.waiting.remove(at);
             state.free -= waiting.units;
             *state.held.entry(waiting.owner).or_default() += waiting.units;
@@ -145,6 +166,32 @@ impl<K: Copy + Eq + Hash> FairRoom<K> {
             }
         }
         unserved
+    }
+}
+
+/// A request waiting in a [`FairRoom`]. Dropped before its grant (the caller gave up), it
+/// hands the room on: what the request blocked may fit another now.
+struct Pending<K: Copy + Eq + Hash> {
+    room: Arc<FairRoom<K>>,
+    granted: oneshot::Receiver<RoomHold<K>>,
+    done: bool,
+}
+
+impl<K: Copy + Eq + Hash> Drop for Pending<K> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Closed first, so the grant below passes it by; a hold sent before is taken back.
+        self.granted.close();
+        let sent = self.granted.try_recv().ok();
+        let unserved = {
+            let mut state = self.room.lock();
+            self.room.grant(&mut state)
+        };
+        // Given back outside the lock.
+        drop(sent);
+        drop(unserved);
     }
 }
 
@@ -184,6 +231,28 @@ mod tests {
         assert_eq!(room.free(), 0);
         drop(late);
         drop(served);
+        assert_eq!(room.free(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_does_not_fit_lets_smaller_ones_by_for_a_while_then_keeps_its_place() {
+        let room = FairRoom::new(10);
+        let a = room.acquire(1, 5).await;
+        let mut b = Box::pin(room.acquire(2, 8));
+        assert!(ready(&mut b).await.is_none());
+        // Just arrived, it lets a smaller request by.
+        let mut c = Box::pin(room.acquire(3, 2));
+        let c = ready(&mut c).await.expect("let by the large one");
+        tokio::time::sleep(SKIP_FOR).await;
+        // Waiting longer, it keeps its place, though another would fit...
+        let mut d = Box::pin(room.acquire(4, 2));
+        assert!(ready(&mut d).await.is_none());
+        // ...until it gives up: then the room goes on at once.
+        drop(b);
+        let d = ready(&mut d)
+            .await
+            .expect("granted once the large one gave up");
+        drop((a, c, d));
         assert_eq!(room.free(), 10);
     }
 

@@ -372,25 +372,24 @@ impl Sandbox {
                 .set_fuel(limits.fuel)
                 .map_err(|error| SubtaskError::Internal(error.to_string()))?;
         }
-        let ticks = self.epoch_ticks(limits.deadline);
         match stop {
             Some(stop) if self.ticker.is_some() => {
-                // Woken at every tick: the deadline counts down there, and a stop ends the call.
+                // Woken at every tick: a stop ends the call, and so does the deadline, read
+                // from the clock (ticks missed while the thread waited would undercount it).
                 let stop = Arc::clone(stop);
-                let mut left = ticks;
+                let end = std::time::Instant::now().checked_add(limits.deadline);
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(move |_| {
                     if stop.load(Ordering::Relaxed) {
                         return Err(wasmtime::Error::msg(STOPPED));
                     }
-                    left = left.saturating_sub(1);
-                    if left == 0 {
+                    if end.is_some_and(|end| std::time::Instant::now() >= end) {
                         return Err(Trap::Interrupt.into());
                     }
                     Ok(wasmtime::UpdateDeadline::Continue(1))
                 });
             }
-            _ => store.set_epoch_deadline(ticks),
+            _ => store.set_epoch_deadline(self.epoch_ticks(limits.deadline)),
         }
 
         let outcome = module.call(&mut store, task);

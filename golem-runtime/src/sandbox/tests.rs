@@ -126,6 +126,27 @@ fn a_running_call_stops_within_a_tick_of_its_stop() {
 }
 
 #[test]
+fn a_call_that_may_be_stopped_still_ends_at_its_deadline() {
+    let mut config = SandboxConfig::with_instances(4);
+    config.fuel_metering = false;
+    let sandbox = sandbox(config);
+    let bytes = module("", r#"(func (export "golem_task_spin") (loop $l (br $l)))"#);
+    let module = prepare(&sandbox, &bytes).expect("prepared");
+    let task = module.task("spin").expect("a task");
+    let limits = Limits::default().deadline(Duration::from_millis(50));
+    let never = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let result = sandbox.run_until(&module, &task, call(b""), &limits, &never);
+    assert_eq!(
+        result,
+        Err(SubtaskError::Deadline {
+            limit: Duration::from_millis(50)
+        })
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
 fn memory_bomb_reaches_the_memory_limit() {
     let sandbox = sandbox(SandboxConfig::with_instances(4));
     // Grows by a page until refused, then traps as a Rust allocator would.
