@@ -14,7 +14,7 @@ use golem_runtime::node::{
 use golem_runtime::payment::PaymentHook;
 use golem_runtime::proto::requestor::SchedulerConfig;
 use golem_runtime::reputation::Record;
-use golem_runtime::sandbox::{EngineFingerprint, Limits, Sandbox, SandboxConfig};
+use golem_runtime::sandbox::{EngineFingerprint, Limits, Sandbox, SandboxConfig, SandboxError};
 use golem_runtime::verify::Verify;
 
 use crate::iterate::{Iterated, Until};
@@ -244,6 +244,19 @@ pub struct GolemBuilder {
     reputation: Option<PathBuf>,
     check_threads: Option<usize>,
     payments: Option<Hook>,
+    /// Where compiled modules are kept: `None` for the default directory, `Some(None)` for
+    /// none.
+    compiled_cache: Option<Option<PathBuf>>,
+}
+
+/// Where the in-process providers keep compiled modules unless told otherwise:
+/// `$XDG_CACHE_HOME/golem/compiled`, or `~/.cache/golem/compiled`.
+fn default_compiled_cache() -> Option<PathBuf> {
+    let set = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    let base = set("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| set("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("golem").join("compiled"))
 }
 
 /// A payment hook in the builder.
@@ -319,6 +332,23 @@ impl GolemBuilder {
     /// providers whose engine fingerprint equals this one.
     pub fn sandbox(mut self, config: SandboxConfig) -> Self {
         self.sandbox = Some(config);
+        self
+    }
+
+    /// Directory where the in-process providers keep compiled modules across runs, keyed by
+    /// module hash and engine fingerprint as a provider daemon keeps them in `DIR/compiled`
+    /// (default: `$XDG_CACHE_HOME/golem/compiled`, or `~/.cache/golem/compiled`; when the
+    /// default cannot be used, modules are compiled in memory). A job whose module an earlier
+    /// run compiled then starts without compiling it again. Settings given with
+    /// [`sandbox`](Self::sandbox) take precedence.
+    pub fn compiled_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.compiled_cache = Some(Some(dir.into()));
+        self
+    }
+
+    /// Keeps no compiled module on disk: each process compiles the modules it runs.
+    pub fn no_compiled_cache(mut self) -> Self {
+        self.compiled_cache = Some(None);
         self
     }
 
@@ -398,10 +428,27 @@ impl GolemBuilder {
         // slots per provider leave room for the module check at compile time.
         let check_threads = self.check_threads.unwrap_or(1);
         let slots = local.saturating_mul(2) + check_threads + 2;
-        let config = self.sandbox.unwrap_or_else(|| {
-            SandboxConfig::with_instances(u32::try_from(slots).unwrap_or(u32::MAX))
+        let default_cache = self.sandbox.is_none() && self.compiled_cache.is_none();
+        let compiled_cache = match &self.compiled_cache {
+            None => default_compiled_cache(),
+            Some(dir) => dir.clone(),
+        };
+        let mut config = self.sandbox.unwrap_or_else(|| {
+            let mut config =
+                SandboxConfig::with_instances(u32::try_from(slots).unwrap_or(u32::MAX));
+            config.compiled_cache_dir = compiled_cache;
+            config
         });
-        let sandbox = Arc::new(Sandbox::new(config)?);
+        let sandbox = match Sandbox::new(config.clone()) {
+            // The default directory is a convenience: without it, modules compile in memory.
+            Err(SandboxError::Cache { path, message }) if default_cache => {
+                tracing::warn!(path = %path.display(), %message, "no compiled-module cache; modules are compiled in memory");
+                config.compiled_cache_dir = None;
+                Sandbox::new(config)?
+            }
+            built => built?,
+        };
+        let sandbox = Arc::new(sandbox);
         let mut demand = Demand::for_limits(&self.limits);
         demand.max_price_per_gfuel = self.max_price;
         let requestor_config = RequestorConfig {

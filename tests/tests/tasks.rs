@@ -161,3 +161,42 @@ async fn async_api_runs_on_a_runtime() {
     let doubled = golem.par_for(1..=3, double).await.expect("job");
     assert_eq!(doubled, [2, 4, 6]);
 }
+
+/// The in-process providers keep compiled modules on disk, as a daemon does: a second
+/// requestor on the same directory finds the module compiled, and runs it to the same bytes.
+#[test]
+fn compiled_modules_are_kept_on_disk_for_the_next_run() {
+    let dir = std::env::temp_dir().join(format!("golem-compiled-local-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let compiled = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| Some(entry.ok()?.path()))
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let run = || {
+        let golem = Golem::builder()
+            .providers(1)
+            .compiled_cache(&dir)
+            .build_blocking()
+            .expect("local providers start");
+        golem.par_for(vec![21u64, 4], double).run().expect("job")
+    };
+    let first = run();
+    let kept = compiled();
+    assert_eq!(kept.len(), 1, "the module is kept once: {kept:?}");
+    let modified = std::fs::metadata(&kept[0])
+        .and_then(|m| m.modified())
+        .expect("a time");
+    assert_eq!(run(), first);
+    assert_eq!(compiled(), kept, "found, not compiled again");
+    let again = std::fs::metadata(&kept[0])
+        .and_then(|m| m.modified())
+        .expect("a time");
+    assert_eq!(again, modified, "the kept file was not written again");
+    std::fs::remove_dir_all(&dir).expect("removed");
+}

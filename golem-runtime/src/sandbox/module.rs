@@ -193,8 +193,9 @@ fn store_compiled(path: &std::path::Path, serialized: &[u8]) -> std::io::Result<
     let mut file = Vec::with_capacity(32 + serialized.len());
     file.extend_from_slice(blake3::hash(serialized).as_bytes());
     file.extend_from_slice(serialized);
-    // Write aside and rename, so a crash never leaves a partial file under the name.
-    let partial = path.with_extension("partial");
+    // Write aside and rename, so a crash never leaves a partial file under the name; aside
+    // under this process's id, as processes may share the directory.
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
     std::fs::write(&partial, &file)?;
     std::fs::rename(&partial, path)
 }
