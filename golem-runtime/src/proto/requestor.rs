@@ -367,6 +367,12 @@ impl Subnet {
         }
     }
 
+    /// Whether a provider here may take a copy of a batch whose `quorum` copies must agree,
+    /// whoever holds the others: not one whose subnet is unseen.
+    fn may_copy(self, quorum: usize) -> bool {
+        quorum <= 1 || self != Self::Unseen
+    }
+
     /// Whether a provider here and one at `other` may be one operator's.
     fn shared_with(self, other: Self) -> bool {
         match (self, other) {
@@ -515,12 +521,12 @@ impl BatchState {
     /// copies must agree, a provider on its subnet does or its subnet is unseen.
     fn taken(&self, node: NodeId, subnet: Subnet) -> bool {
         self.holds(node)
+            || !subnet.may_copy(self.quorum)
             || (self.quorum > 1
-                && (subnet == Subnet::Unseen
-                    || self
-                        .copies
-                        .iter()
-                        .any(|copy| copy.subnet.shared_with(subnet))
+                && (self
+                    .copies
+                    .iter()
+                    .any(|copy| copy.subnet.shared_with(subnet))
                     || self.results.iter().any(|r| r.subnet.shared_with(subnet))))
     }
 
@@ -908,11 +914,12 @@ impl RequestorSession {
         let job_id = state.job;
         let quorum = state.quorum;
         let find = |copies: &[Copy]| copies.iter().find(|copy| copy.provider == node).cloned();
+        let out = find(&state.copies);
+        let sent = out.as_ref().map(|copy| copy.sent);
         // `handle_done` made sure there is one: out, or given up.
-        let Some(copy) = find(&state.copies).or_else(|| find(&state.lapsed)) else {
+        let Some(copy) = out.or_else(|| find(&state.lapsed)) else {
             return;
         };
-        let sent = find(&state.copies).map(|copy| copy.sent);
         match outcome {
             Outcome::Outputs { outputs, signature } => {
                 if outputs.len() != range.len() {
@@ -2001,9 +2008,9 @@ impl RequestorSession {
     fn next_batch_for(&mut self, job_id: JobId, node: NodeId) -> Option<u64> {
         let job = self.jobs.get(&job_id)?;
         let subnet = self.subnet(node);
-        // Where copies must agree, a provider whose subnet is unseen takes none (see
-        // [`Subnet::Unseen`]), not even the first.
-        if !self.eligible(node, job) || (job.verify.copies() > 1 && subnet == Subnet::Unseen) {
+        // Not even the first copy of a new batch goes where no copy may (see
+        // [`Subnet::Unseen`]).
+        if !self.eligible(node, job) || !subnet.may_copy(job.verify.copies()) {
             return None;
         }
         // What the budget still holds, and what one subtask may cost at this provider.
