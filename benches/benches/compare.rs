@@ -1,7 +1,8 @@
 //! Prints the comparison table in the README: the render kernel natively, with rayon, and in
 //! the sandbox under each engine setting; the fixed cost of one subtask; tiny-task throughput
 //! and one-task round trip over QUIC on loopback (`Golem::local()`), next to the same calls
-//! made in-process without a network.
+//! made in-process without a network; the cost of a large shared context per subtask, with
+//! context snapshots and without; and the time to a first result, cold and warm.
 //!
 //! Run: `cargo bench -p golem-benches --bench compare`
 //!
@@ -10,9 +11,12 @@
 use std::time::{Duration, Instant};
 
 use golem::Golem;
-use golem_benches::{SandboxRun, engine_variants, render_native, render_rayon, scene, tiles};
+use golem_benches::{
+    SandboxRun, engine_variants, memory, render_native, render_rayon, scene, tiles,
+};
 use golem_examples::mandelbrot::render;
-use golem_fixture::double;
+use golem_fixture::{dot, double};
+use golem_runtime::sandbox::{Limits, SandboxConfig};
 
 fn median(runs: usize, mut f: impl FnMut()) -> Duration {
     f();
@@ -164,4 +168,127 @@ fn main() {
             times[times.len() * 99 / 100].as_secs_f64() * 1e6
         );
     }
+    contexts(quick, runs, cores);
+    first_result(quick, runs);
+}
+
+/// A shared context of 0 to 128 MiB of f32 and subtasks that each read 1,024 of them: what a
+/// subtask costs when it decodes the context first (as before snapshots) and when it starts
+/// from a snapshot of the decoded context; the first subtask on a fresh sandbox (for
+/// snapshots, making the snapshot: the once-per-job cost); the peak resident memory while
+/// every core runs subtasks; and the memory the snapshot's image takes.
+fn contexts(quick: bool, runs: usize, cores: usize) {
+    println!(
+        "\n| shared context, `dot` over 1,024 of its f32 | per subtask | above empty | first \
+         subtask | peak resident, {cores} threads | snapshot image |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let sizes: &[usize] = if quick { &[0, 1] } else { &[0, 1, 16, 128] };
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    let mut empty = [Duration::ZERO; 2];
+    for &size in sizes {
+        let weights: Vec<f32> = (0..size << 18)
+            .map(|at| (at % 1_000) as f32 * 1e-3)
+            .collect();
+        for (mode, snapshots) in [
+            ("decoded by each subtask", false),
+            ("from a snapshot", true),
+        ] {
+            // Subtasks that decode 16 MiB or more take tens of milliseconds each.
+            let calls = match (quick, snapshots, size) {
+                (true, _, _) => 8,
+                (false, false, 16..) => 8,
+                _ => 256,
+            };
+            let inputs: Vec<(u32, u32)> = (0..calls)
+                .map(|at| ((at * 4_099 % (weights.len().max(1))) as u32, 1_024))
+                .collect();
+            let mut config = SandboxConfig::with_instances(8);
+            config.context_snapshots = snapshots;
+            let shmem = memory::shmem();
+            let run = SandboxRun::new(config, dot, &weights, &inputs)
+                .limits(Limits::default().memory_bytes(768 << 20));
+            let started = Instant::now();
+            let output: f32 = postcard::from_bytes(&run.run_one(0)).expect("decode");
+            let first = started.elapsed();
+            assert_eq!(
+                output,
+                dot(&weights, inputs[0]),
+                "the sandbox's sum differs"
+            );
+            let image = memory::shmem().saturating_sub(shmem);
+            let per = median(runs, || {
+                for at in 0..calls {
+                    std::hint::black_box(run.run_one(at));
+                }
+            }) / calls as u32;
+            memory::reset_peak();
+            let resident = memory::status("VmRSS");
+            std::thread::scope(|scope| {
+                for thread in 0..cores {
+                    let run = &run;
+                    scope.spawn(move || {
+                        for at in (thread..calls).step_by(cores) {
+                            std::hint::black_box(run.run_one(at));
+                        }
+                    });
+                }
+            });
+            let peak = memory::status("VmHWM").saturating_sub(resident);
+            if size == 0 {
+                empty[usize::from(snapshots)] = per;
+            }
+            let above = per.saturating_sub(empty[usize::from(snapshots)]);
+            println!(
+                "| {size} MiB, {mode} | {:.1} µs | {:.1} µs | {:.1} ms | {:.0} MiB | {} |",
+                per.as_secs_f64() * 1e6,
+                above.as_secs_f64() * 1e6,
+                first.as_secs_f64() * 1e3,
+                mib(peak),
+                if run.sandbox().snapshots_made() > 0 {
+                    format!("{:.0} MiB", mib(image))
+                } else {
+                    "none".into()
+                },
+            );
+        }
+    }
+}
+
+/// From building a `Golem` to the output of a one-item job: cold (no module compiled before:
+/// an empty compiled-module cache) and warm (the module compiled by an earlier run, on disk).
+fn first_result(quick: bool, runs: usize) {
+    let dir = std::env::temp_dir().join(format!("golem-bench-compiled-{}", std::process::id()));
+    let first = || {
+        let started = Instant::now();
+        let golem = Golem::builder()
+            .compiled_cache(&dir)
+            .build_blocking()
+            .expect("local providers");
+        let output = golem.par_for([21u64], double).run().expect("one task");
+        let took = started.elapsed();
+        assert_eq!(output, [42]);
+        took
+    };
+    let runs = if quick { 1 } else { runs };
+    let cold = median(runs, || {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::hint::black_box(first());
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    first();
+    let warm = median(runs, || {
+        std::hint::black_box(first());
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\n| time to first result, `Golem::builder()` to the output of 1 item | time |");
+    println!("|---|---:|");
+    println!(
+        "| cold: module never compiled | {:.1} ms |",
+        cold.as_secs_f64() * 1e3
+    );
+    println!(
+        "| warm: module compiled by an earlier run | {:.1} ms |",
+        warm.as_secs_f64() * 1e3
+    );
 }

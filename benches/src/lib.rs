@@ -10,7 +10,9 @@ use std::sync::Arc;
 use golem::Task;
 use golem_examples::mandelbrot::{Scene, Tile, render};
 use golem_runtime::node::subtask_seed;
-use golem_runtime::sandbox::{Call, Limits, PreparedModule, Sandbox, SandboxConfig, TaskExport};
+use golem_runtime::sandbox::{
+    Call, Context, Limits, PreparedModule, Sandbox, SandboxConfig, TaskExport,
+};
 use rayon::prelude::*;
 
 /// The scene the render benches use: 512×384, up to 1,000 iterations per pixel.
@@ -65,7 +67,7 @@ pub struct SandboxRun {
     sandbox: Sandbox,
     module: Arc<PreparedModule>,
     export: TaskExport,
-    context: Arc<[u8]>,
+    context: Context,
     inputs: Vec<Vec<u8>>,
     limits: Limits,
 }
@@ -88,15 +90,29 @@ impl SandboxRun {
             sandbox,
             module,
             export,
-            context: postcard::to_allocvec(context)
-                .expect("encode context")
-                .into(),
+            context: Context::new(
+                postcard::to_allocvec(context)
+                    .expect("encode context")
+                    .into(),
+            ),
             inputs: items
                 .iter()
                 .map(|item| postcard::to_allocvec(item).expect("encode input"))
                 .collect(),
             limits: Limits::default(),
         }
+    }
+
+    /// Runs every call under `limits` instead of the defaults.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The sandbox the calls run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
     }
 
     /// Number of subtasks.
@@ -112,7 +128,7 @@ impl SandboxRun {
     /// Runs subtask `index`, returning its encoded output.
     pub fn run_one(&self, index: usize) -> Vec<u8> {
         let call = Call {
-            context: Arc::clone(&self.context),
+            context: self.context.clone(),
             input: &self.inputs[index],
             seed: subtask_seed(&[0; 32], index as u64),
         };
@@ -135,5 +151,36 @@ impl SandboxRun {
         (0..self.inputs.len())
             .map(|index| self.run_one(index))
             .collect()
+    }
+}
+
+/// Memory figures of this process and machine, from `/proc` (Linux), in bytes.
+pub mod memory {
+    /// A field of `/proc/self/status` (`VmRSS`, `VmHWM`, `RssAnon`...), or 0 when unknown.
+    pub fn status(field: &str) -> u64 {
+        kib_field("/proc/self/status", field)
+    }
+
+    /// Memory in shared memory files on the machine (`Shmem` of `/proc/meminfo`): where
+    /// snapshots keep their images.
+    pub fn shmem() -> u64 {
+        kib_field("/proc/meminfo", "Shmem")
+    }
+
+    /// Starts the peak resident set (`VmHWM`) over from the current one.
+    pub fn reset_peak() {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    fn kib_field(path: &str, field: &str) -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|line| {
+                    let value = line.strip_prefix(field)?.strip_prefix(':')?;
+                    value.split_whitespace().next()?.parse::<u64>().ok()
+                })
+            })
+            .map_or(0, |kib| kib * 1024)
     }
 }

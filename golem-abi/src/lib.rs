@@ -11,6 +11,12 @@
 //!   [`SLOT_CONTEXT`] and [`SLOT_INPUT`]. It hands back its postcard-encoded result with
 //!   [`OUTPUT`]`(ptr, len)` exactly once, or reports a panic with [`PANIC`]`(ptr, len)` before it
 //!   traps.
+//! * A task may also export [`CONTEXT_EXPORT_PREFIX`]` + task name`, of type `() -> ()`: it
+//!   decodes the context from [`SLOT_CONTEXT`] and keeps it in the instance. The host calls it
+//!   once before the task when the context is not empty, and may snapshot the instance there
+//!   and start every later call of the task from that snapshot; a task call that finds a kept
+//!   context uses it and does not read [`SLOT_CONTEXT`]. So the context is decoded once per
+//!   provider and job, not once per subtask.
 //! * Besides these, a module may import only the deterministic subset of
 //!   `wasi_snapshot_preview1` listed in [`WASI_IMPORTS`]; anything else is refused before it runs.
 //!
@@ -30,13 +36,17 @@
 
 /// Version of the contract described in this crate. Bump it with any change to the names,
 /// signatures or meaning below.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the export that returns [`ABI_VERSION`].
 pub const VERSION_EXPORT: &str = "golem_abi_version";
 
 /// Prefix of the export name of every task: the export of task `render` is `golem_task_render`.
 pub const TASK_EXPORT_PREFIX: &str = "golem_task_";
+
+/// Prefix of the export that decodes and keeps a task's context: that of task `render` is
+/// `golem_context_render`.
+pub const CONTEXT_EXPORT_PREFIX: &str = "golem_context_";
 
 /// Import module of the golem host functions.
 pub const HOST_MODULE: &str = "golem";
@@ -88,6 +98,7 @@ pub const WASI_IMPORTS: &[&str] = &[
 pub const ABI_DESCRIPTION: &str = "\
 export golem_abi_version: () -> i32 = ABI_VERSION
 export golem_task_<name>: () -> ()
+export golem_context_<name>: () -> ()   ; optional: decodes slot 0 and keeps it for the task calls after it
 import golem.input_len: (slot i32) -> i32
 import golem.input_read: (slot i32, ptr i32) -> ()
 import golem.output: (ptr i32, len i32) -> ()   ; once per call, postcard bytes of the return value
@@ -113,7 +124,7 @@ mod tests {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
-        let pinned: &[(u32, u64)] = &[(1, PINNED_V1)];
+        let pinned: &[(u32, u64)] = &[(2, PINNED_V2)];
         let expected = pinned
             .iter()
             .find(|(version, _)| *version == ABI_VERSION)
@@ -125,7 +136,7 @@ mod tests {
         );
     }
 
-    const PINNED_V1: u64 = 0x67d4_47c3_722a_3c98;
+    const PINNED_V2: u64 = 0xadd8_ff5f_5d3c_3f36;
 
     #[test]
     fn wasi_list_matches_description() {

@@ -217,6 +217,7 @@ fn generate(args: &TaskArgs, func: &ItemFn, signature: &Signature) -> TokenStrea
     let name_str = name.to_string();
     let vis = &func.vis;
     let export_name = format!("golem_task_{name_str}");
+    let context_export_name = format!("golem_context_{name_str}");
     let implementation = format_ident!("__golem_task_{}", name);
 
     let (doc_attrs, other_attrs): (Vec<_>, Vec<_>) = func
@@ -317,9 +318,19 @@ fn generate(args: &TaskArgs, func: &ItemFn, signature: &Signature) -> TokenStrea
             }
 
             #[cfg(target_arch = "wasm32")]
+            static __GOLEM_CONTEXT: #krate::__private::guest::KeptContext<#context_ty> =
+                #krate::__private::guest::KeptContext::new();
+
+            #[cfg(target_arch = "wasm32")]
+            #[unsafe(export_name = #context_export_name)]
+            extern "C" fn __golem_context() {
+                #krate::__private::guest::keep_context::<#name>(&__GOLEM_CONTEXT);
+            }
+
+            #[cfg(target_arch = "wasm32")]
             #[unsafe(export_name = #export_name)]
             extern "C" fn __golem_export() {
-                #krate::__private::guest::run::<#name>();
+                #krate::__private::guest::run::<#name>(&__GOLEM_CONTEXT);
             }
         };
     }

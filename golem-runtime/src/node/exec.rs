@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::proto::message::{Batch, BlobId, Input, MAX_REPLY_FRAME, Outcome, Output};
-use crate::sandbox::{Call, Execution, Sandbox, SubtaskError};
+use crate::sandbox::{Call, Context, Execution, Sandbox, SubtaskError};
 
 /// The seed of subtask `index` of a job seeded with `job_seed`: independent of how subtasks
 /// are batched or which provider runs them.
@@ -224,7 +224,11 @@ pub(crate) fn run_batch(
         .prepare(job.module.into(), &module_bytes)
         .map_err(Outcome::Refused)?;
     let task = module.task(&job.task).map_err(Outcome::Refused)?;
-    let context = blob(&job.context).ok_or_else(|| missing("context"))?;
+    // The store checked the blob against its id, its blake3 hash.
+    let context = Context::with_hash(
+        blob(&job.context).ok_or_else(|| missing("context"))?,
+        job.context.0,
+    );
     let mut outputs = Vec::with_capacity(batch.items.len());
     let mut held = 0usize;
     for item in &batch.items {
@@ -233,7 +237,7 @@ pub(crate) fn run_batch(
         }
         let input = input_bytes(&item.input, &blob).ok_or_else(|| missing("input"))?;
         let call = Call {
-            context: Arc::clone(&context),
+            context: context.clone(),
             input: &input,
             seed: subtask_seed(&job.seed, item.index),
         };

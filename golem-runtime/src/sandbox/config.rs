@@ -55,6 +55,20 @@ pub struct SandboxConfig {
     /// Compiled modules kept in memory, ready to run; past it the oldest is dropped (and
     /// prepared again, from the compiled-module cache when there is one, when a batch needs it).
     pub max_prepared_modules: usize,
+    /// Start the calls of a task whose context is at least
+    /// [`snapshot_min_context_bytes`](Self::snapshot_min_context_bytes) from a snapshot of an
+    /// instance that decoded it, with copy-on-write memory: the context is decoded once per
+    /// module, task, context and limits, not once per call. Off, every call decodes it first in
+    /// its own instance. The outputs are the same bytes either way.
+    pub context_snapshots: bool,
+    /// Contexts smaller than this are decoded in every call: a snapshot (a compile of its own)
+    /// costs more than decoding them.
+    pub snapshot_min_context_bytes: usize,
+    /// Bytes of snapshot memory kept; past it the least recently used snapshot is dropped.
+    pub max_snapshot_bytes: usize,
+    /// Bytes of compiled functions kept in memory, so compiling a snapshot (the same code with
+    /// other data) reuses the compile of its module; past it the store starts over.
+    pub compiled_functions_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -75,6 +89,10 @@ impl Default for SandboxConfig {
             compile_threads: 1,
             compile_timeout: Duration::from_secs(30),
             max_prepared_modules: 256,
+            context_snapshots: true,
+            snapshot_min_context_bytes: 256 << 10,
+            max_snapshot_bytes: 1 << 30,
+            compiled_functions_bytes: 256 << 20,
         }
     }
 }
@@ -88,7 +106,10 @@ impl SandboxConfig {
         }
     }
 
-    pub(super) fn wasmtime_config(&self) -> Result<Config, SandboxError> {
+    pub(super) fn wasmtime_config(
+        &self,
+        compiled_functions: std::sync::Arc<dyn wasmtime::CacheStore>,
+    ) -> Result<Config, SandboxError> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_core_instances(self.max_instances)
             .total_memories(self.max_instances)
@@ -118,7 +139,13 @@ impl SandboxConfig {
             .relaxed_simd_deterministic(true)
             // One thread per compile (wasmtime is built without parallel compilation):
             // `compile_threads` bounds the cores compiling takes.
-            .wasm_backtrace_max_frames(None);
+            .wasm_backtrace_max_frames(None)
+            // A snapshot's memory is one dense image, however large: every call maps it
+            // copy-on-write instead of copying it in.
+            .memory_guaranteed_dense_image_size(self.max_memory_bytes as u64);
+        config
+            .enable_incremental_compilation(compiled_functions)
+            .map_err(|error| SandboxError::Config(error.to_string()))?;
         if self.max_wasm_stack == 0 {
             return Err(SandboxError::Config(
                 "max_wasm_stack must be above zero".into(),

@@ -59,7 +59,7 @@ pub(crate) struct GuestState {
 impl GuestState {
     pub(crate) fn new(call: Call<'_>, limits: &Limits) -> Self {
         Self {
-            context: call.context,
+            context: Arc::clone(call.context.bytes()),
             input: call.input.to_vec(),
             output: None,
             output_limit: limits.output_bytes,
@@ -71,6 +71,17 @@ impl GuestState {
             limiter: Limiter::new(limits.memory_bytes),
             memory: None,
         }
+    }
+
+    /// Makes the state of an instance whose context function just ran what a call started
+    /// from its snapshot finds: the call's input and seed, the clock at its start, no output,
+    /// logs or panic, and a fresh memory limiter.
+    pub(crate) fn begin_task(&mut self, call: Call<'_>, limits: &Limits) {
+        let memory = self.memory.take();
+        *self = Self {
+            memory,
+            ..Self::new(call, limits)
+        };
     }
 
     /// The result of a call that returned normally.

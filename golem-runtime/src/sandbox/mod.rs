@@ -10,12 +10,14 @@
 //!   [`PreparedModule`] (an `InstancePre`, so instantiation is a few microseconds).
 //! * [`Sandbox::run`] executes one call in a fresh instance under [`Limits`] (fuel, memory,
 //!   wall-time deadline, output size) and returns an [`Execution`] or a typed
-//!   [`SubtaskError`]; a guest failure never panics the host.
+//!   [`SubtaskError`]; a guest failure never panics the host. A call whose task decodes a
+//!   large context starts from a snapshot of an instance that decoded it (see `snapshot`).
 
 mod config;
 mod error;
 mod host;
 mod module;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,12 +51,58 @@ impl std::fmt::Debug for EngineFingerprint {
     }
 }
 
+/// A job's shared context: its postcard-encoded bytes, and their blake3 hash, which names it
+/// (snapshots of its decoded state are kept by it).
+#[derive(Clone)]
+pub struct Context {
+    bytes: Arc<[u8]>,
+    hash: [u8; 32],
+}
+
+impl Context {
+    /// The context `bytes`, hashed.
+    pub fn new(bytes: Arc<[u8]>) -> Self {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        Self { bytes, hash }
+    }
+
+    /// The context `bytes`, whose blake3 hash the caller has checked to be `hash` (a blob
+    /// stored by its hash).
+    pub fn with_hash(bytes: Arc<[u8]>, hash: [u8; 32]) -> Self {
+        Self { bytes, hash }
+    }
+
+    /// No context: what a task without one receives.
+    pub fn empty() -> Self {
+        Self::new(Arc::from([]))
+    }
+
+    /// The encoded context.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// The blake3 hash of the bytes.
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("len", &self.bytes.len())
+            .field("hash", &blake3::Hash::from_bytes(self.hash).to_hex())
+            .finish()
+    }
+}
+
 /// The inputs of one call of a task.
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
-    /// The postcard-encoded shared context; empty when the task takes none. Shared, not
-    /// copied: every subtask of a job reads the same bytes.
-    pub context: Arc<[u8]>,
+    /// The shared context; empty when the task takes none. Shared, not copied: every subtask
+    /// of a job reads the same bytes.
+    pub context: Context,
     /// The postcard-encoded input of this subtask.
     pub input: &'a [u8],
     /// Seed of the guest's randomness; derive it from (job, subtask) so reruns agree.
@@ -91,7 +139,10 @@ pub struct Sandbox {
     /// Modules refused for what they are, so they are not compiled again.
     refused: Mutex<HashMap<ModuleHash, ModuleError>>,
     /// Modules being prepared, each behind a gate the other threads that need it wait at.
-    preparing: Mutex<HashMap<ModuleHash, Arc<Mutex<()>>>>,
+    preparing: Gates<ModuleHash>,
+    /// Context snapshots kept, and those being made.
+    snapshots: snapshot::Snapshots,
+    snapshotting: Gates<snapshot::SnapshotKey>,
     /// Compiles running now.
     compiling: Arc<(Mutex<usize>, std::sync::Condvar)>,
     /// Room in the compiled-module cache directory, when there is one.
@@ -109,6 +160,42 @@ struct Prepared {
 
 /// Refused modules remembered; past it the memory starts over.
 const REFUSED_REMEMBERED: usize = 4096;
+
+/// Work done once per key at a time: a thread that needs a key's work while another does it
+/// waits for that one to finish, then finds its result, instead of doing it again.
+struct Gates<K>(Mutex<HashMap<K, Arc<Mutex<()>>>>);
+
+impl<K: Eq + std::hash::Hash + Clone> Gates<K> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    /// Runs `work` once no other thread runs work for `key`.
+    fn one_at_a_time<R>(&self, key: &K, work: impl FnOnce() -> R) -> R {
+        let gate = Arc::clone(lock(&self.0).entry(key.clone()).or_default());
+        let result = {
+            let _turn = lock(&gate);
+            work()
+        };
+        let mut gates = lock(&self.0);
+        // Ours and the map's: no one else waits at this gate.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(key);
+        }
+        result
+    }
+}
+
+/// What a compile is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CompileAs {
+    /// A module a peer sent: compiled instrumented when wizer can, so its instances can be
+    /// snapshotted.
+    Module,
+    /// A snapshot: loaded from a memory file, which its instances' memories map
+    /// copy-on-write, with no copy of its data besides.
+    Snapshot,
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -151,7 +238,10 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     /// Builds an engine for `config`.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&config.wasmtime_config()?)
+        let compiled_functions = Arc::new(snapshot::CompiledFunctions::new(
+            config.compiled_functions_bytes,
+        ));
+        let engine = Engine::new(&config.wasmtime_config(compiled_functions)?)
             .map_err(|error| SandboxError::Engine(error.to_string()))?;
         let mut linker = Linker::new(&engine);
         host::define(&mut linker).map_err(|error| SandboxError::Engine(error.to_string()))?;
@@ -180,7 +270,9 @@ impl Sandbox {
             fingerprint,
             modules: Mutex::default(),
             refused: Mutex::new(HashMap::new()),
-            preparing: Mutex::new(HashMap::new()),
+            preparing: Gates::new(),
+            snapshots: snapshot::Snapshots::default(),
+            snapshotting: Gates::new(),
             compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
             compiled_quota,
             compiles: std::sync::atomic::AtomicU64::new(0),
@@ -211,20 +303,11 @@ impl Sandbox {
         }
         // One thread prepares a module at a time; the others wait for its result instead of
         // compiling it again (compiles take turns, so duplicates would queue behind each other).
-        let gate = Arc::clone(lock(&self.preparing).entry(hash).or_default());
-        let result = {
-            let _turn = lock(&gate);
-            match self.known(hash) {
+        self.preparing
+            .one_at_a_time(&hash, || match self.known(hash) {
                 Some(known) => known,
                 None => self.prepare_now(hash, bytes),
-            }
-        };
-        let mut preparing = lock(&self.preparing);
-        // Ours and the map's: no one else waits at this gate.
-        if Arc::strong_count(&gate) == 2 {
-            preparing.remove(&hash);
-        }
-        result
+            })
     }
 
     /// The module prepared earlier, or why it was refused.
@@ -279,7 +362,11 @@ impl Sandbox {
     /// Compiles `bytes` on a thread of its own once one of
     /// [`compile_threads`](SandboxConfig::compile_threads) is free, waiting at most
     /// [`compile_timeout`](SandboxConfig::compile_timeout) for it to finish.
-    pub(crate) fn compile_limited(&self, bytes: &[u8]) -> Result<wasmtime::Module, ModuleError> {
+    pub(crate) fn compile_limited(
+        &self,
+        bytes: &[u8],
+        to: CompileAs,
+    ) -> Result<wasmtime::Module, ModuleError> {
         let slot = CompileSlot::take(&self.compiling, self.config.compile_threads);
         let (done, result) = std::sync::mpsc::channel();
         let engine = self.engine.clone();
@@ -289,8 +376,14 @@ impl Sandbox {
         let spawned = std::thread::Builder::new()
             .name("golem-compile".into())
             .spawn(move || {
-                let compiled = wasmtime::Module::new(&engine, &bytes)
-                    .map_err(|error| ModuleError::Invalid(format!("{error:#}")));
+                let compiled = match to {
+                    CompileAs::Module => {
+                        let instrumented = snapshot::instrument(&bytes);
+                        wasmtime::Module::new(&engine, instrumented.as_deref().unwrap_or(&bytes))
+                    }
+                    CompileAs::Snapshot => snapshot::compile_to_memory_file(&engine, &bytes),
+                }
+                .map_err(|error| ModuleError::Invalid(format!("{error:#}")));
                 // The slot is free once compiling ends, whether or not anyone still waits.
                 drop(slot);
                 let _ = done.send(compiled);
@@ -364,9 +457,60 @@ impl Sandbox {
                 limits.memory_bytes, self.config.max_memory_bytes
             )));
         }
-        let state = GuestState::new(call, limits);
+        let Some(context_export) = task
+            .context_export()
+            .filter(|_| !call.context.bytes().is_empty())
+        else {
+            let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
+            let outcome = module
+                .instantiate(&mut store)
+                .and_then(|instance| PreparedModule::call(&instance, &mut store, task.export()));
+            return self.finish(store, outcome, limits);
+        };
+        let snapshot = self.config.context_snapshots
+            && module.snapshots()
+            && call.context.bytes().len() >= self.config.snapshot_min_context_bytes;
+        if snapshot
+            && let Some(snapshot) = self.context_snapshot(module, task, &call, limits, stop)?
+        {
+            let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
+            let outcome = snapshot
+                .module
+                .instantiate(&mut store)
+                .and_then(|instance| {
+                    PreparedModule::call(&instance, &mut store, snapshot.task.export())
+                });
+            return self.finish(store, outcome, limits);
+        }
+        // What a snapshot holds, made again in this call's own instance.
+        let (mut store, instance) =
+            self.decode_context(module, context_export, &call.context, limits, stop)?;
+        store.data_mut().begin_task(call, limits);
+        self.arm(&mut store, limits, stop)?;
+        let outcome = PreparedModule::call(&instance, &mut store, task.export());
+        self.finish(store, outcome, limits)
+    }
+
+    /// A store for one call, its limits armed.
+    fn store(
+        &self,
+        state: GuestState,
+        limits: &Limits,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<Store<GuestState>, SubtaskError> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        self.arm(&mut store, limits, stop)?;
+        Ok(store)
+    }
+
+    /// Gives `store` the call's fuel and deadline, from now.
+    fn arm(
+        &self,
+        store: &mut Store<GuestState>,
+        limits: &Limits,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<(), SubtaskError> {
         if self.config.fuel_metering {
             store
                 .set_fuel(limits.fuel)
@@ -391,8 +535,16 @@ impl Sandbox {
             }
             _ => store.set_epoch_deadline(self.epoch_ticks(limits.deadline)),
         }
+        Ok(())
+    }
 
-        let outcome = module.call(&mut store, task);
+    /// The result of a call that ended with `outcome`.
+    fn finish(
+        &self,
+        store: Store<GuestState>,
+        outcome: wasmtime::Result<()>,
+        limits: &Limits,
+    ) -> Result<Execution, SubtaskError> {
         let fuel_used = self
             .config
             .fuel_metering
@@ -402,6 +554,110 @@ impl Sandbox {
             Ok(()) => state.finish(fuel_used),
             Err(error) => Err(classify(&error, state, limits)),
         }
+    }
+
+    /// A fresh instance of `module` that ran its start-up and then the context function
+    /// `context_export` on `context`, under `limits` and the context's own seed: the state a
+    /// snapshot of this context holds.
+    fn decode_context(
+        &self,
+        module: &PreparedModule,
+        context_export: &wasmtime::ModuleExport,
+        context: &Context,
+        limits: &Limits,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<(Store<GuestState>, wasmtime::Instance), SubtaskError> {
+        let call = Call {
+            context: context.clone(),
+            input: &[],
+            seed: snapshot::context_seed(context.hash()),
+        };
+        let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
+        let decoded = module.instantiate(&mut store).and_then(|instance| {
+            PreparedModule::call(&instance, &mut store, context_export)?;
+            Ok(instance)
+        });
+        match decoded {
+            Ok(instance) => Ok((store, instance)),
+            Err(error) => Err(classify(&error, store.into_data(), limits)),
+        }
+    }
+
+    /// The snapshot of `call`'s context decoded for `task`, made now if no other call made it
+    /// before; `None` when it cannot be made (the call then decodes the context itself). A
+    /// context that fails to decode fails the call, as it would without snapshots.
+    fn context_snapshot(
+        &self,
+        module: &PreparedModule,
+        task: &TaskExport,
+        call: &Call<'_>,
+        limits: &Limits,
+        stop: Option<&Arc<AtomicBool>>,
+    ) -> Result<Option<Arc<snapshot::Snapshot>>, SubtaskError> {
+        let Some(context_export) = task.context_export() else {
+            return Ok(None);
+        };
+        let key = snapshot::SnapshotKey {
+            module: module.hash(),
+            task: task.name().into(),
+            context: *call.context.hash(),
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes,
+        };
+        if let Some(snapshot) = self.snapshots.get(&key) {
+            return Ok(Some(snapshot));
+        }
+        self.snapshotting.one_at_a_time(&key, || {
+            if let Some(snapshot) = self.snapshots.get(&key) {
+                return Ok(Some(snapshot));
+            }
+            if self.snapshots.has_failed(&key) {
+                return Ok(None);
+            }
+            let (mut store, instance) =
+                self.decode_context(module, context_export, &call.context, limits, stop)?;
+            let bytes = store
+                .data()
+                .memory
+                .map_or(0, |memory| memory.data_size(&store));
+            let made = snapshot::capture(module.wasm(), &mut store, instance)
+                .and_then(|wasm| {
+                    drop(store);
+                    self.compile_limited(&wasm, CompileAs::Snapshot)
+                        .map_err(|error| error.to_string())
+                })
+                .and_then(|compiled| {
+                    let snapshot = PreparedModule::snapshot(self, module, compiled)
+                        .map_err(|error| error.to_string())?;
+                    let task = snapshot.task(task.name()).map_err(|error| error.to_string())?;
+                    Ok(snapshot::Snapshot {
+                        module: snapshot,
+                        task,
+                        bytes,
+                    })
+                });
+            match made {
+                Ok(snapshot) => {
+                    let snapshot = Arc::new(snapshot);
+                    self.snapshots.keep(
+                        key.clone(),
+                        Arc::clone(&snapshot),
+                        self.config.max_snapshot_bytes,
+                    );
+                    Ok(Some(snapshot))
+                }
+                Err(error) => {
+                    tracing::warn!(module = %module.hash(), task = task.name(), %error, "no context snapshot; every call decodes the context");
+                    self.snapshots.failed(key.clone());
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    /// Context snapshots made so far.
+    pub fn snapshots_made(&self) -> u64 {
+        self.snapshots.made()
     }
 
     /// Epoch ticks for a deadline of `deadline` (ignored by an engine without epoch deadlines).

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use golem_abi as abi;
-use wasmtime::{ExternType, InstancePre, Module, ModuleExport, Store, Trap, TypedFunc};
+use wasmtime::{ExternType, Instance, InstancePre, Module, ModuleExport, Store, Trap, TypedFunc};
 
 use super::host::GuestState;
 use super::{ModuleError, Sandbox};
@@ -44,6 +44,10 @@ pub struct PreparedModule {
     pre: InstancePre<GuestState>,
     memory: ModuleExport,
     initialize: Option<ModuleExport>,
+    /// The module's own bytes, read again to snapshot its instances; empty for a snapshot.
+    wasm: std::sync::Arc<[u8]>,
+    /// Whether its instances can be snapshotted (it was compiled instrumented).
+    snapshots: bool,
 }
 
 impl fmt::Debug for PreparedModule {
@@ -54,11 +58,13 @@ impl fmt::Debug for PreparedModule {
     }
 }
 
-/// A task's export in a [`PreparedModule`], looked up once by name.
+/// A task's export in a [`PreparedModule`], looked up once by name, with its context function
+/// when the module has one.
 #[derive(Clone)]
 pub struct TaskExport {
     name: String,
     export: ModuleExport,
+    context: Option<ModuleExport>,
 }
 
 impl fmt::Debug for TaskExport {
@@ -85,28 +91,37 @@ impl PreparedModule {
     /// Looks up the export of the task called `name`.
     pub fn task(&self, name: &str) -> Result<TaskExport, ModuleError> {
         let missing = || ModuleError::MissingTask { task: name.into() };
-        let export_name = format!("{}{name}", abi::TASK_EXPORT_PREFIX);
         let export = self
-            .module
-            .get_export_index(&export_name)
+            .function(&format!("{}{name}", abi::TASK_EXPORT_PREFIX))
             .ok_or_else(missing)?;
-        match self.module.get_export(&export_name) {
+        Ok(TaskExport {
+            name: name.into(),
+            export,
+            context: self.function(&format!("{}{name}", abi::CONTEXT_EXPORT_PREFIX)),
+        })
+    }
+
+    /// The export `name` when it is a function `() -> ()`.
+    fn function(&self, name: &str) -> Option<ModuleExport> {
+        match self.module.get_export(name) {
             Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {
-                Ok(TaskExport {
-                    name: name.into(),
-                    export,
-                })
+                self.module.get_export_index(name)
             }
-            _ => Err(missing()),
+            _ => None,
         }
     }
 
-    /// Instantiates the module in `store` and calls `task`.
-    pub(crate) fn call(
-        &self,
-        store: &mut Store<GuestState>,
-        task: &TaskExport,
-    ) -> wasmtime::Result<()> {
+    /// Whether calls of its tasks can start from a snapshot of their decoded context.
+    pub(crate) fn snapshots(&self) -> bool {
+        self.snapshots
+    }
+
+    pub(crate) fn wasm(&self) -> &[u8] {
+        &self.wasm
+    }
+
+    /// Instantiates the module in `store` and runs its start-up (`_initialize`).
+    pub(crate) fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Instance> {
         let instance = self.pre.instantiate(&mut *store)?;
         store.data_mut().memory = instance
             .get_module_export(&mut *store, &self.memory)
@@ -114,12 +129,57 @@ impl PreparedModule {
         if let Some(initialize) = &self.initialize {
             typed_func(&instance, store, initialize)?.call(&mut *store, ())?;
         }
-        typed_func(&instance, store, &task.export)?.call(&mut *store, ())
+        Ok(instance)
+    }
+
+    /// Calls `export` of `instance`, an instance of this module.
+    pub(crate) fn call(
+        instance: &Instance,
+        store: &mut Store<GuestState>,
+        export: &ModuleExport,
+    ) -> wasmtime::Result<()> {
+        typed_func(instance, store, export)?.call(&mut *store, ())
+    }
+
+    /// A snapshot of an instance of `of`, compiled: it starts where that instance was, so it
+    /// has no start-up to run.
+    pub(crate) fn snapshot(
+        sandbox: &Sandbox,
+        of: &PreparedModule,
+        module: Module,
+    ) -> Result<Self, ModuleError> {
+        let pre = sandbox
+            .linker()
+            .instantiate_pre(&module)
+            .map_err(|_| first_mistyped_import(&module))?;
+        let memory = module
+            .get_export_index("memory")
+            .ok_or(ModuleError::NotAGolemModule)?;
+        Ok(Self {
+            hash: of.hash,
+            module,
+            pre,
+            memory,
+            initialize: None,
+            wasm: std::sync::Arc::from([]),
+            snapshots: false,
+        })
+    }
+}
+
+impl TaskExport {
+    pub(crate) fn export(&self) -> &ModuleExport {
+        &self.export
+    }
+
+    /// The task's context function, when its module has one.
+    pub(crate) fn context_export(&self) -> Option<&ModuleExport> {
+        self.context.as_ref()
     }
 }
 
 fn typed_func(
-    instance: &wasmtime::Instance,
+    instance: &Instance,
     store: &mut Store<GuestState>,
     export: &ModuleExport,
 ) -> wasmtime::Result<TypedFunc<(), ()>> {
@@ -140,7 +200,7 @@ struct Compiled {
 fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Compiled, ModuleError> {
     let Some(dir) = &sandbox.config().compiled_cache_dir else {
         return Ok(Compiled {
-            module: sandbox.compile_limited(bytes)?,
+            module: sandbox.compile_limited(bytes, super::CompileAs::Module)?,
             keep_at: None,
         });
     };
@@ -153,7 +213,7 @@ fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Compiled
         });
     }
     Ok(Compiled {
-        module: sandbox.compile_limited(bytes)?,
+        module: sandbox.compile_limited(bytes, super::CompileAs::Module)?,
         keep_at: Some(path),
     })
 }
@@ -265,12 +325,15 @@ pub(crate) fn prepare(
         .get_export_index("memory")
         .ok_or(ModuleError::NotAGolemModule)?;
     let initialize = module.get_export_index("_initialize");
+    let snapshots = super::snapshot::is_instrumented(&module);
     let prepared = PreparedModule {
         hash,
         module,
         pre,
         memory,
         initialize,
+        wasm: std::sync::Arc::from(bytes),
+        snapshots,
     };
     check_abi_version(sandbox, &prepared)?;
     // Only a module that passed every check takes room on disk.
@@ -343,7 +406,7 @@ fn check_abi_version(sandbox: &Sandbox, module: &PreparedModule) -> Result<(), M
         sandbox.engine(),
         GuestState::new(
             super::Call {
-                context: std::sync::Arc::from([]),
+                context: super::Context::empty(),
                 input: &[],
                 seed: [0; 32],
             },

@@ -35,7 +35,7 @@ fn prepare(sandbox: &Sandbox, bytes: &[u8]) -> Result<Arc<PreparedModule>, Modul
 
 fn call(input: &[u8]) -> Call<'_> {
     Call {
-        context: Arc::from([]),
+        context: Context::empty(),
         input,
         seed: [7; 32],
     }
@@ -396,7 +396,7 @@ fn randomness_and_clock_are_deterministic() {
     let task = module.task("entropy").expect("task");
     let with_seed = |seed| {
         let call = Call {
-            context: Arc::from([]),
+            context: Context::empty(),
             input: &[],
             seed,
         };

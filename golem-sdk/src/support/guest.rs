@@ -7,6 +7,7 @@
     reason = "the host-guest ABI is a set of extern functions"
 )]
 
+use std::cell::UnsafeCell;
 use std::sync::Once;
 
 use golem_abi as abi;
@@ -56,15 +57,59 @@ fn install_panic_hook() {
     });
 }
 
-/// Runs task `T` on the inputs the host provides. Called by the export `#[golem::task]`
-/// generates.
-pub fn run<T: Task>() {
+/// Where a task's export keeps its decoded context between calls of one instance (and so in
+/// the instance's snapshot). One per task, a `static` the `#[golem::task]` expansion declares.
+pub struct KeptContext<C>(UnsafeCell<Option<C>>);
+
+// SAFETY: a task module is single-threaded (wasm32 without threads): no two calls touch the
+// cell at once.
+unsafe impl<C> Sync for KeptContext<C> {}
+
+impl<C> KeptContext<C> {
+    /// An empty cell.
+    #[allow(
+        clippy::new_without_default,
+        reason = "used in a `static`, where only `const` works"
+    )]
+    pub const fn new() -> Self {
+        Self(UnsafeCell::new(None))
+    }
+}
+
+/// Decodes task `T`'s context and keeps it in `kept`. Called by the context export
+/// `#[golem::task]` generates, once per instance, before the host snapshots it.
+pub fn keep_context<T: Task>(kept: &KeptContext<T::Context>) {
+    install_panic_hook();
+    let mut bytes = read_slot(abi::SLOT_CONTEXT);
+    let context: T::Context = decode(&bytes, T::NAME, "context");
+    // Cleared, so the snapshot of this instance holds zeros there, which take no memory.
+    bytes.fill(0);
+    std::hint::black_box(&mut bytes);
+    drop(bytes);
+    // SAFETY: single-threaded, and no reference into the cell is alive: the task calls that
+    // borrow it run after this call returns.
+    unsafe { *kept.0.get() = Some(context) };
+}
+
+/// Runs task `T` on the inputs the host provides, with the context kept in `kept` when the
+/// host called the context export first, or else read and decoded now. Called by the task
+/// export `#[golem::task]` generates.
+pub fn run<T: Task>(kept: &KeptContext<T::Context>) {
     install_panic_hook();
     // Keep the version export alive in every module that has a task.
     std::hint::black_box(abi_version as extern "C" fn() -> i32);
-    let context: T::Context = decode(&read_slot(abi::SLOT_CONTEXT), T::NAME, "context");
+    // SAFETY: single-threaded; the cell is written only by `keep_context`, never during a call.
+    let kept = unsafe { (*kept.0.get()).as_ref() };
+    let decoded;
+    let context = match kept {
+        Some(context) => context,
+        None => {
+            decoded = decode::<T::Context>(&read_slot(abi::SLOT_CONTEXT), T::NAME, "context");
+            &decoded
+        }
+    };
     let input: T::Input = decode(&read_slot(abi::SLOT_INPUT), T::NAME, "input");
-    let output = T::call(&context, input);
+    let output = T::call(context, input);
     let bytes = postcard::to_allocvec(&output)
         .unwrap_or_else(|error| panic!("cannot encode the output of task `{}`: {error}", T::NAME));
     // SAFETY: the pointer and length describe `bytes`, alive for the call.
