@@ -92,7 +92,7 @@ impl Default for SandboxConfig {
             context_snapshots: true,
             snapshot_min_context_bytes: 256 << 10,
             max_snapshot_bytes: 1 << 30,
-            compiled_functions_bytes: 256 << 20,
+            compiled_functions_bytes: 64 << 20,
         }
     }
 }

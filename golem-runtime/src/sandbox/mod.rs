@@ -143,6 +143,9 @@ pub struct Sandbox {
     /// Context snapshots kept, and those being made.
     snapshots: snapshot::Snapshots,
     snapshotting: Gates<snapshot::SnapshotKey>,
+    /// Held while a snapshot is made: one at a time, as making one holds several copies of an
+    /// instance's memory for a moment.
+    making: Mutex<()>,
     /// Compiles running now.
     compiling: Arc<(Mutex<usize>, std::sync::Condvar)>,
     /// Room in the compiled-module cache directory, when there is one.
@@ -273,6 +276,7 @@ impl Sandbox {
             preparing: Gates::new(),
             snapshots: snapshot::Snapshots::default(),
             snapshotting: Gates::new(),
+            making: Mutex::new(()),
             compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
             compiled_quota,
             compiles: std::sync::atomic::AtomicU64::new(0),
@@ -614,6 +618,7 @@ impl Sandbox {
             if self.snapshots.has_failed(&key) {
                 return Ok(None);
             }
+            let _making = lock(&self.making);
             let (mut store, instance) =
                 self.decode_context(module, context_export, &call.context, limits, stop)?;
             let bytes = store
