@@ -16,7 +16,7 @@ use golem_benches::{
 };
 use golem_examples::mandelbrot::render;
 use golem_fixture::{dot, double};
-use golem_runtime::sandbox::{Limits, SandboxConfig};
+use golem_runtime::sandbox::{ContextSnapshots, Limits, SandboxConfig};
 
 fn median(runs: usize, mut f: impl FnMut()) -> Duration {
     f();
@@ -204,7 +204,11 @@ fn contexts(quick: bool, runs: usize, cores: usize) {
                 .map(|at| ((at * 4_099 % (weights.len().max(1))) as u32, 1_024))
                 .collect();
             let mut config = SandboxConfig::with_instances(8);
-            config.context_snapshots = snapshots;
+            config.context_snapshots = if snapshots {
+                ContextSnapshots::Always
+            } else {
+                ContextSnapshots::Off
+            };
             let shmem = memory::shmem();
             let run = SandboxRun::new(config, dot, &weights, &inputs)
                 .limits(Limits::default().memory_bytes(768 << 20));

@@ -7,13 +7,16 @@ use std::collections::HashMap;
 
 use golem::{SubtaskError, Task};
 use golem_fixture::{Environment, Scenery, survey, tally};
-use golem_runtime::sandbox::{Call, Context, Limits, Sandbox, SandboxConfig};
+use golem_runtime::sandbox::{Call, Context, ContextSnapshots, Limits, Sandbox, SandboxConfig};
 
-/// A sandbox that snapshots every context (`snapshots`), or none.
+/// A sandbox that snapshots every context from its first call (`snapshots`), or none.
 fn sandbox(snapshots: bool) -> Sandbox {
     let mut config = SandboxConfig::with_instances(4);
-    config.context_snapshots = snapshots;
-    config.snapshot_min_context_bytes = 0;
+    config.context_snapshots = if snapshots {
+        ContextSnapshots::Always
+    } else {
+        ContextSnapshots::Off
+    };
     Sandbox::new(config).expect("engine")
 }
 
@@ -137,4 +140,34 @@ fn a_context_that_does_not_decode_fails_each_call_as_it_would_without_snapshots(
         }
     }
     assert_eq!(with.snapshots_made(), 0);
+}
+
+#[test]
+fn by_default_a_snapshot_is_made_once_decoding_has_cost_as_much() {
+    let scenery = Scenery {
+        names: HashMap::new(),
+        data: (0..300_000u32).collect(),
+    };
+    let context = encoded(&scenery);
+    let default = Sandbox::new(SandboxConfig::with_instances(4)).expect("engine");
+    let first = run::<survey>(&default, &context, &[7]);
+    assert_eq!(
+        default.snapshots_made(),
+        0,
+        "one call does not wait for a snapshot"
+    );
+    // Bounded: decoding 1.2 MB takes milliseconds, the snapshot about a compile.
+    let mut calls = 1;
+    while default.snapshots_made() == 0 && calls < 2_000 {
+        assert_eq!(run::<survey>(&default, &context, &[7]), first);
+        calls += 1;
+    }
+    assert_eq!(
+        default.snapshots_made(),
+        1,
+        "no snapshot after {calls} calls"
+    );
+    assert_eq!(run::<survey>(&default, &context, &[7]), first);
+    assert_eq!(run::<survey>(&sandbox(false), &context, &[7]), first);
+    eprintln!("snapshot made after {calls} calls");
 }

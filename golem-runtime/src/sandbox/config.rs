@@ -55,15 +55,10 @@ pub struct SandboxConfig {
     /// Compiled modules kept in memory, ready to run; past it the oldest is dropped (and
     /// prepared again, from the compiled-module cache when there is one, when a batch needs it).
     pub max_prepared_modules: usize,
-    /// Start the calls of a task whose context is at least
-    /// [`snapshot_min_context_bytes`](Self::snapshot_min_context_bytes) from a snapshot of an
-    /// instance that decoded it, with copy-on-write memory: the context is decoded once per
-    /// module, task, context and limits, not once per call. Off, every call decodes it first in
-    /// its own instance. The outputs are the same bytes either way.
-    pub context_snapshots: bool,
-    /// Contexts smaller than this are decoded in every call: a snapshot (a compile of its own)
-    /// costs more than decoding them.
-    pub snapshot_min_context_bytes: usize,
+    /// When the calls of a task with a context start from a snapshot of an instance that
+    /// decoded it, with copy-on-write memory, instead of decoding it first each. The outputs are
+    /// the same bytes either way.
+    pub context_snapshots: ContextSnapshots,
     /// Bytes of snapshot memory kept; past it the least recently used snapshot is dropped.
     pub max_snapshot_bytes: usize,
     /// Bytes of compiled functions kept in memory, so compiling a snapshot (the same code with
@@ -89,8 +84,7 @@ impl Default for SandboxConfig {
             compile_threads: 1,
             compile_timeout: Duration::from_secs(30),
             max_prepared_modules: 256,
-            context_snapshots: true,
-            snapshot_min_context_bytes: 256 << 10,
+            context_snapshots: ContextSnapshots::WhenItPays,
             max_snapshot_bytes: 1 << 30,
             compiled_functions_bytes: 64 << 20,
         }
@@ -153,6 +147,22 @@ impl SandboxConfig {
         }
         Ok(config)
     }
+}
+
+/// When calls start from a snapshot of their decoded context (see
+/// [`SandboxConfig::context_snapshots`]). A snapshot is made once per module, task, context and
+/// limits; making one costs about a compile of the module plus ten decodes of the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContextSnapshots {
+    /// Never: every call decodes the context in its own instance first.
+    Off,
+    /// From the first call on.
+    Always,
+    /// Once the calls have spent as long decoding the context as making its snapshot is
+    /// expected to take: a job of a few subtasks never waits for a snapshot, and one of many
+    /// spends at most about twice the least it could on its context.
+    WhenItPays,
 }
 
 /// Elements a module's table may hold (function pointers for indirect calls).

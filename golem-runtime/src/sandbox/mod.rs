@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use wasmtime::{Engine, Linker, Store, Trap};
 
-pub use self::config::{Limits, SandboxConfig};
+pub use self::config::{ContextSnapshots, Limits, SandboxConfig};
 pub use self::error::{ModuleError, SandboxError, SubtaskError};
 pub use self::host::{COPY_BYTES_PER_FUEL, HOST_CALL_FUEL, RANDOM_FUEL_PER_BYTE};
 pub use self::module::{ModuleHash, PROBE_DEADLINE, PROBE_FUEL, PreparedModule, TaskExport};
@@ -471,12 +471,27 @@ impl Sandbox {
                 .and_then(|instance| PreparedModule::call(&instance, &mut store, task.export()));
             return self.finish(store, outcome, limits);
         };
-        let snapshot = self.config.context_snapshots
-            && module.snapshots()
-            && call.context.bytes().len() >= self.config.snapshot_min_context_bytes;
-        if snapshot
-            && let Some(snapshot) = self.context_snapshot(module, task, &call, limits, stop)?
-        {
+        let key = module.snapshots().then(|| snapshot::SnapshotKey {
+            module: module.hash(),
+            task: task.name().into(),
+            context: *call.context.hash(),
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes,
+        });
+        let snapshot = match (&key, self.config.context_snapshots) {
+            (None, _) | (_, ContextSnapshots::Off) => None,
+            (Some(key), ContextSnapshots::Always) => {
+                self.context_snapshot(key, module, context_export, &call, limits, stop)?
+            }
+            (Some(key), ContextSnapshots::WhenItPays) => match self.snapshots.get(key) {
+                Some(snapshot) => Some(snapshot),
+                None if self.snapshots.pays(key, module.wasm().len()) => {
+                    self.context_snapshot(key, module, context_export, &call, limits, stop)?
+                }
+                None => None,
+            },
+        };
+        if let Some(snapshot) = snapshot {
             let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
             let outcome = snapshot
                 .module
@@ -487,8 +502,12 @@ impl Sandbox {
             return self.finish(store, outcome, limits);
         }
         // What a snapshot holds, made again in this call's own instance.
+        let started = std::time::Instant::now();
         let (mut store, instance) =
             self.decode_context(module, context_export, &call.context, limits, stop)?;
+        if let Some(key) = key {
+            self.snapshots.decoded(key, started.elapsed());
+        }
         store.data_mut().begin_task(call, limits);
         self.arm(&mut store, limits, stop)?;
         let outcome = PreparedModule::call(&instance, &mut store, task.export());
@@ -592,30 +611,21 @@ impl Sandbox {
     /// context that fails to decode fails the call, as it would without snapshots.
     fn context_snapshot(
         &self,
+        key: &snapshot::SnapshotKey,
         module: &PreparedModule,
-        task: &TaskExport,
+        context_export: &wasmtime::ModuleExport,
         call: &Call<'_>,
         limits: &Limits,
         stop: Option<&Arc<AtomicBool>>,
     ) -> Result<Option<Arc<snapshot::Snapshot>>, SubtaskError> {
-        let Some(context_export) = task.context_export() else {
-            return Ok(None);
-        };
-        let key = snapshot::SnapshotKey {
-            module: module.hash(),
-            task: task.name().into(),
-            context: *call.context.hash(),
-            fuel: limits.fuel,
-            memory_bytes: limits.memory_bytes,
-        };
-        if let Some(snapshot) = self.snapshots.get(&key) {
+        if let Some(snapshot) = self.snapshots.get(key) {
             return Ok(Some(snapshot));
         }
-        self.snapshotting.one_at_a_time(&key, || {
-            if let Some(snapshot) = self.snapshots.get(&key) {
+        self.snapshotting.one_at_a_time(key, || {
+            if let Some(snapshot) = self.snapshots.get(key) {
                 return Ok(Some(snapshot));
             }
-            if self.snapshots.has_failed(&key) {
+            if self.snapshots.has_failed(key) {
                 return Ok(None);
             }
             let _making = lock(&self.making);
@@ -628,13 +638,20 @@ impl Sandbox {
             let made = snapshot::capture(module.wasm(), &mut store, instance)
                 .and_then(|wasm| {
                     drop(store);
-                    self.compile_limited(&wasm, CompileAs::Snapshot)
-                        .map_err(|error| error.to_string())
+                    let started = std::time::Instant::now();
+                    let compiled = self
+                        .compile_limited(&wasm, CompileAs::Snapshot)
+                        .map_err(|error| error.to_string());
+                    self.snapshots
+                        .compiled(module.wasm().len(), started.elapsed());
+                    compiled
                 })
                 .and_then(|compiled| {
                     let snapshot = PreparedModule::snapshot(self, module, compiled)
                         .map_err(|error| error.to_string())?;
-                    let task = snapshot.task(task.name()).map_err(|error| error.to_string())?;
+                    let task = snapshot
+                        .task(&key.task)
+                        .map_err(|error| error.to_string())?;
                     Ok(snapshot::Snapshot {
                         module: snapshot,
                         task,
@@ -652,7 +669,7 @@ impl Sandbox {
                     Ok(Some(snapshot))
                 }
                 Err(error) => {
-                    tracing::warn!(module = %module.hash(), task = task.name(), %error, "no context snapshot; every call decodes the context");
+                    tracing::warn!(module = %module.hash(), task = key.task, %error, "no context snapshot; every call decodes the context");
                     self.snapshots.failed(key.clone());
                     Ok(None)
                 }
