@@ -18,6 +18,19 @@ use golem_examples::mandelbrot::render;
 use golem_fixture::{dot, double};
 use golem_runtime::sandbox::{ContextSnapshots, Limits, SandboxConfig};
 
+/// `n` with commas between thousands: 272480 as "272,480".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (at, digit) in digits.chars().enumerate() {
+        if at > 0 && (digits.len() - at).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 fn median(runs: usize, mut f: impl FnMut()) -> Duration {
     f();
     let mut times: Vec<Duration> = (0..runs)
@@ -39,14 +52,14 @@ fn main() {
     let scene = scene();
     let tiles = tiles(&scene);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    println!("{cores} cores\n");
     println!(
-        "render kernel: {}x{} Mandelbrot, {} iterations max, {} tiles; {cores} cores\n",
+        "| render ({}×{} Mandelbrot, {} iterations, {} tiles) | time | vs native |",
         scene.width,
         scene.height,
-        scene.max_iterations,
+        thousands(u64::from(scene.max_iterations)),
         tiles.len()
     );
-    println!("| render | time | vs native |");
     println!("|---|---:|---:|");
     let native = median(runs, || {
         std::hint::black_box(render_native(&scene, &tiles));
@@ -81,7 +94,7 @@ fn main() {
     );
     let golem = Golem::local_blocking().expect("local providers");
     row(
-        &format!("Golem::local, {} providers", golem.providers()),
+        &format!("`Golem::local`, {} providers over QUIC", golem.providers()),
         median(runs, || {
             golem
                 .par_for(tiles.clone(), render)
@@ -102,9 +115,9 @@ fn main() {
         }
     }) / calls;
     println!(
-        "| sandbox call, 1 thread, {name} | {:.1} µs | {:.0} |",
+        "| sandbox call, 1 thread, {name} | {:.1} µs | {} |",
         per_call.as_secs_f64() * 1e6,
-        1.0 / per_call.as_secs_f64()
+        thousands((1.0 / per_call.as_secs_f64()) as u64)
     );
     let per_call_parallel = median(runs, || {
         std::thread::scope(|scope| {
@@ -118,9 +131,9 @@ fn main() {
         });
     }) / (calls * cores as u32);
     println!(
-        "| in-process sandbox calls, {cores} threads, no network | {:.1} µs | {:.0} |",
+        "| in-process sandbox calls, {cores} threads, no network | {:.1} µs | {} |",
         per_call_parallel.as_secs_f64() * 1e6,
-        1.0 / per_call_parallel.as_secs_f64()
+        thousands((1.0 / per_call_parallel.as_secs_f64()) as u64)
     );
     let items: Vec<u64> = (0..if quick { 1_000 } else { 100_000 }).collect();
     let job = median(runs, || {
@@ -131,10 +144,11 @@ fn main() {
     });
     let per_task = job / items.len() as u32;
     println!(
-        "| Golem::local par_for, {} providers | {:.1} µs | {:.0} |",
+        "| `Golem::local` par_for of {}, {} providers over QUIC | {:.1} µs | {} |",
+        thousands(items.len() as u64),
         golem.providers(),
         per_task.as_secs_f64() * 1e6,
-        items.len() as f64 / job.as_secs_f64()
+        thousands((items.len() as f64 / job.as_secs_f64()) as u64)
     );
 
     println!("\n| one task, round trip | median | p99 |");
@@ -157,7 +171,7 @@ fn main() {
     for (name, times) in [
         ("in-process sandbox call, no network", &mut direct),
         (
-            "Golem::local par_for of 1 item, QUIC on loopback",
+            "`Golem::local` par_for of 1 item, QUIC on loopback",
             &mut quic,
         ),
     ] {
