@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use golem::{SubtaskError, Task};
 use golem_fixture::{Environment, Scenery, survey, tally};
-use golem_runtime::sandbox::{Call, Context, ContextSnapshots, Limits, Sandbox, SandboxConfig};
+use golem_runtime::sandbox::{
+    Call, Context, ContextSnapshots, Execution, Limits, Sandbox, SandboxConfig,
+};
 
 /// A sandbox that snapshots every context from its first call (`snapshots`), or none.
 fn sandbox(snapshots: bool) -> Sandbox {
@@ -25,7 +27,7 @@ fn run<T: Task>(
     sandbox: &Sandbox,
     context: &Context,
     inputs: &[T::Input],
-) -> Vec<Result<Vec<u8>, SubtaskError>> {
+) -> Vec<Result<Execution, SubtaskError>> {
     let module = T::module();
     let prepared = sandbox
         .prepare(module.hash(), module.bytes())
@@ -41,9 +43,7 @@ fn run<T: Task>(
                 input: &input,
                 seed: [at as u8; 32],
             };
-            sandbox
-                .run(&prepared, &task, call, &Limits::default())
-                .map(|execution| execution.output)
+            sandbox.run(&prepared, &task, call, &Limits::default())
         })
         .collect()
 }
@@ -52,10 +52,14 @@ fn encoded<T: serde::Serialize>(context: &T) -> Context {
     Context::new(postcard::to_allocvec(context).expect("encode").into())
 }
 
-fn decoded<T: serde::de::DeserializeOwned>(outputs: Vec<Result<Vec<u8>, SubtaskError>>) -> Vec<T> {
-    outputs
+fn decoded<T: serde::de::DeserializeOwned>(
+    executions: Vec<Result<Execution, SubtaskError>>,
+) -> Vec<T> {
+    executions
         .into_iter()
-        .map(|output| postcard::from_bytes(&output.expect("the call runs")).expect("decode"))
+        .map(|execution| {
+            postcard::from_bytes(&execution.expect("the call runs").output).expect("decode")
+        })
         .collect()
 }
 
@@ -90,7 +94,10 @@ fn snapshots_give_the_bytes_of_a_run_without_them() {
     let outputs = run::<survey>(&with, &context, &salts);
     assert_eq!(with.snapshots_made(), 1, "one snapshot serves every call");
     let without = run::<survey>(&sandbox(false), &context, &salts);
-    assert_eq!(outputs, without, "snapshots changed the outputs");
+    assert_eq!(
+        outputs, without,
+        "snapshots changed the outputs or the fuel"
+    );
     // Another provider's snapshot: the same bytes again.
     assert_eq!(run::<survey>(&sandbox(true), &context, &salts), outputs);
 
@@ -170,4 +177,30 @@ fn by_default_a_snapshot_is_made_once_decoding_has_cost_as_much() {
     assert_eq!(run::<survey>(&default, &context, &[7]), first);
     assert_eq!(run::<survey>(&sandbox(false), &context, &[7]), first);
     eprintln!("snapshot made after {calls} calls");
+}
+
+#[test]
+fn a_call_is_charged_for_the_decode_its_snapshot_did() {
+    let scenery = |len: u32| Scenery {
+        names: HashMap::new(),
+        data: (0..len).collect(),
+    };
+    let fuel = |sandbox: &Sandbox, len: u32| {
+        run::<survey>(sandbox, &encoded(&scenery(len)), &[3])
+            .remove(0)
+            .expect("the call runs")
+            .fuel_used
+            .expect("fuel is metered")
+    };
+    for snapshots in [true, false] {
+        let sandbox = sandbox(snapshots);
+        let (small, large) = (fuel(&sandbox, 1_000), fuel(&sandbox, 301_000));
+        // The task reads a few hundred values either way; decoding 300,000 more costs at least
+        // a unit of fuel each.
+        assert!(
+            large > small + 300_000,
+            "snapshots {snapshots}: {small} and {large} fuel"
+        );
+        assert_eq!(sandbox.snapshots_made(), if snapshots { 2 } else { 0 });
+    }
 }

@@ -493,6 +493,12 @@ impl Sandbox {
         };
         if let Some(snapshot) = snapshot {
             let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
+            // The call pays for the decode its snapshot did, as it would have without it.
+            if self.config.fuel_metering {
+                store
+                    .set_fuel(limits.fuel.saturating_sub(snapshot.decode_fuel))
+                    .map_err(|error| SubtaskError::Internal(error.to_string()))?;
+            }
             let outcome = snapshot
                 .module
                 .instantiate(&mut store)
@@ -508,8 +514,8 @@ impl Sandbox {
         if let Some(key) = key {
             self.snapshots.decoded(key, started.elapsed());
         }
+        // Fuel and deadline run on: the call pays for its decode.
         store.data_mut().begin_task(call, limits);
-        self.arm(&mut store, limits, stop)?;
         let outcome = PreparedModule::call(&instance, &mut store, task.export());
         self.finish(store, outcome, limits)
     }
@@ -581,7 +587,7 @@ impl Sandbox {
 
     /// A fresh instance of `module` that ran its start-up and then the context function
     /// `context_export` on `context`, under `limits` and the context's own seed: the state a
-    /// snapshot of this context holds.
+    /// snapshot of this context holds. The store's fuel and deadline run on from there.
     fn decode_context(
         &self,
         module: &PreparedModule,
@@ -635,6 +641,9 @@ impl Sandbox {
                 .data()
                 .memory
                 .map_or(0, |memory| memory.data_size(&store));
+            let decode_fuel = limits
+                .fuel
+                .saturating_sub(store.get_fuel().unwrap_or(limits.fuel));
             let made = snapshot::capture(module.wasm(), &mut store, instance)
                 .and_then(|wasm| {
                     drop(store);
@@ -656,6 +665,7 @@ impl Sandbox {
                         module: snapshot,
                         task,
                         bytes,
+                        decode_fuel,
                     })
                 });
             match made {

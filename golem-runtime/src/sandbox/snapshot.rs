@@ -12,7 +12,9 @@
 //! Without snapshots ([`SandboxConfig::context_snapshots`](super::SandboxConfig) off, or a
 //! module wizer cannot instrument) each call runs the same start-up and context function in its
 //! own instance first, with the same seed and limits, and then the task with its state reset as
-//! a snapshot's call finds it. The outputs are the same bytes either way.
+//! a snapshot's call finds it. The outputs are the same bytes either way, and so is the fuel:
+//! a call is charged for the decode whether it did it or its snapshot did, so what a subtask
+//! costs does not depend on which provider ran it or when (redundant runs compare fuel too).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +46,8 @@ pub(crate) struct Snapshot {
     pub(crate) task: TaskExport,
     /// Bytes of the snapshot's memory.
     pub(crate) bytes: usize,
+    /// Fuel its start-up and decode took: what every call started from it is charged for them.
+    pub(crate) decode_fuel: u64,
 }
 
 /// Snapshots kept, the least recently used dropped past a byte budget.
