@@ -35,19 +35,22 @@ fn tiny_task(c: &mut Criterion) {
     // the process's page tables) costs when calls run in parallel.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     group.throughput(Throughput::Elements(cores as u64 * 1_000));
-    group.bench_function(format!("1,000 calls on each of {cores} threads/{name}"), |b| {
-        b.iter(|| {
-            std::thread::scope(|scope| {
-                for _ in 0..cores {
-                    scope.spawn(|| {
-                        for _ in 0..1_000 {
-                            black_box(run.run_one(0));
-                        }
-                    });
-                }
-            });
-        })
-    });
+    group.bench_function(
+        format!("1,000 calls on each of {cores} threads/{name}"),
+        |b| {
+            b.iter(|| {
+                std::thread::scope(|scope| {
+                    for _ in 0..cores {
+                        scope.spawn(|| {
+                            for _ in 0..1_000 {
+                                black_box(run.run_one(0));
+                            }
+                        });
+                    }
+                });
+            })
+        },
+    );
 
     let golem = Golem::local_blocking().expect("local providers");
     let items: Vec<u64> = (0..10_000).collect();

@@ -148,13 +148,7 @@ impl PreparedModule {
         of: &PreparedModule,
         module: Module,
     ) -> Result<Self, ModuleError> {
-        let pre = sandbox
-            .linker()
-            .instantiate_pre(&module)
-            .map_err(|_| first_mistyped_import(&module))?;
-        let memory = module
-            .get_export_index("memory")
-            .ok_or(ModuleError::NotAGolemModule)?;
+        let (pre, memory) = link(sandbox, &module)?;
         Ok(Self {
             hash: of.hash,
             module,
@@ -317,13 +311,7 @@ pub(crate) fn prepare(
     check_imports(bytes)?;
     let Compiled { module, keep_at } = compile(sandbox, hash, bytes)?;
 
-    let pre = sandbox
-        .linker()
-        .instantiate_pre(&module)
-        .map_err(|_| first_mistyped_import(&module))?;
-    let memory = module
-        .get_export_index("memory")
-        .ok_or(ModuleError::NotAGolemModule)?;
+    let (pre, memory) = link(sandbox, &module)?;
     let initialize = module.get_export_index("_initialize");
     let snapshots = super::snapshot::is_instrumented(&module);
     let prepared = PreparedModule {
@@ -341,6 +329,21 @@ pub(crate) fn prepare(
         keep(sandbox, &prepared.module, &path);
     }
     Ok(prepared)
+}
+
+/// Links `module` to the host functions and finds its memory.
+fn link(
+    sandbox: &Sandbox,
+    module: &Module,
+) -> Result<(InstancePre<GuestState>, ModuleExport), ModuleError> {
+    let pre = sandbox
+        .linker()
+        .instantiate_pre(module)
+        .map_err(|_| first_mistyped_import(module))?;
+    let memory = module
+        .get_export_index("memory")
+        .ok_or(ModuleError::NotAGolemModule)?;
+    Ok((pre, memory))
 }
 
 /// Refuses any import outside the golem host functions and the WASI allow-list, by name, read
