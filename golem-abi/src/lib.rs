@@ -14,9 +14,9 @@
 //! * A task may also export [`CONTEXT_EXPORT_PREFIX`]` + task name`, of type `() -> ()`: it
 //!   decodes the context from [`SLOT_CONTEXT`] and keeps it in the instance. The host calls it
 //!   once before the task when the context is not empty, and may snapshot the instance there
-//!   and start every later call of the task from that snapshot; a task call that finds a kept
-//!   context uses it and does not read [`SLOT_CONTEXT`]. So the context is decoded once per
-//!   provider and job, not once per subtask.
+//!   and start later calls of the task with that context from the snapshot; a task call that
+//!   finds a kept context uses it and does not read [`SLOT_CONTEXT`]. So a provider need not
+//!   decode a context for every subtask. The context function may not call [`OUTPUT`].
 //! * Besides these, a module may import only the deterministic subset of
 //!   `wasi_snapshot_preview1` listed in [`WASI_IMPORTS`]; anything else is refused before it runs.
 //!

@@ -121,6 +121,19 @@ pub enum ModuleError {
         /// The time allowed.
         limit: Duration,
     },
+    /// The module's data lies in a few pieces far apart: compiled, it would hold the whole
+    /// span between them as one image of its initial memory.
+    #[error(
+        "the module's data spans {span} bytes of memory but holds only {bytes}: at most half of          a span past {limit} bytes may be empty"
+    )]
+    SparseData {
+        /// Bytes from the start of the first data segment to the end of the last.
+        span: u64,
+        /// Bytes of data in the segments.
+        bytes: u64,
+        /// Span allowed whatever its density.
+        limit: u64,
+    },
 }
 
 /// One call of a task failed. Guest failures are data: the host keeps serving.

@@ -54,6 +54,8 @@ pub(crate) struct GuestState {
     stderr: LogBuffer,
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
+    /// Whether a context function runs, which has no output to hand back.
+    decoding: bool,
 }
 
 impl GuestState {
@@ -70,6 +72,16 @@ impl GuestState {
             stderr: LogBuffer::new(limits.log_bytes),
             limiter: Limiter::new(limits.memory_bytes),
             memory: None,
+            decoding: false,
+        }
+    }
+
+    /// The state of a call of a context function: `output` traps in it (what a snapshot
+    /// holds must not depend on the output limit).
+    pub(crate) fn decoding(call: Call<'_>, limits: &Limits) -> Self {
+        Self {
+            decoding: true,
+            ..Self::new(call, limits)
         }
     }
 
@@ -327,6 +339,11 @@ fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
             let len = u32::try_from(len).map_err(|_| abi_trap("output: negative length"))?;
             let len = len as usize;
             let (_, state) = memory_and_state(&mut caller)?;
+            if state.decoding {
+                return Err(abi_trap(
+                    "the context function handed back an output: only a task does",
+                ));
+            }
             if len > state.output_limit {
                 return Err(wasmtime::Error::new(HostTrap::OutputTooLarge {
                     size: len,

@@ -10,8 +10,9 @@
 //!   [`PreparedModule`] (an `InstancePre`, so instantiation is a few microseconds).
 //! * [`Sandbox::run`] executes one call in a fresh instance under [`Limits`] (fuel, memory,
 //!   wall-time deadline, output size) and returns an [`Execution`] or a typed
-//!   [`SubtaskError`]; a guest failure never panics the host. A call whose task decodes a
-//!   large context starts from a snapshot of an instance that decoded it (see `snapshot`).
+//!   [`SubtaskError`]; a guest failure never panics the host. A call of a task with a context
+//!   starts from a snapshot of an instance that decoded it, once decoding it in every call has
+//!   cost as much as making the snapshot (see `snapshot`).
 
 mod config;
 mod error;
@@ -68,7 +69,7 @@ impl Context {
 
     /// The context `bytes`, whose blake3 hash the caller has checked to be `hash` (a blob
     /// stored by its hash).
-    pub fn with_hash(bytes: Arc<[u8]>, hash: [u8; 32]) -> Self {
+    pub(crate) fn with_hash(bytes: Arc<[u8]>, hash: [u8; 32]) -> Self {
         Self { bytes, hash }
     }
 
@@ -144,7 +145,7 @@ pub struct Sandbox {
     snapshots: snapshot::Snapshots,
     snapshotting: Gates<snapshot::SnapshotKey>,
     /// Held while a snapshot is made: one at a time, as making one holds several copies of an
-    /// instance's memory for a moment.
+    /// instance's memory for a moment (a call that finds it held decodes its context itself).
     making: Mutex<()>,
     /// Compiles running now.
     compiling: Arc<(Mutex<usize>, std::sync::Condvar)>,
@@ -173,6 +174,23 @@ impl<K: Eq + std::hash::Hash + Clone> Gates<K> {
         Self(Mutex::new(HashMap::new()))
     }
 
+    /// Runs `work` unless another thread runs work for `key` now; `None` then.
+    fn try_one_at_a_time<R>(&self, key: &K, work: impl FnOnce() -> R) -> Option<R> {
+        let gate = Arc::clone(lock(&self.0).entry(key.clone()).or_default());
+        let result = gate.try_lock().ok().map(|_turn| work());
+        self.leave(key, &gate);
+        result
+    }
+
+    /// Forgets `key`'s gate when no other thread holds or waits at it.
+    fn leave(&self, key: &K, gate: &Arc<Mutex<()>>) {
+        let mut gates = lock(&self.0);
+        // Ours and the map's: no one else waits at this gate.
+        if Arc::strong_count(gate) == 2 {
+            gates.remove(key);
+        }
+    }
+
     /// Runs `work` once no other thread runs work for `key`.
     fn one_at_a_time<R>(&self, key: &K, work: impl FnOnce() -> R) -> R {
         let gate = Arc::clone(lock(&self.0).entry(key.clone()).or_default());
@@ -180,11 +198,7 @@ impl<K: Eq + std::hash::Hash + Clone> Gates<K> {
             let _turn = lock(&gate);
             work()
         };
-        let mut gates = lock(&self.0);
-        // Ours and the map's: no one else waits at this gate.
-        if Arc::strong_count(&gate) == 2 {
-            gates.remove(key);
-        }
+        self.leave(key, &gate);
         result
     }
 }
@@ -471,22 +485,18 @@ impl Sandbox {
                 .and_then(|instance| PreparedModule::call(&instance, &mut store, task.export()));
             return self.finish(store, outcome, limits);
         };
-        let key = module.snapshots().then(|| snapshot::SnapshotKey {
-            module: module.hash(),
-            task: task.name().into(),
-            context: *call.context.hash(),
-            fuel: limits.fuel,
-            memory_bytes: limits.memory_bytes,
-        });
+        let key = module
+            .snapshots()
+            .then(|| snapshot::SnapshotKey::new(module.hash(), task.name(), &call.context, limits));
         let snapshot = match (&key, self.config.context_snapshots) {
             (None, _) | (_, ContextSnapshots::Off) => None,
             (Some(key), ContextSnapshots::Always) => {
-                self.context_snapshot(key, module, context_export, &call, limits, stop)?
+                self.context_snapshot(key, module, task, &call, limits, stop)?
             }
             (Some(key), ContextSnapshots::WhenItPays) => match self.snapshots.get(key) {
                 Some(snapshot) => Some(snapshot),
                 None if self.snapshots.pays(key, module.wasm().len()) => {
-                    self.context_snapshot(key, module, context_export, &call, limits, stop)?
+                    self.context_snapshot(key, module, task, &call, limits, stop)?
                 }
                 None => None,
             },
@@ -601,7 +611,7 @@ impl Sandbox {
             input: &[],
             seed: snapshot::context_seed(context.hash()),
         };
-        let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
+        let mut store = self.store(GuestState::decoding(call, limits), limits, stop)?;
         let decoded = module.instantiate(&mut store).and_then(|instance| {
             PreparedModule::call(&instance, &mut store, context_export)?;
             Ok(instance)
@@ -613,13 +623,14 @@ impl Sandbox {
     }
 
     /// The snapshot of `call`'s context decoded for `task`, made now if no other call made it
-    /// before; `None` when it cannot be made (the call then decodes the context itself). A
-    /// context that fails to decode fails the call, as it would without snapshots.
+    /// before; `None` when it cannot be made, or another call is making a snapshot now (the call
+    /// then decodes the context itself: no call waits for another's snapshot). A context that
+    /// fails to decode fails the call, as it would without snapshots.
     fn context_snapshot(
         &self,
         key: &snapshot::SnapshotKey,
         module: &PreparedModule,
-        context_export: &wasmtime::ModuleExport,
+        task: &TaskExport,
         call: &Call<'_>,
         limits: &Limits,
         stop: Option<&Arc<AtomicBool>>,
@@ -627,48 +638,23 @@ impl Sandbox {
         if let Some(snapshot) = self.snapshots.get(key) {
             return Ok(Some(snapshot));
         }
-        self.snapshotting.one_at_a_time(key, || {
+        let Some(context_export) = task.context_export() else {
+            return Ok(None);
+        };
+        let made = self.snapshotting.try_one_at_a_time(key, || {
             if let Some(snapshot) = self.snapshots.get(key) {
                 return Ok(Some(snapshot));
             }
             if self.snapshots.has_failed(key) {
                 return Ok(None);
             }
-            let _making = lock(&self.making);
-            let (mut store, instance) =
+            // One at a time: making one holds several copies of an instance's memory.
+            let Ok(_making) = self.making.try_lock() else {
+                return Ok(None);
+            };
+            let (store, instance) =
                 self.decode_context(module, context_export, &call.context, limits, stop)?;
-            let bytes = store
-                .data()
-                .memory
-                .map_or(0, |memory| memory.data_size(&store));
-            let decode_fuel = limits
-                .fuel
-                .saturating_sub(store.get_fuel().unwrap_or(limits.fuel));
-            let made = snapshot::capture(module.wasm(), &mut store, instance)
-                .and_then(|wasm| {
-                    drop(store);
-                    let started = std::time::Instant::now();
-                    let compiled = self
-                        .compile_limited(&wasm, CompileAs::Snapshot)
-                        .map_err(|error| error.to_string());
-                    self.snapshots
-                        .compiled(module.wasm().len(), started.elapsed());
-                    compiled
-                })
-                .and_then(|compiled| {
-                    let snapshot = PreparedModule::snapshot(self, module, compiled)
-                        .map_err(|error| error.to_string())?;
-                    let task = snapshot
-                        .task(&key.task)
-                        .map_err(|error| error.to_string())?;
-                    Ok(snapshot::Snapshot {
-                        module: snapshot,
-                        task,
-                        bytes,
-                        decode_fuel,
-                    })
-                });
-            match made {
+            match self.make_snapshot(module, task, store, instance, limits) {
                 Ok(snapshot) => {
                     let snapshot = Arc::new(snapshot);
                     self.snapshots.keep(
@@ -679,11 +665,63 @@ impl Sandbox {
                     Ok(Some(snapshot))
                 }
                 Err(error) => {
-                    tracing::warn!(module = %module.hash(), task = key.task, %error, "no context snapshot; every call decodes the context");
+                    tracing::info!(module = %module.hash(), task = task.name(), %error, "no context snapshot; every call decodes the context");
                     self.snapshots.failed(key.clone());
                     Ok(None)
                 }
             }
+        });
+        made.unwrap_or(Ok(None))
+    }
+
+    /// Reads the instance that decoded a context back into a snapshot, and compiles it.
+    fn make_snapshot(
+        &self,
+        module: &PreparedModule,
+        task: &TaskExport,
+        mut store: Store<GuestState>,
+        instance: wasmtime::Instance,
+        limits: &Limits,
+    ) -> Result<snapshot::Snapshot, String> {
+        let decode_fuel = limits
+            .fuel
+            .saturating_sub(store.get_fuel().unwrap_or(limits.fuel));
+        let memory = store.data().memory.ok_or("the instance has no memory")?;
+        // wizer keeps a record per run of non-zero bytes: a memory of millions of them would
+        // take gigabytes to snapshot.
+        let runs = snapshot::nonzero_runs(memory.data(&store), snapshot::MAX_RUNS);
+        if runs > snapshot::MAX_RUNS {
+            return Err(format!(
+                "the decoded memory has over {} runs of data",
+                snapshot::MAX_RUNS
+            ));
+        }
+        let wasm = snapshot::capture(module.wasm(), &mut store, instance)?;
+        drop(store);
+        let started = std::time::Instant::now();
+        let compiled = self
+            .compile_limited(&wasm, CompileAs::Snapshot)
+            .map_err(|error| error.to_string())?;
+        self.snapshots
+            .compiled(module.wasm().len(), started.elapsed());
+        drop(wasm);
+        let bytes = snapshot::image_bytes(&compiled);
+        if bytes > self.config.max_snapshot_bytes / 4 {
+            return Err(format!(
+                "the snapshot takes {bytes} bytes, over a quarter of the {} kept",
+                self.config.max_snapshot_bytes
+            ));
+        }
+        let snapshot =
+            PreparedModule::snapshot(self, module, compiled).map_err(|error| error.to_string())?;
+        let task = snapshot
+            .task(task.name())
+            .map_err(|error| error.to_string())?;
+        Ok(snapshot::Snapshot {
+            module: snapshot,
+            task,
+            bytes,
+            decode_fuel,
         })
     }
 

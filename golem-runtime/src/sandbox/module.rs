@@ -306,9 +306,9 @@ pub(crate) fn prepare(
             actual: actual.to_hex(),
         });
     }
-    // Names first, from the bytes: a module that imports what it may not is refused before
-    // any time is spent compiling it.
-    check_imports(bytes)?;
+    // Names and data first, from the bytes: a module that imports what it may not, or whose
+    // data would compile into a vast image, is refused before any time is spent compiling it.
+    check_sections(bytes)?;
     let Compiled { module, keep_at } = compile(sandbox, hash, bytes)?;
 
     let (pre, memory) = link(sandbox, &module)?;
@@ -346,10 +346,16 @@ fn link(
     Ok((pre, memory))
 }
 
-/// Refuses any import outside the golem host functions and the WASI allow-list, by name, read
-/// from the module's bytes before it is compiled.
-fn check_imports(bytes: &[u8]) -> Result<(), ModuleError> {
+/// Span of data segments allowed whatever their density: wasmtime's own default for a dense
+/// memory image. The sandbox lets snapshots, whose images are made by it, go past it.
+pub(crate) const DENSE_DATA_SPAN: u64 = 16 << 20;
+
+/// Refuses any import outside the golem host functions and the WASI allow-list, by name, and
+/// data segments spread thinly over more than [`DENSE_DATA_SPAN`], read from the module's bytes
+/// before it is compiled.
+fn check_sections(bytes: &[u8]) -> Result<(), ModuleError> {
     let invalid = |error: wasmparser::BinaryReaderError| ModuleError::Invalid(error.to_string());
+    let mut data = DataSpan::default();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         match payload.map_err(invalid)? {
             wasmparser::Payload::ImportSection(imports) => {
@@ -372,12 +378,53 @@ fn check_imports(bytes: &[u8]) -> Result<(), ModuleError> {
                     }
                 }
             }
-            // Imports come before the code; the rest is for the compiler to read.
-            wasmparser::Payload::CodeSectionStart { .. } => break,
+            wasmparser::Payload::DataSection(segments) => {
+                for segment in segments {
+                    data.add(&segment.map_err(invalid)?);
+                }
+            }
             _ => {}
         }
     }
-    Ok(())
+    data.check()
+}
+
+/// Where a module's active data segments with constant offsets lie.
+#[derive(Default)]
+struct DataSpan {
+    start: Option<u64>,
+    end: u64,
+    bytes: u64,
+}
+
+impl DataSpan {
+    fn add(&mut self, segment: &wasmparser::Data<'_>) {
+        let wasmparser::DataKind::Active { offset_expr, .. } = &segment.kind else {
+            return;
+        };
+        let offset = match offset_expr.get_operators_reader().read() {
+            Ok(wasmparser::Operator::I32Const { value }) => u64::from(value.cast_unsigned()),
+            Ok(wasmparser::Operator::I64Const { value }) => value.cast_unsigned(),
+            // Not known before it runs: wasmtime copies such segments in, it makes no image.
+            _ => return,
+        };
+        let len = segment.data.len() as u64;
+        self.start = Some(self.start.map_or(offset, |start| start.min(offset)));
+        self.end = self.end.max(offset.saturating_add(len));
+        self.bytes = self.bytes.saturating_add(len);
+    }
+
+    fn check(&self) -> Result<(), ModuleError> {
+        let span = self.end.saturating_sub(self.start.unwrap_or(0));
+        if span > DENSE_DATA_SPAN && self.bytes.saturating_mul(2) < span {
+            return Err(ModuleError::SparseData {
+                span,
+                bytes: self.bytes,
+                limit: DENSE_DATA_SPAN,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Names the import whose type does not match what the host defines (every name was already

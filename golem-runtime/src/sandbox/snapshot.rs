@@ -27,24 +27,37 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
 use super::host::GuestState;
 use super::module::{PreparedModule, TaskExport};
-use super::{ModuleHash, lock};
+use super::{Context, Limits, ModuleHash, lock};
 
 /// What names a snapshot: the call's module, task, context and the limits the context was
 /// decoded under (a context that decodes within one fuel limit may not within another).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct SnapshotKey {
-    pub(crate) module: ModuleHash,
-    pub(crate) task: String,
-    pub(crate) context: [u8; 32],
-    pub(crate) fuel: u64,
-    pub(crate) memory_bytes: usize,
+    module: ModuleHash,
+    /// The task's name, hashed: names come from peers, and keys are kept.
+    task: [u8; 32],
+    context: [u8; 32],
+    fuel: u64,
+    memory_bytes: usize,
+}
+
+impl SnapshotKey {
+    pub(crate) fn new(module: ModuleHash, task: &str, context: &Context, limits: &Limits) -> Self {
+        Self {
+            module,
+            task: *blake3::hash(task.as_bytes()).as_bytes(),
+            context: *context.hash(),
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes,
+        }
+    }
 }
 
 /// An instance with its context decoded, as a module that starts there.
 pub(crate) struct Snapshot {
     pub(crate) module: PreparedModule,
     pub(crate) task: TaskExport,
-    /// Bytes of the snapshot's memory.
+    /// Bytes of its compiled image: code, and the memory image (its zeros take no memory).
     pub(crate) bytes: usize,
     /// Fuel its start-up and decode took: what every call started from it is charged for them.
     pub(crate) decode_fuel: u64,
@@ -65,6 +78,38 @@ pub(crate) struct Snapshots {
 }
 
 const FAILED_REMEMBERED: usize = 4096;
+
+/// Snapshots kept at most, however small.
+const MAX_SNAPSHOTS: usize = 1024;
+
+/// Runs of non-zero bytes a memory may have to be snapshotted: wizer keeps a record of some
+/// 50 bytes for each while it reads the memory.
+pub(crate) const MAX_RUNS: usize = 1 << 20;
+
+/// Runs of non-zero bytes in `memory`, split at wasm pages as wizer splits them, counted up to
+/// just past `cap`.
+pub(crate) fn nonzero_runs(memory: &[u8], cap: usize) -> usize {
+    let mut runs = 0;
+    for page in memory.chunks(1 << 16) {
+        let mut previous = 0u8;
+        for byte in page {
+            if *byte != 0 && previous == 0 {
+                runs += 1;
+            }
+            previous = *byte;
+        }
+        if runs > cap {
+            break;
+        }
+    }
+    runs
+}
+
+/// Bytes of a compiled module's image: its code and data, its memory image among them.
+pub(crate) fn image_bytes(module: &wasmtime::Module) -> usize {
+    let range = module.image_range();
+    (range.end as usize).saturating_sub(range.start as usize)
+}
 
 #[derive(Clone, Copy, Default)]
 struct Decoding {
@@ -109,7 +154,7 @@ impl Snapshots {
             kept.order.retain(|known| *known != key);
         }
         kept.order.push_back(key);
-        while kept.bytes > budget {
+        while kept.bytes > budget || kept.order.len() > MAX_SNAPSHOTS {
             let Some(oldest) = kept.order.pop_front() else {
                 break;
             };
@@ -158,13 +203,21 @@ impl Snapshots {
         spent.total >= compile + spent.last * DECODES_PER_SNAPSHOT
     }
 
-    /// A snapshot of a module of `module_bytes` took `took` to compile.
+    /// A snapshot of a module of `module_bytes` took `took` to compile: the estimate moves a
+    /// quarter of the way there, within 10 to 10,000 ns per byte (one huge snapshot does not
+    /// make every later one look too dear to make).
     pub(crate) fn compiled(&self, module_bytes: usize, took: Duration) {
-        let per_byte = took.as_nanos() / (module_bytes.max(1) as u128);
-        self.compile_ns_per_byte.store(
-            u64::try_from(per_byte).unwrap_or(u64::MAX).max(1),
-            Ordering::Relaxed,
-        );
+        let measured = u64::try_from(took.as_nanos() / (module_bytes.max(1) as u128))
+            .unwrap_or(u64::MAX)
+            .clamp(10, 10_000);
+        let _ =
+            self.compile_ns_per_byte
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                    Some(match last {
+                        0 => measured,
+                        last => (last * 3 + measured) / 4,
+                    })
+                });
     }
 
     /// Snapshots made so far.

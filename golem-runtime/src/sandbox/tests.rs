@@ -687,3 +687,57 @@ fn only_the_newest_prepared_modules_are_kept_in_memory() {
         "the oldest was dropped and is compiled again"
     );
 }
+
+#[test]
+fn a_module_whose_data_is_spread_thin_is_refused_before_it_compiles() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    // Two bytes 64 MiB apart: compiled, a 64 MiB image of the memory between them.
+    let sparse = wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1100)
+            (func (export "golem_abi_version") (result i32) (i32.const {version}))
+            (data (i32.const 0) "a")
+            (data (i32.const 67108864) "b"))"#,
+        version = golem_abi::ABI_VERSION,
+    ))
+    .expect("valid test module");
+    let compiles = sandbox.compiles();
+    assert_eq!(
+        prepare(&sandbox, &sparse).unwrap_err(),
+        ModuleError::SparseData {
+            span: 67_108_865,
+            bytes: 2,
+            limit: 16 << 20,
+        }
+    );
+    assert_eq!(sandbox.compiles(), compiles, "refused before compiling");
+    assert_still_serves(&sandbox);
+}
+
+#[test]
+fn a_context_function_may_not_hand_back_an_output() {
+    let mut config = SandboxConfig::with_instances(4);
+    config.context_snapshots = ContextSnapshots::Always;
+    let sandbox = sandbox(config);
+    let bytes = module(
+        "",
+        r#"(func (export "golem_context_echo")
+            (call $output (i32.const 16) (i32.const 1)))"#,
+    );
+    let module = prepare(&sandbox, &bytes).expect("compiles");
+    let task = module.task("echo").expect("task");
+    let call = Call {
+        context: Context::new(Arc::from(&b"context"[..])),
+        input: b"hello",
+        seed: [7; 32],
+    };
+    let error = sandbox
+        .run(&module, &task, call, &Limits::default())
+        .unwrap_err();
+    assert!(
+        matches!(&error, SubtaskError::Abi(message) if message.contains("context function")),
+        "{error:?}"
+    );
+    assert_eq!(sandbox.snapshots_made(), 0);
+    assert_still_serves(&sandbox);
+}
