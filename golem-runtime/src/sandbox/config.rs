@@ -59,8 +59,9 @@ pub struct SandboxConfig {
     /// decoded it, with copy-on-write memory, instead of decoding it first each. The outputs are
     /// the same bytes either way.
     pub context_snapshots: ContextSnapshots,
-    /// Bytes of context snapshots kept (their compiled code and memory images); past it the
-    /// least recently used is dropped. A snapshot over a quarter of it is not made.
+    /// Bytes of context snapshots kept (their compiled code and the data of their memory
+    /// images); past it the least recently used is dropped. A snapshot over half of it is not
+    /// made.
     pub max_snapshot_bytes: usize,
     /// Bytes of compiled functions kept in memory, so compiling a snapshot (the same code with
     /// other data) reuses the compile of its module; past it the store starts over.

@@ -698,6 +698,14 @@ impl Sandbox {
         }
         let wasm = snapshot::capture(module.wasm(), &mut store, instance)?;
         drop(store);
+        // What it holds: its data (zeros are holes in its memory file) and its code.
+        let bytes = snapshot::held_bytes(wasm.len(), module.wasm().len());
+        if bytes > self.config.max_snapshot_bytes / 2 {
+            return Err(format!(
+                "the snapshot would hold {bytes} bytes, over half of the {} kept",
+                self.config.max_snapshot_bytes
+            ));
+        }
         let started = std::time::Instant::now();
         let compiled = self
             .compile_limited(&wasm, CompileAs::Snapshot)
@@ -705,13 +713,6 @@ impl Sandbox {
         self.snapshots
             .compiled(module.wasm().len(), started.elapsed());
         drop(wasm);
-        let bytes = snapshot::image_bytes(&compiled);
-        if bytes > self.config.max_snapshot_bytes / 4 {
-            return Err(format!(
-                "the snapshot takes {bytes} bytes, over a quarter of the {} kept",
-                self.config.max_snapshot_bytes
-            ));
-        }
         let snapshot =
             PreparedModule::snapshot(self, module, compiled).map_err(|error| error.to_string())?;
         let task = snapshot

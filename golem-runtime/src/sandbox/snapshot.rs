@@ -57,7 +57,7 @@ impl SnapshotKey {
 pub(crate) struct Snapshot {
     pub(crate) module: PreparedModule,
     pub(crate) task: TaskExport,
-    /// Bytes of its compiled image: code, and the memory image (its zeros take no memory).
+    /// Bytes it holds in memory (see [`held_bytes`]).
     pub(crate) bytes: usize,
     /// Fuel its start-up and decode took: what every call started from it is charged for them.
     pub(crate) decode_fuel: u64,
@@ -105,10 +105,10 @@ pub(crate) fn nonzero_runs(memory: &[u8], cap: usize) -> usize {
     runs
 }
 
-/// Bytes of a compiled module's image: its code and data, its memory image among them.
-pub(crate) fn image_bytes(module: &wasmtime::Module) -> usize {
-    let range = module.image_range();
-    (range.end as usize).saturating_sub(range.start as usize)
+/// Bytes a snapshot holds in memory, from the size of its wasm (its code and the non-zero runs
+/// of its memory) and of its module: compiled code takes a few times its wasm.
+pub(crate) fn held_bytes(snapshot_wasm: usize, module_wasm: usize) -> usize {
+    snapshot_wasm.saturating_add(module_wasm.saturating_mul(4))
 }
 
 #[derive(Clone, Copy, Default)]
