@@ -235,6 +235,12 @@ fn contexts(quick: bool, runs: usize, cores: usize) {
                 "the sandbox's sum differs"
             );
             let image = memory::shmem().saturating_sub(shmem);
+            // The rows must measure the path they name.
+            assert_eq!(
+                run.sandbox().snapshots_made(),
+                u64::from(snapshots),
+                "{size} MiB: snapshots {snapshots}"
+            );
             let per = median(runs, || {
                 for at in 0..calls {
                     std::hint::black_box(run.run_one(at));
@@ -263,7 +269,7 @@ fn contexts(quick: bool, runs: usize, cores: usize) {
                 above.as_secs_f64() * 1e6,
                 first.as_secs_f64() * 1e3,
                 mib(peak),
-                if run.sandbox().snapshots_made() > 0 {
+                if snapshots {
                     format!("{:.0} MiB", mib(image))
                 } else {
                     "none".into()
