@@ -1,8 +1,10 @@
 //! Context snapshots: a task's context decoded once, and every call started from there.
 //!
 //! A task whose module exports its context function (`golem_context_<task>`) gets its context
-//! decoded in an instance of its own: the module's start-up, then that function, under the
-//! call's limits and a seed derived from the context alone. wizer reads that instance's
+//! decoded in an instance of its own (by default once its calls, decoding it each, have spent
+//! about what that costs: [`ContextSnapshots`](super::ContextSnapshots)): the module's
+//! start-up, then that function, under the call's limits and a seed derived from the context
+//! alone. wizer reads that instance's
 //! memory and globals back into a module whose data is the decoded state, which is compiled
 //! (its code comes from the store of compiled functions, so only its data is new) and loaded
 //! from a memory file. Every call of the task with that context then instantiates this module:
