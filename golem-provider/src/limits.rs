@@ -93,16 +93,23 @@ pub(crate) struct LimitArgs {
     /// How long compiling one module may take before it is refused (and remembered as refused).
     #[arg(long, default_value = "30s", value_name = "TIME", value_parser = parse_duration)]
     compile_timeout: Duration,
+
+    /// Bytes of context snapshots kept in memory (a job's shared context decoded once, its
+    /// subtasks started from it); the least recently used is dropped past it, and a snapshot
+    /// over half of it is not made (its subtasks decode the context each).
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_size)]
+    snapshot_memory: usize,
 }
 
 impl LimitArgs {
-    /// Sets the sandbox's own limits: compile threads and time.
+    /// Sets the sandbox's own limits: compile threads and time, compiled modules, snapshots.
     pub(crate) fn apply(&self, sandbox: &mut SandboxConfig) {
         sandbox.compile_threads = self.compile_threads;
         sandbox.compile_timeout = self.compile_timeout;
         sandbox.compiled_cache_bytes = self.compiled_disk;
         sandbox.disk_reserve_bytes = self.disk_reserve;
         sandbox.max_prepared_modules = self.prepared_modules;
+        sandbox.max_snapshot_bytes = self.snapshot_memory;
     }
 
     pub(crate) fn limits(&self) -> ProviderLimits {
