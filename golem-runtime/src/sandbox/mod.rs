@@ -479,43 +479,37 @@ impl Sandbox {
             .context_export()
             .filter(|_| !call.context.bytes().is_empty())
         else {
-            let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
-            let outcome = module
-                .instantiate(&mut store)
-                .and_then(|instance| PreparedModule::call(&instance, &mut store, task.export()));
-            return self.finish(store, outcome, limits);
+            return self.fresh_call(module, task, call, limits, stop, 0);
         };
         let key = module
             .snapshots()
             .then(|| snapshot::SnapshotKey::new(module.hash(), task.name(), &call.context, limits));
-        let snapshot = match (&key, self.config.context_snapshots) {
-            (None, _) | (_, ContextSnapshots::Off) => None,
-            (Some(key), ContextSnapshots::Always) => {
-                self.context_snapshot(key, module, task, &call, limits, stop)?
-            }
-            (Some(key), ContextSnapshots::WhenItPays) => match self.snapshots.get(key) {
-                Some(snapshot) => Some(snapshot),
-                None if self.snapshots.pays(key, module.wasm().len()) => {
-                    self.context_snapshot(key, module, task, &call, limits, stop)?
+        let snapshot = match &key {
+            Some(key) if self.config.context_snapshots != ContextSnapshots::Off => {
+                match self.snapshots.get(key) {
+                    Some(snapshot) => Some(snapshot),
+                    None if self.config.context_snapshots == ContextSnapshots::Always
+                        || self.snapshots.pays(key, module.wasm().len()) =>
+                    {
+                        self.context_snapshot(
+                            key,
+                            module,
+                            task,
+                            context_export,
+                            &call,
+                            limits,
+                            stop,
+                        )?
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
+            _ => None,
         };
         if let Some(snapshot) = snapshot {
-            let mut store = self.store(GuestState::new(call, limits), limits, stop)?;
             // The call pays for the decode its snapshot did, as it would have without it.
-            if self.config.fuel_metering {
-                store
-                    .set_fuel(limits.fuel.saturating_sub(snapshot.decode_fuel))
-                    .map_err(|error| SubtaskError::Internal(error.to_string()))?;
-            }
-            let outcome = snapshot
-                .module
-                .instantiate(&mut store)
-                .and_then(|instance| {
-                    PreparedModule::call(&instance, &mut store, snapshot.task.export())
-                });
-            return self.finish(store, outcome, limits);
+            let (module, task) = (&snapshot.module, &snapshot.task);
+            return self.fresh_call(module, task, call, limits, stop, snapshot.decode_fuel);
         }
         // What a snapshot holds, made again in this call's own instance.
         let started = std::time::Instant::now();
@@ -530,29 +524,37 @@ impl Sandbox {
         self.finish(store, outcome, limits)
     }
 
-    /// A store for one call, its limits armed.
+    /// `call` of `task` in a fresh instance of `module` (its start-up, then the task), with
+    /// `spent` of its fuel already used.
+    fn fresh_call(
+        &self,
+        module: &PreparedModule,
+        task: &TaskExport,
+        call: Call<'_>,
+        limits: &Limits,
+        stop: Option<&Arc<AtomicBool>>,
+        spent: u64,
+    ) -> Result<Execution, SubtaskError> {
+        let mut store = self.store(GuestState::new(call, limits), limits, stop, spent)?;
+        let outcome = module
+            .instantiate(&mut store)
+            .and_then(|instance| PreparedModule::call(&instance, &mut store, task.export()));
+        self.finish(store, outcome, limits)
+    }
+
+    /// A store for one call, given the call's fuel less `spent` and its deadline from now.
     fn store(
         &self,
         state: GuestState,
         limits: &Limits,
         stop: Option<&Arc<AtomicBool>>,
+        spent: u64,
     ) -> Result<Store<GuestState>, SubtaskError> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        self.arm(&mut store, limits, stop)?;
-        Ok(store)
-    }
-
-    /// Gives `store` the call's fuel and deadline, from now.
-    fn arm(
-        &self,
-        store: &mut Store<GuestState>,
-        limits: &Limits,
-        stop: Option<&Arc<AtomicBool>>,
-    ) -> Result<(), SubtaskError> {
         if self.config.fuel_metering {
             store
-                .set_fuel(limits.fuel)
+                .set_fuel(limits.fuel.saturating_sub(spent))
                 .map_err(|error| SubtaskError::Internal(error.to_string()))?;
         }
         match stop {
@@ -574,7 +576,7 @@ impl Sandbox {
             }
             _ => store.set_epoch_deadline(self.epoch_ticks(limits.deadline)),
         }
-        Ok(())
+        Ok(store)
     }
 
     /// The result of a call that ended with `outcome`.
@@ -611,7 +613,7 @@ impl Sandbox {
             input: &[],
             seed: snapshot::context_seed(context.hash()),
         };
-        let mut store = self.store(GuestState::decoding(call, limits), limits, stop)?;
+        let mut store = self.store(GuestState::decoding(call, limits), limits, stop, 0)?;
         let decoded = module.instantiate(&mut store).and_then(|instance| {
             PreparedModule::call(&instance, &mut store, context_export)?;
             Ok(instance)
@@ -626,21 +628,20 @@ impl Sandbox {
     /// before; `None` when it cannot be made, or another call is making a snapshot now (the call
     /// then decodes the context itself: no call waits for another's snapshot). A context that
     /// fails to decode fails the call, as it would without snapshots.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call's parts, passed through"
+    )]
     fn context_snapshot(
         &self,
         key: &snapshot::SnapshotKey,
         module: &PreparedModule,
         task: &TaskExport,
+        context_export: &wasmtime::ModuleExport,
         call: &Call<'_>,
         limits: &Limits,
         stop: Option<&Arc<AtomicBool>>,
     ) -> Result<Option<Arc<snapshot::Snapshot>>, SubtaskError> {
-        if let Some(snapshot) = self.snapshots.get(key) {
-            return Ok(Some(snapshot));
-        }
-        let Some(context_export) = task.context_export() else {
-            return Ok(None);
-        };
         let made = self.snapshotting.try_one_at_a_time(key, || {
             if let Some(snapshot) = self.snapshots.get(key) {
                 return Ok(Some(snapshot));
