@@ -515,7 +515,10 @@ impl Sandbox {
         let started = std::time::Instant::now();
         let (mut store, instance) =
             self.decode_context(module, context_export, &call.context, limits, stop)?;
-        if let Some(key) = key {
+        // Only the policy that weighs decoding against a snapshot needs the time counted.
+        if let Some(key) =
+            key.filter(|_| self.config.context_snapshots == ContextSnapshots::WhenItPays)
+        {
             self.snapshots.decoded(key, started.elapsed());
         }
         // Fuel and deadline run on: the call pays for its decode.
