@@ -43,20 +43,20 @@ pub fn render_rayon(scene: &Scene, tiles: &[Tile]) -> Vec<Vec<u8>> {
 /// Engine settings compared by the benches, by name.
 pub fn engine_variants() -> Vec<(&'static str, SandboxConfig)> {
     let base = SandboxConfig::with_instances(4);
-    let with = |fuel: bool, epoch: bool, nan: bool| {
+    let with = |fuel: bool, deadline: bool, nan: bool| {
         let mut config = base.clone();
         config.fuel_metering = fuel;
-        config.epoch_deadline = epoch;
+        config.deadline_checks = deadline;
         config.nan_canonicalization = nan;
         config
     };
     vec![
         ("no metering", with(false, false, false)),
-        ("epoch deadline", with(false, true, false)),
+        ("deadline checks", with(false, true, false)),
         ("fuel", with(true, false, false)),
-        ("fuel + epoch (default)", with(true, true, false)),
+        ("fuel + deadline (default)", with(true, true, false)),
         (
-            "fuel + epoch + NaN canonicalization",
+            "fuel + deadline + NaN canonicalization",
             with(true, true, true),
         ),
     ]

@@ -241,7 +241,7 @@ fn clean_environment(command: &mut Command) {
 }
 
 /// Loop unrolling for the guest. The sandbox enforces its CPU and wall-time limits with a check
-/// on every loop back edge (fuel and epochs); unrolling hot loops ×8, including loops with
+/// at every loop head (fuel and deadline); unrolling hot loops ×8, including loops with
 /// several exits, leaves one check per eight iterations. On the render kernel
 /// (`cargo bench -p golem-benches --bench compare`) this took the sandbox from 1.98× native to
 /// 1.12× with both limits on, and the examples module from 94 KB to 127 KB.

@@ -341,7 +341,7 @@ fn batches_sent_together_take_no_more_than_the_credit() {
 }
 
 /// Finding 5: a Cancel stops a batch where it is: one queued never runs, and one running stops
-/// within an epoch tick, not at its deadline; either way its place comes free at once.
+/// within a deadline tick, not at its deadline; either way its place comes free at once.
 #[test]
 fn a_cancelled_batch_stops_at_once_whether_queued_or_running() {
     runtime().block_on(async {

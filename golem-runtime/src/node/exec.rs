@@ -200,7 +200,7 @@ pub(crate) fn input_bytes<'a>(
 pub(crate) const BATCH_OUTPUT_BYTES: usize = MAX_REPLY_FRAME - (1 << 20);
 
 /// Runs every subtask of `batch`, stopping at the first failure, or once `cancelled` is set
-/// (before the module is prepared, before each item, and within an epoch tick in the item
+/// (before the module is prepared, before each item, and within a deadline tick in the item
 /// running); `blob` looks up the module, context and large inputs. The error is any
 /// [`Outcome`] but `Outputs`.
 pub(crate) fn run_batch(

@@ -13,13 +13,16 @@ use super::SandboxError;
 #[non_exhaustive]
 pub struct SandboxConfig {
     /// Meter fuel: every call gets [`Limits::fuel`] and reports what it used (the billing unit).
-    /// Costs a counter update on every basic block of the guest.
+    /// Costs a counter update on every straight run of the guest's instructions and a check at
+    /// every function entry and loop head, written into the module when it is compiled.
     pub fuel_metering: bool,
-    /// Enforce [`Limits::deadline`] with epoch interruption: a check at every loop back edge and
-    /// function entry, and one thread that ticks every [`epoch_tick`](Self::epoch_tick).
-    pub epoch_deadline: bool,
-    /// Period of the epoch thread: the granularity of wall-time deadlines.
-    pub epoch_tick: Duration,
+    /// Enforce [`Limits::deadline`], and stops from
+    /// [`run_until`](super::Sandbox::run_until): a check of an interrupt byte at every function
+    /// entry and loop head, and one watchdog thread that sets it, looking at the running calls
+    /// every [`deadline_tick`](Self::deadline_tick).
+    pub deadline_checks: bool,
+    /// Period of the watchdog thread: the granularity of wall-time deadlines and stops.
+    pub deadline_tick: Duration,
     /// Canonicalize every NaN the guest produces, so float results are bit-identical across
     /// architectures. Costly on float kernels; without it, compare results only between equal
     /// engine fingerprints.
@@ -72,8 +75,8 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             fuel_metering: true,
-            epoch_deadline: true,
-            epoch_tick: Duration::from_millis(1),
+            deadline_checks: true,
+            deadline_tick: Duration::from_millis(1),
             nan_canonicalization: false,
             max_instances: 64,
             max_memory_bytes: 1 << 30,
@@ -102,15 +105,25 @@ impl SandboxConfig {
         }
     }
 
+    /// What the sandbox writes into each module it compiles.
+    pub(super) fn metering(&self) -> super::meter::Metering {
+        super::meter::Metering {
+            fuel: self.fuel_metering,
+            interrupt: self.deadline_checks,
+        }
+    }
+
     pub(super) fn wasmtime_config(
         &self,
         compiled_functions: std::sync::Arc<dyn wasmtime::CacheStore>,
     ) -> Result<Config, SandboxError> {
+        // With deadline checks, each instance has a second memory: its interrupt byte's page.
+        let memories_per_instance = if self.deadline_checks { 2 } else { 1 };
         let mut pool = PoolingAllocationConfig::new();
         pool.total_core_instances(self.max_instances)
-            .total_memories(self.max_instances)
+            .total_memories(self.max_instances.saturating_mul(memories_per_instance))
             .total_tables(self.max_instances)
-            .max_memories_per_module(1)
+            .max_memories_per_module(memories_per_instance)
             .max_tables_per_module(1)
             .table_elements(TABLE_ELEMENTS)
             .max_memory_size(self.max_memory_bytes)
@@ -126,8 +139,10 @@ impl SandboxConfig {
         config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cranelift_opt_level(OptLevel::Speed)
-            .consume_fuel(self.fuel_metering)
-            .epoch_interruption(self.epoch_deadline)
+            // Fuel and deadlines are written into the module (`meter`), not left to wasmtime.
+            .consume_fuel(false)
+            .epoch_interruption(false)
+            .wasm_multi_memory(true)
             .cranelift_nan_canonicalization(self.nan_canonicalization)
             // Threads stay off: wasmtime is built without its `threads` feature.
             .max_wasm_stack(self.max_wasm_stack)

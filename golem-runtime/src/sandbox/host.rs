@@ -54,6 +54,8 @@ pub(crate) struct GuestState {
     stderr: LogBuffer,
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
+    /// The instance's fuel global, when the engine meters fuel (see `meter`).
+    pub(crate) fuel: Option<wasmtime::Global>,
     /// Whether a context function runs, which has no output to hand back.
     decoding: bool,
 }
@@ -72,6 +74,7 @@ impl GuestState {
             stderr: LogBuffer::new(limits.log_bytes),
             limiter: Limiter::new(limits.memory_bytes),
             memory: None,
+            fuel: None,
             decoding: false,
         }
     }
@@ -89,9 +92,10 @@ impl GuestState {
     /// from its snapshot finds: the call's input and seed, the clock at its start, no output,
     /// logs or panic, and a fresh memory limiter.
     pub(crate) fn begin_task(&mut self, call: Call<'_>, limits: &Limits) {
-        let memory = self.memory.take();
+        let (memory, fuel) = (self.memory.take(), self.fuel.take());
         *self = Self {
             memory,
+            fuel,
             ..Self::new(call, limits)
         };
     }
@@ -238,14 +242,16 @@ fn charge(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()
 /// Takes `fuel` from the call, or ends it in [`Trap::OutOfFuel`](wasmtime::Trap) when it has
 /// less; [`charge`] adds the price of the host call itself.
 fn pay(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
-    let Ok(left) = caller.get_fuel() else {
+    let Some(global) = caller.data().fuel else {
         return Ok(());
     };
+    let left = global.get(&mut *caller).i64().unwrap_or(0);
+    let fuel = i64::try_from(fuel).unwrap_or(i64::MAX);
     if fuel > left {
-        caller.set_fuel(0)?;
+        global.set(&mut *caller, wasmtime::Val::I64(0))?;
         return Err(wasmtime::Trap::OutOfFuel.into());
     }
-    caller.set_fuel(left - fuel)
+    global.set(&mut *caller, wasmtime::Val::I64(left - fuel))
 }
 
 /// Fuel for copying `bytes`.

@@ -10,23 +10,25 @@
 //!   [`PreparedModule`] (an `InstancePre`, so instantiation is a few microseconds).
 //! * [`Sandbox::run`] executes one call in a fresh instance under [`Limits`] (fuel, memory,
 //!   wall-time deadline, output size) and returns an [`Execution`] or a typed
-//!   [`SubtaskError`]; a guest failure never panics the host. A call of a task with a context
+//!   [`SubtaskError`]; a guest failure never panics the host. Fuel and the deadline are
+//!   written into each module as it is compiled (see `meter`), so enforcing them costs a hot
+//!   loop a compare and a branch; a watchdog thread interrupts calls past their deadline. A call of a task with a context
 //!   starts from a snapshot of an instance that decoded it, once decoding it in every call has
 //!   cost as much as making the snapshot (see `snapshot`).
 
 mod config;
 mod error;
 mod host;
+mod meter;
 mod module;
 mod snapshot;
+mod watchdog;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use wasmtime::{Engine, Linker, Store, Trap};
+use wasmtime::{Engine, Instance, Linker, Store, Trap};
 
 pub use self::config::{ContextSnapshots, Limits, SandboxConfig};
 pub use self::error::{ModuleError, SandboxError, SubtaskError};
@@ -152,7 +154,8 @@ pub struct Sandbox {
     /// Room in the compiled-module cache directory, when there is one.
     compiled_quota: Option<crate::disk::DirQuota>,
     compiles: std::sync::atomic::AtomicU64,
-    ticker: Option<EpochTicker>,
+    /// Ends calls at their deadline or when stopped, with deadline checks on.
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 /// Prepared modules by hash, with the order they were prepared in.
@@ -262,7 +265,7 @@ impl Sandbox {
             .map_err(|error| SandboxError::Engine(error.to_string()))?;
         let mut linker = Linker::new(&engine);
         host::define(&mut linker).map_err(|error| SandboxError::Engine(error.to_string()))?;
-        let fingerprint = fingerprint(&engine);
+        let fingerprint = fingerprint(&engine, &config);
         let compiled_quota = match &config.compiled_cache_dir {
             Some(dir) => Some(
                 crate::disk::DirQuota::open(
@@ -277,9 +280,10 @@ impl Sandbox {
             ),
             None => None,
         };
-        let ticker = config
-            .epoch_deadline
-            .then(|| EpochTicker::start(engine.clone(), config.epoch_tick));
+        let watchdog = config
+            .deadline_checks
+            .then(|| watchdog::Watchdog::start(config.deadline_tick))
+            .flatten();
         Ok(Self {
             engine,
             linker,
@@ -294,7 +298,7 @@ impl Sandbox {
             compiling: Arc::new((Mutex::new(0), std::sync::Condvar::new())),
             compiled_quota,
             compiles: std::sync::atomic::AtomicU64::new(0),
-            ticker,
+            watchdog,
         })
     }
 
@@ -389,19 +393,29 @@ impl Sandbox {
         let (done, result) = std::sync::mpsc::channel();
         let engine = self.engine.clone();
         let bytes = bytes.to_vec();
+        let metering = self.config.metering();
         self.compiles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("golem-compile".into())
             .spawn(move || {
-                let compiled = match to {
-                    CompileAs::Module => {
-                        let instrumented = snapshot::instrument(&bytes);
-                        wasmtime::Module::new(&engine, instrumented.as_deref().unwrap_or(&bytes))
-                    }
-                    CompileAs::Snapshot => snapshot::compile_to_memory_file(&engine, &bytes),
-                }
-                .map_err(|error| ModuleError::Invalid(format!("{error:#}")));
+                // Instrumented for snapshots first: wizer reads the module's own globals and
+                // memories, not what metering adds.
+                let instrumented = match to {
+                    CompileAs::Module => snapshot::instrument(&bytes),
+                    CompileAs::Snapshot => None,
+                };
+                let compiled = meter::meter(instrumented.as_deref().unwrap_or(&bytes), metering)
+                    .map_err(ModuleError::Invalid)
+                    .and_then(|metered| {
+                        match to {
+                            CompileAs::Module => wasmtime::Module::new(&engine, &metered),
+                            CompileAs::Snapshot => {
+                                snapshot::compile_to_memory_file(&engine, &metered)
+                            }
+                        }
+                        .map_err(|error| ModuleError::Invalid(format!("{error:#}")))
+                    });
                 // The slot is free once compiling ends, whether or not anyone still waits.
                 drop(slot);
                 let _ = done.send(compiled);
@@ -447,8 +461,8 @@ impl Sandbox {
         self.run_inner(module, task, call, limits, None)
     }
 
-    /// [`run`](Self::run), stopped within an epoch tick once `stop` is set (with epoch
-    /// deadlines on; without, it runs to its end): the call then ends in
+    /// [`run`](Self::run), stopped within a [`deadline_tick`](SandboxConfig::deadline_tick)
+    /// once `stop` is set (with deadline checks on; without, it runs to its end): the call then ends in
     /// [`SubtaskError::Internal`] saying it was stopped.
     pub fn run_until(
         &self,
@@ -513,7 +527,7 @@ impl Sandbox {
         }
         // What a snapshot holds, made again in this call's own instance.
         let started = std::time::Instant::now();
-        let (mut store, instance) =
+        let (mut running, instance) =
             self.decode_context(module, context_export, &call.context, limits, stop)?;
         // Only the policy that weighs decoding against a snapshot needs the time counted.
         if let Some(key) =
@@ -522,9 +536,9 @@ impl Sandbox {
             self.snapshots.decoded(key, started.elapsed());
         }
         // Fuel and deadline run on: the call pays for its decode.
-        store.data_mut().begin_task(call, limits);
-        let outcome = PreparedModule::call(&instance, &mut store, task.export());
-        self.finish(store, outcome, limits)
+        running.store.data_mut().begin_task(call, limits);
+        let outcome = PreparedModule::call(&instance, &mut running.store, task.export());
+        finish(running, outcome, limits)
     }
 
     /// `call` of `task` in a fresh instance of `module` (its start-up, then the task), with
@@ -538,66 +552,54 @@ impl Sandbox {
         stop: Option<&Arc<AtomicBool>>,
         spent: u64,
     ) -> Result<Execution, SubtaskError> {
-        let mut store = self.store(GuestState::new(call, limits), limits, stop, spent)?;
-        let outcome = module
-            .instantiate(&mut store)
-            .and_then(|instance| PreparedModule::call(&instance, &mut store, task.export()));
-        self.finish(store, outcome, limits)
+        let (mut running, instance) = self.start(
+            module,
+            GuestState::new(call, limits),
+            limits,
+            stop,
+            spent,
+            true,
+        );
+        let outcome = instance.and_then(|instance| {
+            PreparedModule::call(&instance, &mut running.store, task.export())
+        });
+        finish(running, outcome, limits)
     }
 
-    /// A store for one call, given the call's fuel less `spent` and its deadline from now.
-    fn store(
+    /// A fresh instance of `module` in a store of its own holding `state`, given the call's
+    /// fuel less `spent`, watched until its deadline from now (or `stop`), after its start-up
+    /// (its start function, and `_initialize` when `initialize`) ran.
+    pub(crate) fn start(
         &self,
+        module: &PreparedModule,
         state: GuestState,
         limits: &Limits,
         stop: Option<&Arc<AtomicBool>>,
         spent: u64,
-    ) -> Result<Store<GuestState>, SubtaskError> {
+        initialize: bool,
+    ) -> (Running<'_>, wasmtime::Result<Instance>) {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        if self.config.fuel_metering {
-            store
-                .set_fuel(limits.fuel.saturating_sub(spent))
-                .map_err(|error| SubtaskError::Internal(error.to_string()))?;
-        }
-        match stop {
-            Some(stop) if self.ticker.is_some() => {
-                // Woken at every tick: a stop ends the call, and so does the deadline, read
-                // from the clock (ticks missed while the thread waited would undercount it).
-                let stop = Arc::clone(stop);
-                let end = std::time::Instant::now().checked_add(limits.deadline);
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(move |_| {
-                    if stop.load(Ordering::Relaxed) {
-                        return Err(wasmtime::Error::msg(STOPPED));
-                    }
-                    if end.is_some_and(|end| std::time::Instant::now() >= end) {
-                        return Err(Trap::Interrupt.into());
-                    }
-                    Ok(wasmtime::UpdateDeadline::Continue(1))
-                });
-            }
-            _ => store.set_epoch_deadline(self.epoch_ticks(limits.deadline)),
-        }
-        Ok(store)
-    }
-
-    /// The result of a call that ended with `outcome`.
-    fn finish(
-        &self,
-        store: Store<GuestState>,
-        outcome: wasmtime::Result<()>,
-        limits: &Limits,
-    ) -> Result<Execution, SubtaskError> {
-        let fuel_used = self
+        let fuel = self
             .config
             .fuel_metering
-            .then(|| limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)));
-        let state = store.into_data();
-        match outcome {
-            Ok(()) => state.finish(fuel_used),
-            Err(error) => Err(classify(&error, state, limits)),
-        }
+            .then(|| limits.fuel.saturating_sub(spent));
+        let mut running = Running { watch: None, store };
+        let instance =
+            module
+                .instantiate(&mut running.store, fuel)
+                .and_then(|(instance, interrupt)| {
+                    if let (Some(watchdog), Some(word)) = (&self.watchdog, interrupt) {
+                        #[allow(unsafe_code)]
+                        // SAFETY: `word` is the first byte of the instance's interrupt memory, which
+                        // lives as long as `running.store`; `Running` drops the watch first.
+                        let watch = unsafe { watchdog.watch(word, limits.deadline, stop.cloned()) };
+                        running.watch = Some(watch);
+                    }
+                    module.start_up(&instance, &mut running.store, initialize)?;
+                    Ok(instance)
+                });
+        (running, instance)
     }
 
     /// A fresh instance of `module` that ran its start-up and then the context function
@@ -610,20 +612,21 @@ impl Sandbox {
         context: &Context,
         limits: &Limits,
         stop: Option<&Arc<AtomicBool>>,
-    ) -> Result<(Store<GuestState>, wasmtime::Instance), SubtaskError> {
+    ) -> Result<(Running<'_>, Instance), SubtaskError> {
         let call = Call {
             context: context.clone(),
             input: &[],
             seed: snapshot::context_seed(context.hash()),
         };
-        let mut store = self.store(GuestState::decoding(call, limits), limits, stop, 0)?;
-        let decoded = module.instantiate(&mut store).and_then(|instance| {
-            PreparedModule::call(&instance, &mut store, context_export)?;
+        let state = GuestState::decoding(call, limits);
+        let (mut running, instance) = self.start(module, state, limits, stop, 0, true);
+        let decoded = instance.and_then(|instance| {
+            PreparedModule::call(&instance, &mut running.store, context_export)?;
             Ok(instance)
         });
         match decoded {
-            Ok(instance) => Ok((store, instance)),
-            Err(error) => Err(classify(&error, store.into_data(), limits)),
+            Ok(instance) => Ok((running, instance)),
+            Err(error) => Err(classify(&error, running, limits)),
         }
     }
 
@@ -656,9 +659,9 @@ impl Sandbox {
             let Ok(_making) = self.making.try_lock() else {
                 return Ok(None);
             };
-            let (store, instance) =
+            let (running, instance) =
                 self.decode_context(module, context_export, &call.context, limits, stop)?;
-            match self.make_snapshot(module, task, store, instance, limits) {
+            match self.make_snapshot(module, task, running, instance, limits) {
                 Ok(snapshot) => {
                     let snapshot = Arc::new(snapshot);
                     self.snapshots.keep(
@@ -683,13 +686,12 @@ impl Sandbox {
         &self,
         module: &PreparedModule,
         task: &TaskExport,
-        mut store: Store<GuestState>,
-        instance: wasmtime::Instance,
+        mut running: Running<'_>,
+        instance: Instance,
         limits: &Limits,
     ) -> Result<snapshot::Snapshot, String> {
-        let decode_fuel = limits
-            .fuel
-            .saturating_sub(store.get_fuel().unwrap_or(limits.fuel));
+        let decode_fuel = running.fuel_used(limits).unwrap_or(0);
+        let mut store = running.into_store();
         let memory = store.data().memory.ok_or("the instance has no memory")?;
         // wizer keeps a record per run of non-zero bytes: a memory of millions of them would
         // take gigabytes to snapshot.
@@ -735,13 +737,6 @@ impl Sandbox {
         self.snapshots.made()
     }
 
-    /// Epoch ticks for a deadline of `deadline` (ignored by an engine without epoch deadlines).
-    pub(crate) fn epoch_ticks(&self, deadline: Duration) -> u64 {
-        self.ticker
-            .as_ref()
-            .map_or(u64::MAX / 2, |ticker| ticker.ticks_for(deadline))
-    }
-
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -754,21 +749,102 @@ impl Sandbox {
 /// Why a call stopped by [`Sandbox::run_until`] ended.
 const STOPPED: &str = "the subtask was stopped";
 
+/// A call's store, and the watch that ends it at its deadline.
+pub(crate) struct Running<'s> {
+    /// Dropped before the store: the watchdog writes into the store's memory until then.
+    watch: Option<watchdog::Watch<'s>>,
+    pub(crate) store: Store<GuestState>,
+}
+
+/// A limit that stopped a guest from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    OutOfFuel,
+    Deadline,
+    Stopped,
+}
+
+impl Running<'_> {
+    /// Fuel left, below zero once the guest overspent (when the engine meters fuel).
+    fn fuel_left(&mut self) -> Option<i64> {
+        let global = self.store.data().fuel?;
+        global.get(&mut self.store).i64()
+    }
+
+    /// Fuel the call used of its limit, when the engine meters fuel.
+    fn fuel_used(&mut self, limits: &Limits) -> Option<u64> {
+        let left = u64::try_from(self.fuel_left()?).unwrap_or(0);
+        Some(limits.fuel.saturating_sub(left))
+    }
+
+    /// Whether `error`, a trap of the guest, came from a limit rather than the guest itself.
+    pub(crate) fn limit_hit(&mut self, error: &wasmtime::Error) -> Option<Stopped> {
+        match error.downcast_ref::<Trap>()? {
+            // A host call that could not pay.
+            Trap::OutOfFuel => Some(Stopped::OutOfFuel),
+            // The checks `meter` writes trap so: the watchdog's reason, or the fuel, tells.
+            Trap::UnreachableCodeReached => {
+                match self.watch.as_ref().map(watchdog::Watch::reason) {
+                    Some(meter::interrupt::DEADLINE) => return Some(Stopped::Deadline),
+                    Some(meter::interrupt::STOPPED) => return Some(Stopped::Stopped),
+                    _ => {}
+                }
+                self.fuel_left()
+                    .is_some_and(|left| left < 0)
+                    .then_some(Stopped::OutOfFuel)
+            }
+            _ => None,
+        }
+    }
+
+    /// The store, no longer watched.
+    fn into_store(mut self) -> Store<GuestState> {
+        self.watch = None;
+        self.store
+    }
+}
+
+/// The result of a call that ended with `outcome`.
+fn finish(
+    mut running: Running<'_>,
+    outcome: wasmtime::Result<()>,
+    limits: &Limits,
+) -> Result<Execution, SubtaskError> {
+    match outcome {
+        // The last straight run may have overspent after the last check.
+        Ok(()) if running.fuel_left().is_some_and(|left| left < 0) => {
+            Err(SubtaskError::OutOfFuel { limit: limits.fuel })
+        }
+        Ok(()) => {
+            let fuel_used = running.fuel_used(limits);
+            running.into_store().into_data().finish(fuel_used)
+        }
+        Err(error) => Err(classify(&error, running, limits)),
+    }
+}
+
 /// Turns a wasmtime error from a guest call into the typed error a user sees.
 ///
-/// Limits that stop the guest from outside (fuel, deadline, stack) are named by their trap. Any
-/// other trap is explained by what the guest did just before: a reported panic, or a memory
-/// growth the limiter refused (Rust aborts when an allocation fails).
-fn classify(error: &wasmtime::Error, state: GuestState, limits: &Limits) -> SubtaskError {
+/// Limits that stop the guest from outside (fuel, deadline, a stop, stack) are named by what
+/// stopped it. Any other trap is explained by what the guest did just before: a reported
+/// panic, or a memory growth the limiter refused (Rust aborts when an allocation fails).
+fn classify(error: &wasmtime::Error, mut running: Running<'_>, limits: &Limits) -> SubtaskError {
     if let Some(host) = error.downcast_ref::<HostTrap>() {
         return host.to_subtask_error();
     }
+    match running.limit_hit(error) {
+        Some(Stopped::OutOfFuel) => return SubtaskError::OutOfFuel { limit: limits.fuel },
+        Some(Stopped::Deadline) => {
+            return SubtaskError::Deadline {
+                limit: limits.deadline,
+            };
+        }
+        Some(Stopped::Stopped) => return SubtaskError::Internal(STOPPED.into()),
+        None => {}
+    }
+    let state = running.into_store().into_data();
     let trap = error.downcast_ref::<Trap>();
     match trap {
-        Some(Trap::OutOfFuel) => SubtaskError::OutOfFuel { limit: limits.fuel },
-        Some(Trap::Interrupt) => SubtaskError::Deadline {
-            limit: limits.deadline,
-        },
         Some(Trap::StackOverflow) => SubtaskError::StackOverflow,
         _ => {
             if let Some(message) = state.panic_message() {
@@ -793,7 +869,7 @@ fn classify(error: &wasmtime::Error, state: GuestState, limits: &Limits) -> Subt
 
 /// Hashes the engine's compatibility hash (wasmtime version, target, settings) into a stable
 /// 32-byte fingerprint.
-fn fingerprint(engine: &Engine) -> EngineFingerprint {
+fn fingerprint(engine: &Engine, config: &SandboxConfig) -> EngineFingerprint {
     use std::hash::Hash;
 
     struct Blake3Hasher(blake3::Hasher);
@@ -813,51 +889,14 @@ fn fingerprint(engine: &Engine) -> EngineFingerprint {
     for price in [HOST_CALL_FUEL, COPY_BYTES_PER_FUEL, RANDOM_FUEL_PER_BYTE] {
         hasher.0.update(&price.to_le_bytes());
     }
+    // Compiled code holds what `meter` wrote into it.
+    let metering = config.metering();
+    hasher.0.update(&meter::METER_VERSION.to_le_bytes());
+    hasher
+        .0
+        .update(&[u8::from(metering.fuel), u8::from(metering.interrupt)]);
     engine.precompile_compatibility_hash().hash(&mut hasher);
     EngineFingerprint(*hasher.0.finalize().as_bytes())
-}
-
-/// Advances the engine's epoch at a fixed tick so epoch deadlines measure wall time.
-struct EpochTicker {
-    tick: Duration,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name("golem-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
-                .ok()
-        };
-        if thread.is_none() {
-            tracing::warn!("cannot start the epoch thread: wall-time deadlines are not enforced");
-        }
-        Self { tick, stop, thread }
-    }
-
-    fn ticks_for(&self, deadline: Duration) -> u64 {
-        let ticks = deadline.as_nanos().div_ceil(self.tick.as_nanos().max(1));
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! Accepting a module: hash, size, compile, import allow-list, ABI version; then calling it.
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use golem_abi as abi;
-use wasmtime::{ExternType, Instance, InstancePre, Module, ModuleExport, Store, Trap, TypedFunc};
+use wasmtime::{ExternType, Instance, InstancePre, Module, ModuleExport, Store, TypedFunc};
 
 use super::host::GuestState;
-use super::{ModuleError, Sandbox};
+use super::{ModuleError, Sandbox, meter};
 
 /// The blake3 hash of a module's bytes: its identity everywhere in golem.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +44,7 @@ pub struct PreparedModule {
     module: Module,
     pre: InstancePre<GuestState>,
     memory: ModuleExport,
+    metered: Metered,
     initialize: Option<ModuleExport>,
     /// The module's own bytes, read again to snapshot its instances; empty for a snapshot.
     wasm: std::sync::Arc<[u8]>,
@@ -56,6 +58,13 @@ impl fmt::Debug for PreparedModule {
             .field("hash", &self.hash)
             .finish_non_exhaustive()
     }
+}
+
+/// What the sandbox wrote into a module (see `meter`), looked up once.
+struct Metered {
+    fuel: Option<ModuleExport>,
+    interrupt: Option<ModuleExport>,
+    start: Option<ModuleExport>,
 }
 
 /// A task's export in a [`PreparedModule`], looked up once by name, with its context function
@@ -120,16 +129,57 @@ impl PreparedModule {
         &self.wasm
     }
 
-    /// Instantiates the module in `store` and runs its start-up (`_initialize`).
-    pub(crate) fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Instance> {
+    /// Instantiates the module in `store` with `fuel` (when the engine meters it), returning
+    /// the instance and its interrupt byte (when the engine checks deadlines). Nothing of the
+    /// guest's has run yet: [`start_up`](Self::start_up) runs its start-up.
+    pub(crate) fn instantiate(
+        &self,
+        store: &mut Store<GuestState>,
+        fuel: Option<u64>,
+    ) -> wasmtime::Result<(Instance, Option<NonNull<u8>>)> {
         let instance = self.pre.instantiate(&mut *store)?;
         store.data_mut().memory = instance
             .get_module_export(&mut *store, &self.memory)
             .and_then(|export| export.into_memory());
-        if let Some(initialize) = &self.initialize {
-            typed_func(&instance, store, initialize)?.call(&mut *store, ())?;
+        if let (Some(fuel), Some(export)) = (fuel, &self.metered.fuel) {
+            let global = instance
+                .get_module_export(&mut *store, export)
+                .and_then(|export| export.into_global())
+                .ok_or_else(|| wasmtime::format_err!("the fuel global is missing"))?;
+            global.set(
+                &mut *store,
+                wasmtime::Val::I64(i64::try_from(fuel).unwrap_or(i64::MAX)),
+            )?;
+            store.data_mut().fuel = Some(global);
         }
-        Ok(instance)
+        let interrupt = match &self.metered.interrupt {
+            Some(export) => {
+                let memory = instance
+                    .get_module_export(&mut *store, export)
+                    .and_then(|export| export.into_memory())
+                    .ok_or_else(|| wasmtime::format_err!("the interrupt memory is missing"))?;
+                NonNull::new(memory.data_ptr(&*store))
+            }
+            None => None,
+        };
+        Ok((instance, interrupt))
+    }
+
+    /// Runs the start-up of `instance`, an instance of this module: its start function, then
+    /// `_initialize` when `initialize`.
+    pub(crate) fn start_up(
+        &self,
+        instance: &Instance,
+        store: &mut Store<GuestState>,
+        initialize: bool,
+    ) -> wasmtime::Result<()> {
+        if let Some(start) = &self.metered.start {
+            typed_func(instance, store, start)?.call(&mut *store, ())?;
+        }
+        if let Some(initialize) = self.initialize.as_ref().filter(|_| initialize) {
+            typed_func(instance, store, initialize)?.call(&mut *store, ())?;
+        }
+        Ok(())
     }
 
     /// Calls `export` of `instance`, an instance of this module.
@@ -148,12 +198,17 @@ impl PreparedModule {
         of: &PreparedModule,
         module: Module,
     ) -> Result<Self, ModuleError> {
-        let (pre, memory) = link(sandbox, &module)?;
+        let Linked {
+            pre,
+            memory,
+            metered,
+        } = link(sandbox, &module)?;
         Ok(Self {
             hash: of.hash,
             module,
             pre,
             memory,
+            metered,
             initialize: None,
             wasm: std::sync::Arc::from([]),
             snapshots: false,
@@ -311,7 +366,11 @@ pub(crate) fn prepare(
     check_sections(bytes)?;
     let Compiled { module, keep_at } = compile(sandbox, hash, bytes)?;
 
-    let (pre, memory) = link(sandbox, &module)?;
+    let Linked {
+        pre,
+        memory,
+        metered,
+    } = link(sandbox, &module)?;
     let initialize = module.get_export_index("_initialize");
     let snapshots = super::snapshot::is_instrumented(&module);
     let prepared = PreparedModule {
@@ -319,6 +378,7 @@ pub(crate) fn prepare(
         module,
         pre,
         memory,
+        metered,
         initialize,
         wasm: std::sync::Arc::from(bytes),
         snapshots,
@@ -331,11 +391,15 @@ pub(crate) fn prepare(
     Ok(prepared)
 }
 
-/// Links `module` to the host functions and finds its memory.
-fn link(
-    sandbox: &Sandbox,
-    module: &Module,
-) -> Result<(InstancePre<GuestState>, ModuleExport), ModuleError> {
+/// A module linked to the host functions, with the exports the sandbox uses.
+struct Linked {
+    pre: InstancePre<GuestState>,
+    memory: ModuleExport,
+    metered: Metered,
+}
+
+/// Links `module` to the host functions and finds its memory and what metering wrote into it.
+fn link(sandbox: &Sandbox, module: &Module) -> Result<Linked, ModuleError> {
     let pre = sandbox
         .linker()
         .instantiate_pre(module)
@@ -343,7 +407,26 @@ fn link(
     let memory = module
         .get_export_index("memory")
         .ok_or(ModuleError::NotAGolemModule)?;
-    Ok((pre, memory))
+    let metering = sandbox.config().metering();
+    let written = |on: bool, name: &str| {
+        if !on {
+            return Ok(None);
+        }
+        module
+            .get_export_index(name)
+            .map(Some)
+            .ok_or_else(|| ModuleError::Invalid(format!("metering wrote no `{name}` export")))
+    };
+    let metered = Metered {
+        fuel: written(metering.fuel, meter::FUEL_EXPORT)?,
+        interrupt: written(metering.interrupt, meter::INTERRUPT_EXPORT)?,
+        start: module.get_export_index(meter::START_EXPORT),
+    };
+    Ok(Linked {
+        pre,
+        memory,
+        metered,
+    })
 }
 
 /// Span of data segments allowed whatever their density: wasmtime's own default for a dense
@@ -358,6 +441,13 @@ fn check_sections(bytes: &[u8]) -> Result<(), ModuleError> {
     let mut data = DataSpan::default();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         match payload.map_err(invalid)? {
+            // The sandbox adds a memory of its own (`meter`); a task has one.
+            wasmparser::Payload::MemorySection(memories) if memories.count() > 1 => {
+                return Err(ModuleError::Invalid(format!(
+                    "the module defines {} memories; a task has one",
+                    memories.count()
+                )));
+            }
             wasmparser::Payload::ImportSection(imports) => {
                 for import in imports.into_imports() {
                     let import = import.map_err(invalid)?;
@@ -442,7 +532,7 @@ fn first_mistyped_import(module: &Module) -> ModuleError {
 
 /// Fuel a module's start-up (start function and version export) may burn when it is prepared.
 pub const PROBE_FUEL: u64 = 1_000_000;
-/// Wall time a module's start-up may take when it is prepared (with epoch deadlines on).
+/// Wall time a module's start-up may take when it is prepared (with deadline checks on).
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Runs the module's start-up and reads its ABI version, under [`PROBE_FUEL`] and
@@ -452,39 +542,37 @@ fn check_abi_version(sandbox: &Sandbox, module: &PreparedModule) -> Result<(), M
         .module
         .get_export_index(abi::VERSION_EXPORT)
         .ok_or(ModuleError::NotAGolemModule)?;
-    let mut store = Store::new(
-        sandbox.engine(),
-        GuestState::new(
-            super::Call {
-                context: super::Context::empty(),
-                input: &[],
-                seed: [0; 32],
-            },
-            &super::Limits::default().memory_bytes(sandbox.config().max_memory_bytes),
-        ),
-    );
-    store.limiter(|state| &mut state.limiter);
-    if sandbox.config().fuel_metering {
-        store
-            .set_fuel(PROBE_FUEL)
-            .map_err(|error| ModuleError::Instantiate(error.to_string()))?;
-    }
-    store.set_epoch_deadline(sandbox.epoch_ticks(PROBE_DEADLINE));
-    let failed = |error: wasmtime::Error| match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel | Trap::Interrupt) => ModuleError::StartupLimit {
-            fuel: PROBE_FUEL,
-            deadline: PROBE_DEADLINE,
+    let limits = super::Limits::default()
+        .memory_bytes(sandbox.config().max_memory_bytes)
+        .fuel(PROBE_FUEL)
+        .deadline(PROBE_DEADLINE);
+    let state = GuestState::new(
+        super::Call {
+            context: super::Context::empty(),
+            input: &[],
+            seed: [0; 32],
         },
-        _ => ModuleError::Instantiate(format!("{error:#}")),
+        &limits,
+    );
+    let (mut running, instance) = sandbox.start(module, state, &limits, None, 0, false);
+    let failed = |running: &mut super::Running<'_>, error: wasmtime::Error| {
+        if running.limit_hit(&error).is_some() {
+            ModuleError::StartupLimit {
+                fuel: PROBE_FUEL,
+                deadline: PROBE_DEADLINE,
+            }
+        } else {
+            ModuleError::Instantiate(format!("{error:#}"))
+        }
     };
-    let instance = module.pre.instantiate(&mut store).map_err(failed)?;
+    let instance = instance.map_err(|error| failed(&mut running, error))?;
     let version = instance
-        .get_module_export(&mut store, &version_export)
+        .get_module_export(&mut running.store, &version_export)
         .and_then(|export| export.into_func())
-        .and_then(|func| func.typed::<(), i32>(&store).ok())
+        .and_then(|func| func.typed::<(), i32>(&running.store).ok())
         .ok_or(ModuleError::NotAGolemModule)?
-        .call(&mut store, ())
-        .map_err(failed)?;
+        .call(&mut running.store, ());
+    let version = version.map_err(|error| failed(&mut running, error))?;
     if u32::try_from(version).ok() != Some(abi::ABI_VERSION) {
         return Err(ModuleError::AbiVersion {
             found: i64::from(version),

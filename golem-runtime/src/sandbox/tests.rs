@@ -1,6 +1,7 @@
 //! Sandbox tests on hand-written modules. Each hostile module ends in its own typed error, and
 //! the same engine then runs a correct task.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -581,7 +582,7 @@ fn a_module_that_spins_at_start_up_is_refused() {
     let error = prepare_within(Arc::clone(&unmetered), spin, Duration::from_secs(30));
     assert_eq!(error.unwrap_err(), startup_limit);
     let elapsed = started.elapsed();
-    let tick = unmetered.config().epoch_tick;
+    let tick = unmetered.config().deadline_tick;
     assert!(elapsed >= PROBE_DEADLINE - tick, "{elapsed:?}");
     assert_still_serves(&unmetered);
 }
