@@ -758,7 +758,7 @@ pub(crate) struct Running<'s> {
 
 /// A limit that stopped a guest from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stopped {
+pub(crate) enum Halt {
     OutOfFuel,
     Deadline,
     Stopped,
@@ -778,20 +778,20 @@ impl Running<'_> {
     }
 
     /// Whether `error`, a trap of the guest, came from a limit rather than the guest itself.
-    pub(crate) fn limit_hit(&mut self, error: &wasmtime::Error) -> Option<Stopped> {
+    pub(crate) fn limit_hit(&mut self, error: &wasmtime::Error) -> Option<Halt> {
         match error.downcast_ref::<Trap>()? {
             // A host call that could not pay.
-            Trap::OutOfFuel => Some(Stopped::OutOfFuel),
+            Trap::OutOfFuel => Some(Halt::OutOfFuel),
             // The checks `meter` writes trap so: the watchdog's reason, or the fuel, tells.
             Trap::UnreachableCodeReached => {
                 match self.watch.as_ref().map(watchdog::Watch::reason) {
-                    Some(meter::interrupt::DEADLINE) => return Some(Stopped::Deadline),
-                    Some(meter::interrupt::STOPPED) => return Some(Stopped::Stopped),
+                    Some(meter::interrupt::DEADLINE) => return Some(Halt::Deadline),
+                    Some(meter::interrupt::STOPPED) => return Some(Halt::Stopped),
                     _ => {}
                 }
                 self.fuel_left()
                     .is_some_and(|left| left < 0)
-                    .then_some(Stopped::OutOfFuel)
+                    .then_some(Halt::OutOfFuel)
             }
             _ => None,
         }
@@ -833,13 +833,13 @@ fn classify(error: &wasmtime::Error, mut running: Running<'_>, limits: &Limits) 
         return host.to_subtask_error();
     }
     match running.limit_hit(error) {
-        Some(Stopped::OutOfFuel) => return SubtaskError::OutOfFuel { limit: limits.fuel },
-        Some(Stopped::Deadline) => {
+        Some(Halt::OutOfFuel) => return SubtaskError::OutOfFuel { limit: limits.fuel },
+        Some(Halt::Deadline) => {
             return SubtaskError::Deadline {
                 limit: limits.deadline,
             };
         }
-        Some(Stopped::Stopped) => return SubtaskError::Internal(STOPPED.into()),
+        Some(Halt::Stopped) => return SubtaskError::Internal(STOPPED.into()),
         None => {}
     }
     let state = running.into_store().into_data();
