@@ -28,9 +28,13 @@ fn render_kernel(c: &mut Criterion) {
 
 fn tiny_task(c: &mut Criterion) {
     let mut group = c.benchmark_group("tiny task");
+    // What each limit adds to a call.
+    for (name, config) in engine_variants() {
+        let run = SandboxRun::new(config, double, &(), &[21]);
+        group.bench_function(format!("one call/{name}"), |b| b.iter(|| run.run_one(0)));
+    }
     let (name, config) = engine_variants().remove(3);
     let run = SandboxRun::new(config, double, &(), &[21]);
-    group.bench_function(format!("one call/{name}"), |b| b.iter(|| run.run_one(0)));
     // The same call on every core at once: what the sandbox's shared state (the instance pool,
     // the process's page tables) costs when calls run in parallel.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);

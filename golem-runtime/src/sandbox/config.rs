@@ -117,7 +117,7 @@ impl SandboxConfig {
         &self,
         compiled_functions: std::sync::Arc<dyn wasmtime::CacheStore>,
     ) -> Result<Config, SandboxError> {
-        // With deadline checks, each instance has a second memory: its interrupt byte's page.
+        // With deadline checks, each instance has a second memory: its interrupt byte.
         let memories_per_instance = if self.deadline_checks { 2 } else { 1 };
         let mut pool = PoolingAllocationConfig::new();
         pool.total_core_instances(self.max_instances)
@@ -143,6 +143,8 @@ impl SandboxConfig {
             .consume_fuel(false)
             .epoch_interruption(false)
             .wasm_multi_memory(true)
+            // The interrupt memory's pages are bytes (modules of peers may not use them).
+            .wasm_custom_page_sizes(true)
             .cranelift_nan_canonicalization(self.nan_canonicalization)
             // Threads stay off: wasmtime is built without its `threads` feature.
             .max_wasm_stack(self.max_wasm_stack)

@@ -441,12 +441,22 @@ fn check_sections(bytes: &[u8]) -> Result<(), ModuleError> {
     let mut data = DataSpan::default();
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         match payload.map_err(invalid)? {
-            // The sandbox adds a memory of its own (`meter`); a task has one.
-            wasmparser::Payload::MemorySection(memories) if memories.count() > 1 => {
-                return Err(ModuleError::Invalid(format!(
-                    "the module defines {} memories; a task has one",
-                    memories.count()
-                )));
+            // The sandbox adds a memory of its own (`meter`); a task has one, in pages of the
+            // standard size.
+            wasmparser::Payload::MemorySection(memories) => {
+                if memories.count() > 1 {
+                    return Err(ModuleError::Invalid(format!(
+                        "the module defines {} memories; a task has one",
+                        memories.count()
+                    )));
+                }
+                for memory in memories {
+                    if memory.map_err(invalid)?.page_size_log2.is_some() {
+                        return Err(ModuleError::Invalid(
+                            "the module's memory has a custom page size".into(),
+                        ));
+                    }
+                }
             }
             wasmparser::Payload::ImportSection(imports) => {
                 for import in imports.into_imports() {

@@ -20,7 +20,7 @@ pub(crate) struct Watchdog {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when the first call is watched, and on shutdown.
+    /// Signalled when a call is watched while the thread is idle, and on shutdown.
     wake: Condvar,
 }
 
@@ -28,6 +28,9 @@ struct Shared {
 struct State {
     watched: HashMap<u64, Watched>,
     next: u64,
+    /// Whether the thread waits to be woken (a wake-up is a system call: calls made while it
+    /// is awake, one after another, need none).
+    idle: bool,
     shutdown: bool,
 }
 
@@ -100,7 +103,8 @@ impl Watchdog {
         let id = state.next;
         state.next += 1;
         state.watched.insert(id, watched);
-        if state.watched.len() == 1 {
+        if state.idle {
+            state.idle = false;
             self.shared.wake.notify_one();
         }
         Watch {
@@ -142,16 +146,28 @@ impl Drop for Watch<'_> {
     }
 }
 
+/// Ticks with no call watched before the thread waits to be woken: calls that follow each
+/// other closely find it awake, and wake no thread.
+const IDLE_AFTER_TICKS: u32 = 64;
+
 fn run(shared: &Shared, tick: Duration) {
     let mut state = lock(&shared.state);
+    let mut empty_ticks = 0;
     loop {
         if state.shutdown {
             return;
         }
-        if state.watched.is_empty() {
+        empty_ticks = if state.watched.is_empty() {
+            empty_ticks + 1
+        } else {
+            0
+        };
+        if empty_ticks > IDLE_AFTER_TICKS {
+            empty_ticks = 0;
+            state.idle = true;
             state = shared
                 .wake
-                .wait(state)
+                .wait_while(state, |state| state.idle && !state.shutdown)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             continue;
         }
