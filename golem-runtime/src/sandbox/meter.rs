@@ -36,6 +36,8 @@ use wasm_encoder::{
 };
 use wasmparser::{Operator, Payload};
 
+/// What the names of the exports written here begin with; a module may export none of its own.
+pub(crate) const RESERVED_PREFIX: &str = "golem:";
 /// The export of the fuel left, an `i64` global.
 pub(crate) const FUEL_EXPORT: &str = "golem:fuel";
 /// The export of the memory whose first byte stops the guest.
@@ -64,7 +66,8 @@ pub(crate) struct Metering {
 }
 
 impl Metering {
-    fn any(self) -> bool {
+    /// Whether anything is written.
+    pub(crate) fn any(self) -> bool {
         self.fuel || self.interrupt
     }
 }
@@ -230,69 +233,84 @@ impl Writer {
     }
 
     /// Takes `cost` from the fuel.
-    fn charge(&self, body: &mut Vec<Instruction<'_>>, cost: i64) {
-        body.extend([
-            Instruction::GlobalGet(self.fuel_global),
-            Instruction::I64Const(cost),
-            Instruction::I64Sub,
-            Instruction::GlobalSet(self.fuel_global),
-        ]);
+    fn charge(&self, body: &mut Function, cost: i64) {
+        emit(
+            body,
+            &[
+                Instruction::GlobalGet(self.fuel_global),
+                Instruction::I64Const(cost),
+                Instruction::I64Sub,
+                Instruction::GlobalSet(self.fuel_global),
+            ],
+        );
     }
 
     /// Traps when the fuel is below zero (with `fuel`) or the interrupt byte is set (with
     /// `interrupt`).
-    fn check(&self, body: &mut Vec<Instruction<'_>>, fuel: bool, interrupt: bool) {
+    fn check(&self, body: &mut Function, fuel: bool, interrupt: bool) {
         if fuel {
-            body.extend([
-                Instruction::GlobalGet(self.fuel_global),
-                Instruction::I64Const(0),
-                Instruction::I64LtS,
-            ]);
+            emit(
+                body,
+                &[
+                    Instruction::GlobalGet(self.fuel_global),
+                    Instruction::I64Const(0),
+                    Instruction::I64LtS,
+                ],
+            );
         }
         if interrupt {
             // A store into the memory first, beside the byte: with no store between two loads of
             // the byte the compiler takes the second for the first, and a loop whose body
             // stores nothing would read the byte once, before it starts.
-            body.extend([
-                Instruction::I32Const(0),
-                Instruction::I32Const(0),
-                Instruction::I32Store8(MemArg {
-                    offset: 1,
-                    align: 0,
-                    memory_index: self.interrupt_memory,
-                }),
-                Instruction::I32Const(0),
-                Instruction::I32Load8U(MemArg {
-                    offset: 0,
-                    align: 0,
-                    memory_index: self.interrupt_memory,
-                }),
-            ]);
+            emit(
+                body,
+                &[
+                    Instruction::I32Const(0),
+                    Instruction::I32Const(0),
+                    Instruction::I32Store8(MemArg {
+                        offset: 1,
+                        align: 0,
+                        memory_index: self.interrupt_memory,
+                    }),
+                    Instruction::I32Const(0),
+                    Instruction::I32Load8U(MemArg {
+                        offset: 0,
+                        align: 0,
+                        memory_index: self.interrupt_memory,
+                    }),
+                ],
+            );
         }
         if fuel && interrupt {
-            body.push(Instruction::I32Or);
+            body.instruction(&Instruction::I32Or);
         }
         if fuel || interrupt {
-            body.extend([
-                Instruction::If(BlockType::Empty),
-                Instruction::Unreachable,
-                Instruction::End,
-            ]);
+            emit(
+                body,
+                &[
+                    Instruction::If(BlockType::Empty),
+                    Instruction::Unreachable,
+                    Instruction::End,
+                ],
+            );
         }
     }
 
     /// Pays for the bulk operation about to run, whose length (an `i32`) is on top of the stack
     /// and stays there.
-    fn charge_length(&self, body: &mut Vec<Instruction<'_>>) {
-        body.extend([
-            Instruction::GlobalSet(self.scratch_global),
-            Instruction::GlobalGet(self.scratch_global),
-            Instruction::GlobalGet(self.fuel_global),
-            Instruction::GlobalGet(self.scratch_global),
-            Instruction::I64ExtendI32U,
-            Instruction::I64Sub,
-            Instruction::GlobalSet(self.fuel_global),
-        ]);
+    fn charge_length(&self, body: &mut Function) {
+        emit(
+            body,
+            &[
+                Instruction::GlobalSet(self.scratch_global),
+                Instruction::GlobalGet(self.scratch_global),
+                Instruction::GlobalGet(self.fuel_global),
+                Instruction::GlobalGet(self.scratch_global),
+                Instruction::I64ExtendI32U,
+                Instruction::I64Sub,
+                Instruction::GlobalSet(self.fuel_global),
+            ],
+        );
         self.check(body, true, false);
     }
 }
@@ -467,36 +485,54 @@ impl Reencode for Writer {
         let (fuel, interrupt) = (self.metering.fuel, self.metering.interrupt);
         let mut function = utils::new_function_with_parsed_locals(self, &func)?;
         let mut reader = func.get_operators_reader()?;
-        let mut body = Vec::new();
-        // The straight run being read, and what it costs.
-        let mut run = Vec::new();
         // Entering a function costs one unit, as with wasmtime.
-        let mut run_cost = 1;
+        let mut entry_cost = 1;
         // A check is due at the start of the next run: at function entry and loop heads.
         let mut check_due = true;
         while !reader.eof() {
-            let op = reader.read()?;
-            run_cost += cost(&op);
-            let ends = ends_run(&op);
-            let is_loop = matches!(op, Operator::Loop { .. });
-            if fuel && takes_length(&op) {
-                self.charge_length(&mut run);
+            // Each straight run is read twice: for its cost, then to write it after its charge.
+            let mut ahead = reader.clone();
+            let mut run_cost = std::mem::take(&mut entry_cost);
+            loop {
+                let op = ahead.read()?;
+                run_cost += cost(&op);
+                if ends_run(&op) || ahead.eof() {
+                    break;
+                }
             }
-            run.push(self.instruction(op)?);
-            if ends || reader.eof() {
-                if fuel && run_cost > 0 {
-                    self.charge(&mut body, run_cost);
+            if fuel && run_cost > 0 {
+                self.charge(&mut function, run_cost);
+            }
+            if check_due {
+                self.check(&mut function, fuel, interrupt);
+            }
+            loop {
+                let op = reader.read()?;
+                let ends = ends_run(&op) || reader.eof();
+                check_due = matches!(op, Operator::Loop { .. });
+                if fuel && takes_length(&op) {
+                    self.charge_length(&mut function);
                 }
-                if check_due {
-                    self.check(&mut body, fuel, interrupt);
+                function.instruction(&self.instruction(op)?);
+                if ends {
+                    break;
                 }
-                body.append(&mut run);
-                run_cost = 0;
-                check_due = is_loop;
             }
         }
-        emit(&mut function, &body);
         code.function(&function);
+        Ok(())
+    }
+
+    /// Custom sections as they are: names are not checked, as the engine ignores them.
+    fn parse_custom_section(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        section: wasmparser::CustomSectionReader<'_>,
+    ) -> Result<(), Error<String>> {
+        module.section(&wasm_encoder::CustomSection {
+            name: section.name().into(),
+            data: section.data().into(),
+        });
         Ok(())
     }
 }

@@ -401,12 +401,22 @@ impl Sandbox {
             .spawn(move || {
                 // Instrumented for snapshots first: wizer reads the module's own globals and
                 // memories, not what metering adds.
-                let instrumented = match to {
-                    CompileAs::Module => snapshot::instrument(&bytes),
-                    CompileAs::Snapshot => None,
+                // A peer's module is validated before it is rewritten: the rewrite trusts its
+                // structure (a snapshot is written by the sandbox from a valid one).
+                let valid = match to {
+                    CompileAs::Module => wasmtime::Module::validate(&engine, &bytes)
+                        .map_err(|error| ModuleError::Invalid(format!("{error:#}"))),
+                    CompileAs::Snapshot => Ok(()),
                 };
-                let compiled = meter::meter(instrumented.as_deref().unwrap_or(&bytes), metering)
-                    .map_err(ModuleError::Invalid)
+                let instrumented = match to {
+                    CompileAs::Module if valid.is_ok() => snapshot::instrument(&bytes),
+                    _ => None,
+                };
+                let compiled = valid
+                    .and_then(|()| {
+                        meter::meter(instrumented.as_deref().unwrap_or(&bytes), metering)
+                            .map_err(ModuleError::Invalid)
+                    })
                     .and_then(|metered| {
                         match to {
                             CompileAs::Module => wasmtime::Module::new(&engine, &metered),
@@ -583,7 +593,7 @@ impl Sandbox {
         let fuel = self
             .config
             .fuel_metering
-            .then(|| limits.fuel.saturating_sub(spent));
+            .then(|| metered_fuel(limits).saturating_sub(spent));
         let mut running = Running { watch: None, store };
         let instance =
             module
@@ -625,6 +635,10 @@ impl Sandbox {
             Ok(instance)
         });
         match decoded {
+            // The last straight run may have overspent after the last check.
+            Ok(_) if running.fuel_left().is_some_and(|left| left < 0) => {
+                Err(SubtaskError::OutOfFuel { limit: limits.fuel })
+            }
             Ok(instance) => Ok((running, instance)),
             Err(error) => Err(classify(&error, running, limits)),
         }
@@ -774,7 +788,7 @@ impl Running<'_> {
     /// Fuel the call used of its limit, when the engine meters fuel.
     fn fuel_used(&mut self, limits: &Limits) -> Option<u64> {
         let left = u64::try_from(self.fuel_left()?).unwrap_or(0);
-        Some(limits.fuel.saturating_sub(left))
+        Some(metered_fuel(limits).saturating_sub(left))
     }
 
     /// Whether `error`, a trap of the guest, came from a limit rather than the guest itself.
@@ -782,16 +796,17 @@ impl Running<'_> {
         match error.downcast_ref::<Trap>()? {
             // A host call that could not pay.
             Trap::OutOfFuel => Some(Halt::OutOfFuel),
-            // The checks `meter` writes trap so: the watchdog's reason, or the fuel, tells.
+            // The checks `meter` writes trap so: the fuel, or the watchdog's reason, tells. Fuel
+            // first: running out of it is the same on every provider, a deadline is not.
             Trap::UnreachableCodeReached => {
-                match self.watch.as_ref().map(watchdog::Watch::reason) {
-                    Some(meter::interrupt::DEADLINE) => return Some(Halt::Deadline),
-                    Some(meter::interrupt::STOPPED) => return Some(Halt::Stopped),
-                    _ => {}
+                if self.fuel_left().is_some_and(|left| left < 0) {
+                    return Some(Halt::OutOfFuel);
                 }
-                self.fuel_left()
-                    .is_some_and(|left| left < 0)
-                    .then_some(Halt::OutOfFuel)
+                match self.watch.as_ref().map(watchdog::Watch::reason) {
+                    Some(meter::interrupt::DEADLINE) => Some(Halt::Deadline),
+                    Some(meter::interrupt::STOPPED) => Some(Halt::Stopped),
+                    _ => None,
+                }
             }
             _ => None,
         }
@@ -802,6 +817,11 @@ impl Running<'_> {
         self.watch = None;
         self.store
     }
+}
+
+/// The fuel a call starts with: its limit, within what the fuel global holds.
+fn metered_fuel(limits: &Limits) -> u64 {
+    limits.fuel.min(i64::MAX as u64)
 }
 
 /// The result of a call that ended with `outcome`.

@@ -420,7 +420,10 @@ fn link(sandbox: &Sandbox, module: &Module) -> Result<Linked, ModuleError> {
     let metered = Metered {
         fuel: written(metering.fuel, meter::FUEL_EXPORT)?,
         interrupt: written(metering.interrupt, meter::INTERRUPT_EXPORT)?,
-        start: module.get_export_index(meter::START_EXPORT),
+        start: metering
+            .any()
+            .then(|| module.get_export_index(meter::START_EXPORT))
+            .flatten(),
     };
     Ok(Linked {
         pre,
@@ -475,6 +478,17 @@ fn check_sections(bytes: &[u8]) -> Result<(), ModuleError> {
                             module: import.module.into(),
                             name: import.name.into(),
                         });
+                    }
+                }
+            }
+            // Names the sandbox writes into the module (`meter`).
+            wasmparser::Payload::ExportSection(exports) => {
+                for export in exports {
+                    let name = export.map_err(invalid)?.name;
+                    if name.starts_with(meter::RESERVED_PREFIX) {
+                        return Err(ModuleError::Invalid(format!(
+                            "the export `{name}` takes a name the sandbox keeps for itself"
+                        )));
                     }
                 }
             }

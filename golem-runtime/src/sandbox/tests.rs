@@ -69,6 +69,33 @@ fn echo_returns_its_input_and_reports_fuel() {
 }
 
 #[test]
+fn fuel_used_is_the_same_whatever_the_limit() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    let used = |fuel| {
+        let limits = Limits::default().fuel(fuel);
+        let execution = run(&sandbox, &module("", ""), "echo", &limits).expect("runs");
+        execution.fuel_used.expect("metered")
+    };
+    let small = used(1_000_000);
+    // Past what the fuel global holds, too.
+    assert_eq!(used(u64::MAX), small);
+    assert_eq!(used(i64::MAX as u64 + 1), small);
+}
+
+#[test]
+fn a_module_may_not_export_the_names_the_sandbox_writes() {
+    let sandbox = sandbox(SandboxConfig::with_instances(4));
+    for name in ["golem:start", "golem:fuel", "golem:interrupt"] {
+        let bytes = module("", &format!(r#"(func (export "{name}"))"#));
+        let error = prepare(&sandbox, &bytes).unwrap_err();
+        assert!(
+            matches!(&error, ModuleError::Invalid(message) if message.contains(name)),
+            "{error:?}"
+        );
+    }
+}
+
+#[test]
 fn infinite_loop_runs_out_of_fuel() {
     let sandbox = sandbox(SandboxConfig::with_instances(4));
     let bytes = module("", r#"(func (export "golem_task_spin") (loop $l (br $l)))"#);

@@ -35,21 +35,33 @@ struct State {
 }
 
 struct Watched {
-    /// The first byte of the call's interrupt memory.
+    /// The first byte of the call's interrupt memory: why the call was interrupted, a value of
+    /// [`interrupt`], once it was.
     word: Word,
     deadline: Option<Instant>,
     stop: Option<Arc<AtomicBool>>,
-    /// Why the call was interrupted, once it was: a value of [`interrupt`].
-    reason: Arc<AtomicU8>,
 }
 
 /// A pointer to an instance's interrupt byte.
+#[derive(Clone, Copy)]
 struct Word(NonNull<u8>);
 
-// SAFETY: the byte is written with an atomic store, and only while the `Watch` that registered
-// it is alive, which the instance that owns the memory outlives (see `Watchdog::watch`).
+// SAFETY: the byte is only read and written atomically, and only while the `Watch` that
+// registered it is alive, which the instance that owns the memory outlives (see
+// `Watchdog::watch`).
 #[allow(unsafe_code)]
 unsafe impl Send for Word {}
+
+impl Word {
+    fn byte(&self) -> &AtomicU8 {
+        #[allow(unsafe_code)]
+        // SAFETY: the byte is valid while it is watched (`Watchdog::watch`), and a `Word` is
+        // used only then.
+        unsafe {
+            AtomicU8::from_ptr(self.0.as_ptr())
+        }
+    }
+}
 
 impl Watchdog {
     /// Starts the thread; `None` (with a warning) if it cannot be started, and deadlines are
@@ -92,12 +104,11 @@ impl Watchdog {
         deadline: Duration,
         stop: Option<Arc<AtomicBool>>,
     ) -> Watch<'_> {
-        let reason = Arc::new(AtomicU8::new(0));
+        let word = Word(word);
         let watched = Watched {
-            word: Word(word),
+            word,
             deadline: Instant::now().checked_add(deadline),
             stop,
-            reason: Arc::clone(&reason),
         };
         let mut state = lock(&self.shared.state);
         let id = state.next;
@@ -110,7 +121,7 @@ impl Watchdog {
         Watch {
             watchdog: self,
             id,
-            reason,
+            word,
         }
     }
 }
@@ -129,14 +140,15 @@ impl Drop for Watchdog {
 pub(crate) struct Watch<'w> {
     watchdog: &'w Watchdog,
     id: u64,
-    reason: Arc<AtomicU8>,
+    word: Word,
 }
 
 impl Watch<'_> {
     /// Why the call was interrupted: [`interrupt::DEADLINE`], [`interrupt::STOPPED`], or 0
     /// when it was not.
     pub(crate) fn reason(&self) -> u8 {
-        self.reason.load(Ordering::Acquire)
+        // The byte the guest read: a guest that trapped on it finds it set here too.
+        self.word.byte().load(Ordering::Relaxed)
     }
 }
 
@@ -176,7 +188,9 @@ fn run(shared: &Shared, tick: Duration) {
         state = lock(&shared.state);
         let now = Instant::now();
         for watched in state.watched.values() {
-            if watched.reason.load(Ordering::Relaxed) != 0 {
+            // The state's lock is held: no watch ends, and no instance goes, meanwhile.
+            let byte = watched.word.byte();
+            if byte.load(Ordering::Relaxed) != 0 {
                 continue;
             }
             let reason = if watched
@@ -190,12 +204,7 @@ fn run(shared: &Shared, tick: Duration) {
             } else {
                 continue;
             };
-            watched.reason.store(reason, Ordering::Release);
-            #[allow(unsafe_code)]
-            // SAFETY: the word is valid while it is registered (`Watchdog::watch`), and it is:
-            // the state's lock is held, and a `Watch` removes it under the same lock before its
-            // instance goes. The guest reads the byte with plain loads; a byte store is atomic.
-            unsafe { AtomicU8::from_ptr(watched.word.0.as_ptr()) }.store(reason, Ordering::Relaxed);
+            byte.store(reason, Ordering::Relaxed);
         }
     }
 }
