@@ -636,9 +636,7 @@ impl Sandbox {
         });
         match decoded {
             // The last straight run may have overspent after the last check.
-            Ok(_) if running.fuel_left().is_some_and(|left| left < 0) => {
-                Err(SubtaskError::OutOfFuel { limit: limits.fuel })
-            }
+            Ok(_) if running.overspent() => Err(SubtaskError::OutOfFuel { limit: limits.fuel }),
             Ok(instance) => Ok((running, instance)),
             Err(error) => Err(classify(&error, running, limits)),
         }
@@ -785,6 +783,11 @@ impl Running<'_> {
         global.get(&mut self.store).i64()
     }
 
+    /// Whether the guest spent more fuel than it had (always false without fuel metering).
+    fn overspent(&mut self) -> bool {
+        self.fuel_left().is_some_and(|left| left < 0)
+    }
+
     /// Fuel the call used of its limit, when the engine meters fuel.
     fn fuel_used(&mut self, limits: &Limits) -> Option<u64> {
         let left = u64::try_from(self.fuel_left()?).unwrap_or(0);
@@ -799,7 +802,7 @@ impl Running<'_> {
             // The checks `meter` writes trap so: the fuel, or the watchdog's reason, tells. Fuel
             // first: running out of it is the same on every provider, a deadline is not.
             Trap::UnreachableCodeReached => {
-                if self.fuel_left().is_some_and(|left| left < 0) {
+                if self.overspent() {
                     return Some(Halt::OutOfFuel);
                 }
                 match self.watch.as_ref().map(watchdog::Watch::reason) {
@@ -832,9 +835,7 @@ fn finish(
 ) -> Result<Execution, SubtaskError> {
     match outcome {
         // The last straight run may have overspent after the last check.
-        Ok(()) if running.fuel_left().is_some_and(|left| left < 0) => {
-            Err(SubtaskError::OutOfFuel { limit: limits.fuel })
-        }
+        Ok(()) if running.overspent() => Err(SubtaskError::OutOfFuel { limit: limits.fuel }),
         Ok(()) => {
             let fuel_used = running.fuel_used(limits);
             running.into_store().into_data().finish(fuel_used)
