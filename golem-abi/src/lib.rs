@@ -17,8 +17,9 @@
 //!   and start later calls of the task with that context from the snapshot; a task call that
 //!   finds a kept context uses it and does not read [`SLOT_CONTEXT`]. So a provider need not
 //!   decode a context for every subtask. The context function may not call [`OUTPUT`].
-//! * Besides these, a module may import only the deterministic subset of
-//!   `wasi_snapshot_preview1` listed in [`WASI_IMPORTS`]; anything else is refused before it runs.
+//! * Besides these, a module may import only `wasi_snapshot_preview1`, listed in
+//!   [`WASI_IMPORTS`], which the host answers deterministically (no files, no sockets); anything
+//!   else is refused before it runs.
 //!
 //! [`ABI_DESCRIPTION`] spells all of this out as one string; a test pins its hash to
 //! [`ABI_VERSION`], so changing the contract without bumping the version fails the build's tests.
@@ -28,15 +29,16 @@
 //!
 //! // The export of `#[golem::task] fn render(..)`:
 //! assert_eq!(format!("{TASK_EXPORT_PREFIX}render"), "golem_task_render");
-//! // Randomness is allowed (deterministically seeded); opening files is not.
+//! // Randomness is seeded; `path_open` may be imported, and answers that there is no file.
 //! assert!(WASI_IMPORTS.contains(&"random_get"));
-//! assert!(!WASI_IMPORTS.contains(&"path_open"));
+//! assert!(WASI_IMPORTS.contains(&"path_open"));
+//! assert!(!WASI_IMPORTS.contains(&"sock_open"));
 //! ```
 #![no_std]
 
 /// Version of the contract described in this crate. Bump it with any change to the names,
 /// signatures or meaning below.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the export that returns [`ABI_VERSION`].
 pub const VERSION_EXPORT: &str = "golem_abi_version";
@@ -72,9 +74,10 @@ pub const SLOT_INPUT: i32 = 1;
 /// Import module of the WASI functions the sandbox provides.
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
 
-/// The WASI preview 1 functions a module may import. The sandbox implements them
-/// deterministically: no files, no sockets, empty arguments and environment, a virtual clock,
-/// seeded randomness, and stdout/stderr captured as logs.
+/// The WASI preview 1 functions a module may import: all of `wasi_snapshot_preview1`. The
+/// sandbox answers them deterministically: no files (no directory is preopened, so opening one
+/// fails with a WASI error code), no sockets, empty arguments and environment, a virtual clock,
+/// seeded randomness, an empty standard input, and stdout/stderr captured as logs.
 pub const WASI_IMPORTS: &[&str] = &[
     "args_get",
     "args_sizes_get",
@@ -82,16 +85,46 @@ pub const WASI_IMPORTS: &[&str] = &[
     "clock_time_get",
     "environ_get",
     "environ_sizes_get",
+    "fd_advise",
+    "fd_allocate",
     "fd_close",
+    "fd_datasync",
     "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights",
+    "fd_filestat_get",
+    "fd_filestat_set_size",
+    "fd_filestat_set_times",
+    "fd_pread",
     "fd_prestat_dir_name",
     "fd_prestat_get",
+    "fd_pwrite",
     "fd_read",
+    "fd_readdir",
+    "fd_renumber",
     "fd_seek",
+    "fd_sync",
+    "fd_tell",
     "fd_write",
+    "path_create_directory",
+    "path_filestat_get",
+    "path_filestat_set_times",
+    "path_link",
+    "path_open",
+    "path_readlink",
+    "path_remove_directory",
+    "path_rename",
+    "path_symlink",
+    "path_unlink_file",
+    "poll_oneoff",
     "proc_exit",
+    "proc_raise",
     "random_get",
     "sched_yield",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
 ];
 
 /// The whole contract as text. A test pins its hash for the current [`ABI_VERSION`].
@@ -105,8 +138,13 @@ import golem.output: (ptr i32, len i32) -> ()   ; once per call, postcard bytes 
 import golem.panic: (ptr i32, len i32) -> ()    ; utf-8 message, then the guest traps
 slot 0 = context (postcard, empty when none), slot 1 = input (postcard)
 wasi_snapshot_preview1: args_get args_sizes_get clock_res_get clock_time_get environ_get \
-environ_sizes_get fd_close fd_fdstat_get fd_prestat_dir_name fd_prestat_get fd_read fd_seek \
-fd_write proc_exit random_get sched_yield
+environ_sizes_get fd_advise fd_allocate fd_close fd_datasync fd_fdstat_get fd_fdstat_set_flags \
+fd_fdstat_set_rights fd_filestat_get fd_filestat_set_size fd_filestat_set_times fd_pread \
+fd_prestat_dir_name fd_prestat_get fd_pwrite fd_read fd_readdir fd_renumber fd_seek fd_sync \
+fd_tell fd_write path_create_directory path_filestat_get path_filestat_set_times path_link \
+path_open path_readlink path_remove_directory path_rename path_symlink path_unlink_file \
+poll_oneoff proc_exit proc_raise random_get sched_yield sock_accept sock_recv sock_send \
+sock_shutdown
 ";
 
 #[cfg(test)]
@@ -124,7 +162,7 @@ mod tests {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
-        let pinned: &[(u32, u64)] = &[(2, PINNED_V2)];
+        let pinned: &[(u32, u64)] = &[(2, PINNED_V2), (3, PINNED_V3)];
         let expected = pinned
             .iter()
             .find(|(version, _)| *version == ABI_VERSION)
@@ -137,6 +175,7 @@ mod tests {
     }
 
     const PINNED_V2: u64 = 0xadd8_ff5f_5d3c_3f36;
+    const PINNED_V3: u64 = 0x5a80_aee8_2e1b_ed78;
 
     #[test]
     fn wasi_list_matches_description() {

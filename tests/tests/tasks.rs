@@ -111,6 +111,33 @@ fn environment_is_deterministic_and_closed() {
 }
 
 #[test]
+fn files_are_refused_with_an_error_and_sleeping_moves_the_virtual_clock() {
+    let golem = golem();
+    let paths = vec!["/etc/hostname".to_string(), "data.bin".to_string()];
+    let seen = golem
+        .par_for(paths.clone(), golem_fixture::reach)
+        .run()
+        .expect("a task that reaches for files still ends normally");
+    for (path, reach) in paths.iter().zip(&seen) {
+        let read = reach.read.as_ref().expect_err("no file can be read");
+        let write = reach.write.as_ref().expect_err("no file can be written");
+        assert!(!read.is_empty() && !write.is_empty(), "{path}: {reach:?}");
+        assert!(
+            reach.slept_ns >= 50_000_000,
+            "a sleep of 50 ms moves the clock 50 ms: {reach:?}"
+        );
+    }
+    assert_eq!(
+        seen,
+        golem
+            .par_for(paths, golem_fixture::reach)
+            .run()
+            .expect("job"),
+        "the same every run"
+    );
+}
+
+#[test]
 fn failures_name_the_task_and_the_item() {
     let golem = golem();
     let error = golem

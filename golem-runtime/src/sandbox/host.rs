@@ -1,9 +1,5 @@
-//! What the guest can reach: the golem host functions and a deterministic subset of WASI.
-//!
-//! Nothing here touches the host's clock, files, sockets or entropy: the clock is virtual
-//! (it advances a fixed step per reading), randomness is a blake3 stream keyed by the call's
-//! seed, stdout/stderr are captured in capped buffers, and every file-system call answers
-//! `EBADF`. So a module given the same input produces the same bytes on every provider.
+//! What the guest can reach of golem: the task's inputs and output, panics, and the state of one
+//! call (the WASI functions, which read and write that state, are in `wasi`).
 //!
 //! Host calls are paid in fuel like guest instructions: [`HOST_CALL_FUEL`] each, plus the bytes
 //! they copy ([`COPY_BYTES_PER_FUEL`]) or generate ([`RANDOM_FUEL_PER_BYTE`]), charged before
@@ -15,21 +11,11 @@ use golem_abi as abi;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter};
 
 use super::config::TABLE_ELEMENTS;
+use super::wasi::errno;
 use super::{Call, Execution, Limits, SubtaskError};
-
-/// WASI errno values used here.
-mod errno {
-    pub(super) const SUCCESS: i32 = 0;
-    pub(super) const BADF: i32 = 8;
-    pub(super) const FAULT: i32 = 21;
-    pub(super) const INVAL: i32 = 28;
-    pub(super) const SPIPE: i32 = 70;
-}
 
 /// Start of the virtual clock: 2025-01-01T00:00:00Z, in nanoseconds since the Unix epoch.
 const CLOCK_START_NS: u64 = 1_735_689_600_000_000_000;
-/// How far the virtual clock advances per reading.
-const CLOCK_STEP_NS: u64 = 1_000;
 /// Longest panic message kept.
 const PANIC_MESSAGE_BYTES: usize = 4096;
 
@@ -48,10 +34,15 @@ pub(crate) struct GuestState {
     output: Option<Vec<u8>>,
     output_limit: usize,
     panic: Option<String>,
-    random: blake3::OutputReader,
-    clock_ns: u64,
-    stdout: LogBuffer,
-    stderr: LogBuffer,
+    pub(super) random: blake3::OutputReader,
+    /// The virtual clock, in nanoseconds since the Unix epoch.
+    pub(super) clock_ns: u64,
+    pub(super) stdout: LogBuffer,
+    pub(super) stderr: LogBuffer,
+    /// Command-line arguments and environment (`KEY=value`) the guest reads through WASI:
+    /// none for a task; a command run by the WASI test suite gets those its test names.
+    pub(super) args: Vec<Vec<u8>>,
+    pub(super) env: Vec<Vec<u8>>,
     pub(crate) limiter: Limiter,
     pub(crate) memory: Option<Memory>,
     /// The instance's fuel global, when the engine meters fuel (see `meter`).
@@ -72,6 +63,8 @@ impl GuestState {
             clock_ns: CLOCK_START_NS,
             stdout: LogBuffer::new(limits.log_bytes),
             stderr: LogBuffer::new(limits.log_bytes),
+            args: Vec::new(),
+            env: Vec::new(),
             limiter: Limiter::new(limits.memory_bytes),
             memory: None,
             fuel: None,
@@ -118,13 +111,19 @@ impl GuestState {
         self.panic.clone()
     }
 
+    /// What the guest wrote to stdout so far.
+    #[cfg(test)]
+    pub(crate) fn stdout(&self) -> &[u8] {
+        &self.stdout.bytes
+    }
+
     pub(crate) fn stderr_lossy(&self) -> String {
         String::from_utf8_lossy(&self.stderr.bytes).into_owned()
     }
 }
 
 /// A capped log buffer; what does not fit is counted, not kept.
-struct LogBuffer {
+pub(super) struct LogBuffer {
     bytes: Vec<u8>,
     cap: usize,
     dropped: u64,
@@ -139,7 +138,7 @@ impl LogBuffer {
         }
     }
 
-    fn write(&mut self, data: &[u8]) {
+    pub(super) fn write(&mut self, data: &[u8]) {
         let room = self.cap.saturating_sub(self.bytes.len());
         let kept = data.len().min(room);
         self.bytes.extend_from_slice(&data[..kept]);
@@ -228,20 +227,20 @@ impl HostTrap {
     }
 }
 
-fn abi_trap(message: impl Into<String>) -> wasmtime::Error {
+pub(super) fn abi_trap(message: impl Into<String>) -> wasmtime::Error {
     wasmtime::Error::new(HostTrap::Abi(message.into()))
 }
 
 /// Charges a host call `fuel` before it does its work, so fuel measures what a guest makes
 /// the host do: a call that cannot pay ends in [`Trap::OutOfFuel`](wasmtime::Trap), as a guest
 /// instruction would. Free when the engine does not meter fuel.
-fn charge(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
+pub(super) fn charge(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
     pay(caller, fuel.saturating_add(HOST_CALL_FUEL))
 }
 
 /// Takes `fuel` from the call, or ends it in [`Trap::OutOfFuel`](wasmtime::Trap) when it has
 /// less; [`charge`] adds the price of the host call itself.
-fn pay(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
+pub(super) fn pay(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
     let Some(global) = caller.data().fuel else {
         return Ok(());
     };
@@ -255,12 +254,12 @@ fn pay(caller: &mut Caller<'_, GuestState>, fuel: u64) -> wasmtime::Result<()> {
 }
 
 /// Fuel for copying `bytes`.
-fn copy_fuel(bytes: usize) -> u64 {
+pub(super) fn copy_fuel(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(COPY_BYTES_PER_FUEL)
 }
 
 /// The guest's linear memory and the call state, borrowed together.
-fn memory_and_state<'a>(
+pub(super) fn memory_and_state<'a>(
     caller: &'a mut Caller<'_, GuestState>,
 ) -> wasmtime::Result<(&'a mut [u8], &'a mut GuestState)> {
     let memory = match caller.data().memory {
@@ -273,7 +272,7 @@ fn memory_and_state<'a>(
     Ok(memory.data_and_store_mut(caller))
 }
 
-fn range(memory: &[u8], ptr: i32, len: usize) -> Option<std::ops::Range<usize>> {
+pub(super) fn range(memory: &[u8], ptr: i32, len: usize) -> Option<std::ops::Range<usize>> {
     let start = u32::try_from(ptr).ok()? as usize;
     let end = start.checked_add(len)?;
     (end <= memory.len()).then_some(start..end)
@@ -281,7 +280,7 @@ fn range(memory: &[u8], ptr: i32, len: usize) -> Option<std::ops::Range<usize>> 
 
 /// The byte ranges a WASI iovec array of `count` entries at `iovs` names, each `None` when the
 /// entry or its range lies outside memory. The entries must fit in memory, which bounds them.
-fn iovecs(
+pub(super) fn iovecs(
     memory: &[u8],
     iovs: i32,
     count: i32,
@@ -296,7 +295,7 @@ fn iovecs(
     }))
 }
 
-fn write_bytes(memory: &mut [u8], ptr: i32, bytes: &[u8]) -> i32 {
+pub(super) fn write_bytes(memory: &mut [u8], ptr: i32, bytes: &[u8]) -> i32 {
     match range(memory, ptr, bytes.len()) {
         Some(range) => {
             memory[range].copy_from_slice(bytes);
@@ -310,7 +309,7 @@ fn write_bytes(memory: &mut [u8], ptr: i32, bytes: &[u8]) -> i32 {
 /// [`prepare`](super::module::prepare) uses exactly this set.
 pub(crate) fn define(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     define_golem(linker)?;
-    define_wasi(linker)
+    super::wasi::define(linker)
 }
 
 fn define_golem(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
@@ -390,214 +389,6 @@ fn slot_bytes(state: &GuestState, slot: i32) -> wasmtime::Result<&[u8]> {
         abi::SLOT_INPUT => Ok(&state.input),
         other => Err(abi_trap(format!("no input slot {other}"))),
     }
-}
-
-fn define_wasi(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    let wasi = abi::WASI_MODULE;
-    // No arguments and no environment: write zero counts and nothing else.
-    for name in ["args_sizes_get", "environ_sizes_get"] {
-        linker.func_wrap(
-            wasi,
-            name,
-            |mut caller: Caller<'_, GuestState>, count: i32, size: i32| -> wasmtime::Result<i32> {
-                charge(&mut caller, 0)?;
-                let (memory, _) = memory_and_state(&mut caller)?;
-                let status = write_bytes(memory, count, &0u32.to_le_bytes());
-                Ok(if status == errno::SUCCESS {
-                    write_bytes(memory, size, &0u32.to_le_bytes())
-                } else {
-                    status
-                })
-            },
-        )?;
-    }
-    for name in ["args_get", "environ_get"] {
-        linker.func_wrap(
-            wasi,
-            name,
-            |mut caller: Caller<'_, GuestState>, _: i32, _: i32| -> wasmtime::Result<i32> {
-                charge(&mut caller, 0)?;
-                Ok(errno::SUCCESS)
-            },
-        )?;
-    }
-    linker.func_wrap(
-        wasi,
-        "clock_res_get",
-        |mut caller: Caller<'_, GuestState>, _clock: i32, out: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            let (memory, _) = memory_and_state(&mut caller)?;
-            Ok(write_bytes(memory, out, &CLOCK_STEP_NS.to_le_bytes()))
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "clock_time_get",
-        |mut caller: Caller<'_, GuestState>,
-         _clock: i32,
-         _precision: i64,
-         out: i32|
-         -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            let (memory, state) = memory_and_state(&mut caller)?;
-            state.clock_ns += CLOCK_STEP_NS;
-            Ok(write_bytes(memory, out, &state.clock_ns.to_le_bytes()))
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "fd_write",
-        |mut caller: Caller<'_, GuestState>,
-         fd: i32,
-         iovs: i32,
-         iovs_len: i32,
-         written: i32|
-         -> wasmtime::Result<i32> {
-            // The entries are paid for (8 bytes each) before any is read, then the bytes
-            // they name (kept or dropped) before any is copied.
-            let entries = usize::try_from(iovs_len).unwrap_or(0).saturating_mul(8);
-            charge(&mut caller, copy_fuel(entries))?;
-            if fd != 1 && fd != 2 {
-                return Ok(errno::BADF);
-            }
-            let (memory, _) = memory_and_state(&mut caller)?;
-            let named = iovecs(memory, iovs, iovs_len).and_then(|mut entries| {
-                entries.try_fold(0usize, |sum, range| Some(sum.saturating_add(range?.len())))
-            });
-            let Some(named) = named else {
-                return Ok(errno::FAULT);
-            };
-            pay(&mut caller, copy_fuel(named))?;
-            let (memory, state) = memory_and_state(&mut caller)?;
-            let log = if fd == 1 {
-                &mut state.stdout
-            } else {
-                &mut state.stderr
-            };
-            let mut total: u32 = 0;
-            for range in iovecs(memory, iovs, iovs_len)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                total = total.saturating_add(range.len() as u32);
-                log.write(&memory[range]);
-            }
-            Ok(write_bytes(memory, written, &total.to_le_bytes()))
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "fd_read",
-        |mut caller: Caller<'_, GuestState>,
-         fd: i32,
-         _iovs: i32,
-         _iovs_len: i32,
-         read: i32|
-         -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            if fd != 0 {
-                return Ok(errno::BADF);
-            }
-            // Standard input is always at its end.
-            let (memory, _) = memory_and_state(&mut caller)?;
-            Ok(write_bytes(memory, read, &0u32.to_le_bytes()))
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "fd_close",
-        |mut caller: Caller<'_, GuestState>, _: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            Ok(errno::BADF)
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "fd_seek",
-        |mut caller: Caller<'_, GuestState>,
-         fd: i32,
-         _offset: i64,
-         _whence: i32,
-         _new: i32|
-         -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            Ok(if (0..=2).contains(&fd) {
-                errno::SPIPE
-            } else {
-                errno::BADF
-            })
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "fd_fdstat_get",
-        |mut caller: Caller<'_, GuestState>, fd: i32, out: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            if !(0..=2).contains(&fd) {
-                return Ok(errno::BADF);
-            }
-            // fdstat: filetype u8 (2 = character device), pad, flags u16, pad, then two u64
-            // rights masks: only fd_read (bit 1) / fd_write (bit 6).
-            let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
-            let mut fdstat = [0u8; 24];
-            fdstat[0] = 2;
-            fdstat[8..16].copy_from_slice(&rights.to_le_bytes());
-            let (memory, _) = memory_and_state(&mut caller)?;
-            Ok(write_bytes(memory, out, &fdstat))
-        },
-    )?;
-    // No preopened directories: the guest has no file system.
-    linker.func_wrap(
-        wasi,
-        "fd_prestat_get",
-        |mut caller: Caller<'_, GuestState>, _: i32, _: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            Ok(errno::BADF)
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "fd_prestat_dir_name",
-        |mut caller: Caller<'_, GuestState>, _: i32, _: i32, _: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            Ok(errno::BADF)
-        },
-    )?;
-    linker.func_wrap(wasi, "proc_exit", |code: i32| -> wasmtime::Result<()> {
-        // Ends the call: nothing to pay for after it.
-        Err(wasmtime::Error::new(HostTrap::Exit(code)))
-    })?;
-    linker.func_wrap(
-        wasi,
-        "random_get",
-        |mut caller: Caller<'_, GuestState>, buf: i32, len: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            let Ok(len) = u32::try_from(len) else {
-                return Ok(errno::INVAL);
-            };
-            let (memory, _) = memory_and_state(&mut caller)?;
-            let Some(range) = range(memory, buf, len as usize) else {
-                return Ok(errno::FAULT);
-            };
-            pay(
-                &mut caller,
-                u64::from(len).saturating_mul(RANDOM_FUEL_PER_BYTE),
-            )?;
-            let (memory, state) = memory_and_state(&mut caller)?;
-            state.random.fill(&mut memory[range]);
-            Ok(errno::SUCCESS)
-        },
-    )?;
-    linker.func_wrap(
-        wasi,
-        "sched_yield",
-        |mut caller: Caller<'_, GuestState>| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            Ok(errno::SUCCESS)
-        },
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

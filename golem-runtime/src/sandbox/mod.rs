@@ -22,6 +22,7 @@ mod host;
 mod meter;
 mod module;
 mod snapshot;
+mod wasi;
 mod watchdog;
 
 use std::collections::HashMap;
@@ -922,3 +923,5 @@ fn fingerprint(engine: &Engine, config: &SandboxConfig) -> EngineFingerprint {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wasi_suite;

@@ -391,6 +391,36 @@ pub(crate) fn prepare(
     Ok(prepared)
 }
 
+/// A WASI command (a module that exports `_start`, not a golem task) checked, compiled and
+/// linked as a task's module is, and its `_start`: what the WASI test suite runs.
+#[cfg(test)]
+pub(crate) fn prepare_command(
+    sandbox: &Sandbox,
+    bytes: &[u8],
+) -> Result<(PreparedModule, ModuleExport), ModuleError> {
+    check_sections(bytes)?;
+    let module = sandbox.compile_limited(bytes, super::CompileAs::Module)?;
+    let Linked {
+        pre,
+        memory,
+        metered,
+    } = link(sandbox, &module)?;
+    let prepared = PreparedModule {
+        hash: ModuleHash::of(bytes),
+        module,
+        pre,
+        memory,
+        metered,
+        initialize: None,
+        wasm: std::sync::Arc::from(bytes),
+        snapshots: false,
+    };
+    let start = prepared
+        .function("_start")
+        .ok_or(ModuleError::NotAGolemModule)?;
+    Ok((prepared, start))
+}
+
 /// A module linked to the host functions, with the exports the sandbox uses.
 struct Linked {
     pre: InstancePre<GuestState>,
