@@ -38,7 +38,7 @@
 //!   returned in a running job is computed again by others.
 //! * Providers with longer records of accepted results are served first.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -582,7 +582,7 @@ struct ProviderState {
     price_per_gfuel: u64,
     payee: Option<Payee>,
     subnet: Subnet,
-    in_flight: HashSet<u64>,
+    in_flight: BTreeSet<u64>,
     /// Blobs sent to this provider, and how many times each was asked for again.
     sent: HashMap<BlobId, u32>,
 }
@@ -715,7 +715,7 @@ impl RequestorSession {
             price_per_gfuel: slot.price_per_gfuel,
             payee: slot.payee,
             subnet: slot.subnet,
-            in_flight: HashSet::new(),
+            in_flight: BTreeSet::new(),
             sent: HashMap::new(),
         });
         self.dispatch(now);

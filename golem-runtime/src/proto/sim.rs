@@ -1400,3 +1400,100 @@ fn subnets_are_a_public_ipv4_24_or_ipv6_48_and_one_machine_on_a_private_network(
     assert_eq!(at("[::1]:1"), Subnet::Local);
     assert_eq!(Subnet::of(None), Subnet::Unseen);
 }
+
+/// Everything a run of `sim` showed: the job's result, every event in order, the virtual time
+/// it ended at, and the blobs sent to each provider.
+fn transcript(sim: &Sim, result: &Result<JobOutput, JobFailure>, events: &[Event]) -> String {
+    let mut blobs: Vec<_> = sim.blobs_sent.iter().collect();
+    blobs.sort();
+    format!(
+        "{result:?}\n{events:?}\nended at {:?}\nblobs {blobs:?}",
+        sim.time
+    )
+}
+
+/// Runs that cover the scheduler's paths: a lossy network with hanging and dying providers,
+/// cheaters under redundancy and under spot checks, and a budget that runs out.
+fn pinned_runs() -> Vec<(&'static str, String)> {
+    let mut runs = Vec::new();
+    let lossy = Network {
+        drop_percent: 3,
+        max_delay_ms: 40,
+    };
+    let behaviors = [
+        Behavior::Honest,
+        Behavior::Honest,
+        Behavior::Hangs,
+        Behavior::DiesAt(Duration::from_millis(100)),
+        Behavior::Honest,
+        Behavior::DiesAt(Duration::from_millis(400)),
+    ];
+    let config = SchedulerConfig {
+        min_deadline: Duration::from_millis(500),
+        first_deadline: Duration::from_secs(2),
+        max_attempts: 50,
+        ..SchedulerConfig::default()
+    };
+    let mut sim = Sim::new(7, &behaviors, lossy, config.clone());
+    sim.connect_all();
+    let (result, events) = sim.run(inputs(2_000));
+    runs.push(("lossy", transcript(&sim, &result, &events)));
+
+    for (name, verify) in [
+        ("redundant", Verify::redundant(2)),
+        (
+            "spot checks",
+            Verify::SpotCheck(crate::verify::SpotCheck::default()),
+        ),
+    ] {
+        let cheats = [
+            cheat(Lie::WrongOutput { group: 0 }, When::Always),
+            cheat(
+                Lie::WrongOutput { group: 1 },
+                When::Sometimes { percent: 10 },
+            ),
+            cheat(
+                Lie::WrongOutput { group: 2 },
+                When::AfterTrust { honest: 50 },
+            ),
+        ];
+        let mut sim = adversarial_sim(3, cheats, verify);
+        let (result, events) = sim.run(inputs(2_000));
+        runs.push((name, transcript(&sim, &result, &events)));
+    }
+
+    let mut sim = Sim::new(1, &[Behavior::Honest; 4], lossy, config);
+    sim.price = 1_000_000;
+    sim.limits = Limits::default().fuel(10);
+    sim.budget = Some(1);
+    sim.connect_all();
+    let (result, events) = sim.run(inputs(3_000));
+    runs.push(("budget", transcript(&sim, &result, &events)));
+    runs
+}
+
+/// The transcripts of the pinned runs, hashed, as `sim_transcripts.txt` keeps them: a change
+/// to the scheduler that is meant to keep its behaviour must keep these bytes.
+const PINNED_TRANSCRIPTS: &str = include_str!("sim_transcripts.txt");
+
+#[test]
+fn a_fixed_seed_gives_the_same_run_every_time_and_the_pinned_one() {
+    let first = pinned_runs();
+    let second = pinned_runs();
+    let mut seen = String::new();
+    for ((name, one), (_, two)) in first.iter().zip(&second) {
+        assert!(
+            one == two,
+            "run `{name}` differed between two runs with the same seed"
+        );
+        seen.push_str(&format!(
+            "{name}: {}\n",
+            blake3::hash(one.as_bytes()).to_hex()
+        ));
+    }
+    assert_eq!(
+        seen, PINNED_TRANSCRIPTS,
+        "the simulation's runs changed; if that is meant, pin the new hashes in \
+         sim_transcripts.txt"
+    );
+}
