@@ -285,15 +285,31 @@ impl<T: Task> Pending<T> {
             .outputs
             .iter()
             .enumerate()
-            .map(|(index, output)| {
-                postcard::from_bytes(&output.bytes).map_err(|error| Error::Decode {
-                    task,
-                    index,
-                    message: error.to_string(),
-                })
-            })
+            .map(|(index, output)| decode_output(task, index, &output.bytes))
             .collect::<Result<_, _>>()?;
         Ok((outputs, done.report))
+    }
+}
+
+/// The output of `task` for item `index`, decoded from the bytes a provider sent back: anything
+/// that is not exactly one value of the task's output type is an [`Error::Decode`].
+pub fn decode_output<O: serde::de::DeserializeOwned>(
+    task: &'static str,
+    index: usize,
+    bytes: &[u8],
+) -> Result<O, Error> {
+    let decode_error = |message: String| Error::Decode {
+        task,
+        index,
+        message,
+    };
+    match postcard::take_from_bytes(bytes) {
+        Ok((output, [])) => Ok(output),
+        Ok((_, rest)) => Err(decode_error(format!(
+            "{} bytes left over after the output",
+            rest.len()
+        ))),
+        Err(error) => Err(decode_error(error.to_string())),
     }
 }
 
@@ -329,4 +345,23 @@ fn job_seed(module: [u8; 32], task: &str, context: &BlobId, seed: Option<u64>) -
         hasher.update(&seed.to_le_bytes());
     }
     *hasher.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_decodes_whole_or_not_at_all() {
+        let bytes = postcard::to_allocvec(&(7u32, "tile".to_string())).expect("encodes");
+        let decoded: (u32, String) = decode_output("t", 3, &bytes).expect("decodes");
+        assert_eq!(decoded, (7, "tile".to_string()));
+        let longer = [bytes.as_slice(), &[0]].concat();
+        let error = decode_output::<(u32, String)>("t", 3, &longer).unwrap_err();
+        assert!(
+            matches!(&error, Error::Decode { task: "t", index: 3, message } if message.contains("1 bytes left over")),
+            "{error}"
+        );
+        assert!(decode_output::<(u32, String)>("t", 3, &bytes[..2]).is_err());
+    }
 }

@@ -5,3 +5,7 @@ pub mod guest;
 
 /// Compile-time check that `T` may cross the sandbox boundary; reported at the user's type.
 pub const fn assert_task_data<T: crate::TaskData>() {}
+
+/// How the requestor decodes an output a provider sent back (for the fuzz targets).
+#[cfg(all(feature = "runtime", not(target_arch = "wasm32")))]
+pub use crate::par_for::decode_output;
