@@ -20,7 +20,7 @@ use golem_runtime::proto::frame::FrameDecoder;
 use golem_runtime::proto::message::{BlobHeader, Hello, Reply, Request};
 use golem_runtime::receipt::{Receipt, ReceiptEntry};
 use golem_runtime::sandbox::{
-    Call, Context, Limits, ModuleHash, PreparedModule, Sandbox, SandboxConfig,
+    BlobId, Call, Context, Limits, PreparedModule, Sandbox, SandboxConfig,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -218,7 +218,7 @@ static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
 /// Prepares `bytes` as a peer's module: it is accepted or refused with a typed error. An
 /// accepted module's task `t` runs under small limits and ends, well or with a typed error.
 fn prepare_and_run(bytes: &[u8]) {
-    let Ok(module) = SANDBOX.prepare(ModuleHash::of(bytes), bytes) else {
+    let Ok(module) = SANDBOX.prepare(BlobId::of(bytes), bytes) else {
         return;
     };
     run(&module);

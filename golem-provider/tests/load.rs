@@ -411,7 +411,7 @@ fn hostile_peers_all_at_once_do_not_stop_an_honest_job() {
             until: Instant::now() + ATTACK,
             sent: Arc::new(AtomicU64::new(0)),
         };
-        let module: BlobId = count_hits::module().hash().into();
+        let module: BlobId = count_hits::module().hash();
         let mut attackers = vec![
             tokio::spawn(junk_and_idle(target.clone())),
             tokio::spawn(cancel_and_overask(target.clone(), module)),

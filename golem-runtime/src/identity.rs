@@ -6,6 +6,8 @@
 //!
 //! Signatures are domain-separated: [`NodeKey::sign`] signs `(domain, message)`, so a signature
 //! made for one purpose cannot be replayed as another.
+//!
+//! A provider also says where it wants to be paid: its [`Payee`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -282,6 +284,36 @@ fn io_error(path: &Path, error: &std::io::Error) -> IdentityError {
     IdentityError::Io {
         path: path.into(),
         message: error.to_string(),
+    }
+}
+
+/// Where a provider wants to be paid; it says so in its
+/// [`Hello`](crate::proto::message::Hello).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Payee {
+    /// An Ethereum account.
+    Ethereum([u8; 20]),
+}
+
+impl std::str::FromStr for Payee {
+    type Err = String;
+
+    /// An Ethereum address: `0x` and 40 hex digits.
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.strip_prefix("0x")
+            .or_else(|| text.strip_prefix("0X"))
+            .and_then(unhex::<20>)
+            .map(Self::Ethereum)
+            .ok_or_else(|| format!("`{text}` is not an Ethereum address (0x and 40 hex digits)"))
+    }
+}
+
+impl fmt::Display for Payee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ethereum(address) => write!(f, "0x{}", hex(address)),
+        }
     }
 }
 

@@ -207,7 +207,7 @@ impl<'g, T: Task, C: ContextFor<T>> ParFor<'g, T, C> {
         }
         let seed = job_seed(module.hash().0, task, &context_id, self.seed);
         let spec = JobSpec {
-            module: module.hash().into(),
+            module: module.hash(),
             task: task.to_owned(),
             context: context_id,
             seed,

@@ -72,8 +72,8 @@ impl GuestModule {
 
     /// The blake3 hash of [`bytes`](Self::bytes).
     #[cfg(feature = "runtime")]
-    pub fn hash(&self) -> golem_runtime::sandbox::ModuleHash {
-        golem_runtime::sandbox::ModuleHash(*self.hash)
+    pub fn hash(&self) -> golem_runtime::proto::message::BlobId {
+        golem_runtime::proto::message::BlobId(*self.hash)
     }
 
     /// The module as a job's blob: copied and identified once, shared by every job after.
@@ -81,7 +81,7 @@ impl GuestModule {
     pub(crate) fn blob(&self) -> golem_runtime::node::Blob {
         self.blob
             .get_or_init(|| {
-                golem_runtime::node::Blob::with_id(self.hash().into(), self.bytes.into())
+                golem_runtime::node::Blob::with_id(self.hash(), self.bytes.into())
             })
             .clone()
     }

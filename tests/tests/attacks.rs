@@ -93,7 +93,7 @@ fn batch<T: Task>(id: u64, inputs: &[T::Input], limits: Limits) -> Batch {
     Batch {
         id,
         job: JobSpec {
-            module: T::module().hash().into(),
+            module: T::module().hash(),
             task: T::NAME.into(),
             context: BlobId::of(&[]),
             seed: [1; 32],

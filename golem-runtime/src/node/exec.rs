@@ -221,7 +221,7 @@ pub(crate) fn run_batch(
     let missing = |what: &str| Outcome::Retry(format!("the {what} blob is not in the store"));
     let module_bytes = blob(&job.module).ok_or_else(|| missing("module"))?;
     let module = sandbox
-        .prepare(job.module.into(), &module_bytes)
+        .prepare(job.module, &module_bytes)
         .map_err(Outcome::Refused)?;
     let task = module.task(&job.task).map_err(Outcome::Refused)?;
     // The store checked the blob against its id, its blake3 hash.

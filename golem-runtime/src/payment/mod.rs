@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{Amounts, Db, add_amount};
 use crate::identity::NodeId;
+pub use crate::identity::Payee;
 use crate::receipt::Receipt;
 
 mod books;
@@ -35,40 +36,6 @@ pub use books::{Account, Books, Credit, Escrow, OnCredit};
 
 /// Billionths of the smallest currency unit per unit.
 pub const NANO: u128 = 1_000_000_000;
-
-/// Where a provider wants to be paid; it says so in its
-/// [`Hello`](crate::proto::message::Hello).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Payee {
-    /// An Ethereum account.
-    Ethereum([u8; 20]),
-}
-
-impl std::str::FromStr for Payee {
-    type Err = String;
-
-    /// An Ethereum address: `0x` and 40 hex digits.
-    fn from_str(text: &str) -> Result<Self, String> {
-        text.strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .and_then(from_hex)
-            .and_then(|bytes| <[u8; 20]>::try_from(bytes).ok())
-            .map(Self::Ethereum)
-            .ok_or_else(|| format!("`{text}` is not an Ethereum address (0x and 40 hex digits)"))
-    }
-}
-
-impl fmt::Display for Payee {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ethereum(address) => {
-                f.write_str("0x")?;
-                address.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
-            }
-        }
-    }
-}
 
 /// The bytes that `hex` (an even number of hex digits) spells.
 pub(crate) fn from_hex(hex: &str) -> Option<Vec<u8>> {

@@ -5,53 +5,11 @@
 //! by batch id. Blobs travel on their own unidirectional streams: a [`BlobHeader`] frame, then
 //! exactly `len` raw bytes, checked against the id (their blake3 hash) before use.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Signature;
-use crate::payment::Payee;
-use crate::sandbox::{EngineFingerprint, Limits, ModuleError, ModuleHash, SubtaskError};
-
-/// A content address: the blake3 hash of a blob's bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BlobId(pub [u8; 32]);
-
-impl BlobId {
-    /// The id of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// The id as lowercase hex, the name of the blob in a disk cache.
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-}
-
-impl fmt::Debug for BlobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlobId({})", &self.to_hex()[..16])
-    }
-}
-
-impl fmt::Display for BlobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl From<ModuleHash> for BlobId {
-    fn from(hash: ModuleHash) -> Self {
-        Self(hash.0)
-    }
-}
-
-impl From<BlobId> for ModuleHash {
-    fn from(id: BlobId) -> Self {
-        Self(id.0)
-    }
-}
+pub use crate::content::BlobId;
+use crate::identity::{Payee, Signature};
+use crate::sandbox::{EngineFingerprint, Limits, ModuleError, SubtaskError};
 
 /// One sandbox profile a provider sells: its limits and its price.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! * [`Sandbox`] owns a wasmtime [`Engine`] configured for determinism (no threads,
 //!   deterministic relaxed SIMD, optional NaN canonicalization) with the pooling allocator, the
 //!   host functions of [`golem_abi`] and the newest compiled modules kept in memory by
-//!   [`ModuleHash`] (and, with a cache directory, on disk by module hash and
+//!   [`BlobId`] (and, with a cache directory, on disk by module hash and
 //!   [`EngineFingerprint`]).
 //! * [`Sandbox::prepare`] compiles a module once, refuses it before it runs if it imports
 //!   anything outside the allow-list or speaks another ABI version, and returns a
@@ -34,7 +34,9 @@ use wasmtime::{Engine, Instance, Linker, Store, Trap};
 pub use self::config::{ContextSnapshots, Limits, SandboxConfig};
 pub use self::error::{ModuleError, SandboxError, SubtaskError};
 pub use self::host::{COPY_BYTES_PER_FUEL, HOST_CALL_FUEL, RANDOM_FUEL_PER_BYTE};
-pub use self::module::{ModuleHash, PROBE_DEADLINE, PROBE_FUEL, PreparedModule, TaskExport};
+pub use self::module::{PROBE_DEADLINE, PROBE_FUEL, PreparedModule, TaskExport};
+/// The hash that names a module: the content address of its bytes.
+pub use crate::content::BlobId;
 
 use self::host::{GuestState, HostTrap};
 
@@ -141,9 +143,9 @@ pub struct Sandbox {
     /// [`max_prepared_modules`](SandboxConfig::max_prepared_modules).
     modules: Mutex<Prepared>,
     /// Modules refused for what they are, so they are not compiled again.
-    refused: Mutex<HashMap<ModuleHash, ModuleError>>,
+    refused: Mutex<HashMap<BlobId, ModuleError>>,
     /// Modules being prepared, each behind a gate the other threads that need it wait at.
-    preparing: Gates<ModuleHash>,
+    preparing: Gates<BlobId>,
     /// Context snapshots kept, and those being made.
     snapshots: snapshot::Snapshots,
     snapshotting: Gates<snapshot::SnapshotKey>,
@@ -162,8 +164,8 @@ pub struct Sandbox {
 /// Prepared modules by hash, with the order they were prepared in.
 #[derive(Default)]
 struct Prepared {
-    modules: HashMap<ModuleHash, Arc<PreparedModule>>,
-    order: std::collections::VecDeque<ModuleHash>,
+    modules: HashMap<BlobId, Arc<PreparedModule>>,
+    order: std::collections::VecDeque<BlobId>,
 }
 
 /// Refused modules remembered; past it the memory starts over.
@@ -316,11 +318,7 @@ impl Sandbox {
 
     /// Compiles `bytes` (whose blake3 hash is `hash`), checks its imports and ABI version, and
     /// caches the result; later calls with the same hash return the cached module.
-    pub fn prepare(
-        &self,
-        hash: ModuleHash,
-        bytes: &[u8],
-    ) -> Result<Arc<PreparedModule>, ModuleError> {
+    pub fn prepare(&self, hash: BlobId, bytes: &[u8]) -> Result<Arc<PreparedModule>, ModuleError> {
         if let Some(known) = self.known(hash) {
             return known;
         }
@@ -334,18 +332,14 @@ impl Sandbox {
     }
 
     /// The module prepared earlier, or why it was refused.
-    fn known(&self, hash: ModuleHash) -> Option<Result<Arc<PreparedModule>, ModuleError>> {
+    fn known(&self, hash: BlobId) -> Option<Result<Arc<PreparedModule>, ModuleError>> {
         if let Some(module) = lock(&self.modules).modules.get(&hash) {
             return Some(Ok(Arc::clone(module)));
         }
         lock(&self.refused).get(&hash).cloned().map(Err)
     }
 
-    fn prepare_now(
-        &self,
-        hash: ModuleHash,
-        bytes: &[u8],
-    ) -> Result<Arc<PreparedModule>, ModuleError> {
+    fn prepare_now(&self, hash: BlobId, bytes: &[u8]) -> Result<Arc<PreparedModule>, ModuleError> {
         let module = match module::prepare(self, hash, bytes) {
             Ok(module) => Arc::new(module),
             Err(error) => {

@@ -8,39 +8,11 @@ use golem_abi as abi;
 use wasmtime::{ExternType, Instance, InstancePre, Module, ModuleExport, Store, TypedFunc};
 
 use super::host::GuestState;
-use super::{ModuleError, Sandbox, meter};
-
-/// The blake3 hash of a module's bytes: its identity everywhere in golem.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModuleHash(pub [u8; 32]);
-
-impl ModuleHash {
-    /// Hashes `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// The hash as lowercase hex.
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.0).to_hex().to_string()
-    }
-}
-
-impl fmt::Debug for ModuleHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ModuleHash({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for ModuleHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+use super::{BlobId, ModuleError, Sandbox, meter};
 
 /// A module compiled for one engine, checked and ready to instantiate.
 pub struct PreparedModule {
-    hash: ModuleHash,
+    hash: BlobId,
     module: Module,
     pre: InstancePre<GuestState>,
     memory: ModuleExport,
@@ -93,7 +65,7 @@ impl TaskExport {
 
 impl PreparedModule {
     /// The module's hash.
-    pub fn hash(&self) -> ModuleHash {
+    pub fn hash(&self) -> BlobId {
         self.hash
     }
 
@@ -246,7 +218,7 @@ struct Compiled {
 }
 
 /// Compiles a module, or loads it from the sandbox's compiled-module cache.
-fn compile(sandbox: &Sandbox, hash: ModuleHash, bytes: &[u8]) -> Result<Compiled, ModuleError> {
+fn compile(sandbox: &Sandbox, hash: BlobId, bytes: &[u8]) -> Result<Compiled, ModuleError> {
     let Some(dir) = &sandbox.config().compiled_cache_dir else {
         return Ok(Compiled {
             module: sandbox.compile_limited(bytes, super::CompileAs::Module)?,
@@ -341,7 +313,7 @@ fn load_compiled(sandbox: &Sandbox, path: &std::path::Path) -> Option<Module> {
 /// Checks and compiles a module. See [`Sandbox::prepare`].
 pub(crate) fn prepare(
     sandbox: &Sandbox,
-    hash: ModuleHash,
+    hash: BlobId,
     bytes: &[u8],
 ) -> Result<PreparedModule, ModuleError> {
     if bytes.is_empty() {
@@ -354,7 +326,7 @@ pub(crate) fn prepare(
             limit,
         });
     }
-    let actual = ModuleHash::of(bytes);
+    let actual = BlobId::of(bytes);
     if actual != hash {
         return Err(ModuleError::HashMismatch {
             expected: hash.to_hex(),
@@ -406,7 +378,7 @@ pub(crate) fn prepare_command(
         metered,
     } = link(sandbox, &module)?;
     let prepared = PreparedModule {
-        hash: ModuleHash::of(bytes),
+        hash: BlobId::of(bytes),
         module,
         pre,
         memory,

@@ -29,13 +29,13 @@ use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
 use super::host::GuestState;
 use super::module::{PreparedModule, TaskExport};
-use super::{Context, Limits, ModuleHash, lock};
+use super::{BlobId, Context, Limits, lock};
 
 /// What names a snapshot: the call's module, task, context and the limits the context was
 /// decoded under (a context that decodes within one fuel limit may not within another).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct SnapshotKey {
-    module: ModuleHash,
+    module: BlobId,
     /// The task's name, hashed: names come from peers, and keys are kept.
     task: [u8; 32],
     context: [u8; 32],
@@ -44,7 +44,7 @@ pub(crate) struct SnapshotKey {
 }
 
 impl SnapshotKey {
-    pub(crate) fn new(module: ModuleHash, task: &str, context: &Context, limits: &Limits) -> Self {
+    pub(crate) fn new(module: BlobId, task: &str, context: &Context, limits: &Limits) -> Self {
         Self {
             module,
             task: *blake3::hash(task.as_bytes()).as_bytes(),

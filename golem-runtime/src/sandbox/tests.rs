@@ -31,7 +31,7 @@ fn sandbox(config: SandboxConfig) -> Sandbox {
 }
 
 fn prepare(sandbox: &Sandbox, bytes: &[u8]) -> Result<Arc<PreparedModule>, ModuleError> {
-    sandbox.prepare(ModuleHash::of(bytes), bytes)
+    sandbox.prepare(BlobId::of(bytes), bytes)
 }
 
 fn call(input: &[u8]) -> Call<'_> {
@@ -338,7 +338,7 @@ fn modules_are_checked_for_abi_version_and_shape() {
     ));
     let echo = module("", "");
     assert!(matches!(
-        sandbox.prepare(ModuleHash::of(b"other"), &echo),
+        sandbox.prepare(BlobId::of(b"other"), &echo),
         Err(ModuleError::HashMismatch { .. })
     ));
     let prepared = prepare(&sandbox, &echo).expect("echo");
@@ -379,7 +379,7 @@ fn compiled_modules_survive_a_restart_in_the_cache_directory_and_corruption_is_r
         .expect("name")
         .to_string_lossy()
         .into_owned();
-    assert!(name.starts_with(&ModuleHash::of(&bytes).to_hex()), "{name}");
+    assert!(name.starts_with(&BlobId::of(&bytes).to_hex()), "{name}");
     let written = std::fs::metadata(&files[0])
         .expect("file")
         .modified()
@@ -672,7 +672,7 @@ fn a_forbidden_import_is_refused_before_compiling_and_a_refused_module_is_not_co
     // Bytes that are not the module claimed are not remembered against its hash.
     let good = module("", "");
     let wrong = sandbox
-        .prepare(ModuleHash::of(&good), &wrong_version)
+        .prepare(BlobId::of(&good), &wrong_version)
         .unwrap_err();
     assert!(matches!(wrong, ModuleError::HashMismatch { .. }));
     assert!(prepare(&sandbox, &good).is_ok());
