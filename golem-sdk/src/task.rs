@@ -80,9 +80,7 @@ impl GuestModule {
     #[cfg(feature = "runtime")]
     pub(crate) fn blob(&self) -> golem_runtime::node::Blob {
         self.blob
-            .get_or_init(|| {
-                golem_runtime::node::Blob::with_id(self.hash(), self.bytes.into())
-            })
+            .get_or_init(|| golem_runtime::node::Blob::with_id(self.hash(), self.bytes.into()))
             .clone()
     }
 }

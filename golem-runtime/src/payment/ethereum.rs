@@ -35,7 +35,7 @@ use alloy::rpc::types::{BlockId, Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent};
 
-use super::{Books, Credit, Escrow, Ledger, Payee, Payment, PaymentError, Settlement, from_hex};
+use super::{Books, Credit, Escrow, Ledger, Payee, Payment, PaymentError, Settlement};
 use crate::identity::NodeId;
 
 /// The contract's interface, generated from the ABI solc wrote (`contracts/BatchPay.abi`).
@@ -771,6 +771,17 @@ fn deployed_code() -> Option<Vec<u8>> {
 
 fn saturating_u128(value: U256) -> u128 {
     u128::try_from(value).unwrap_or(u128::MAX)
+}
+
+/// The bytes that `hex` (an even number of hex digits) spells.
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

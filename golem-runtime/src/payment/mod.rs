@@ -37,17 +37,6 @@ pub use books::{Account, Books, Credit, Escrow, OnCredit};
 /// Billionths of the smallest currency unit per unit.
 pub const NANO: u128 = 1_000_000_000;
 
-/// The bytes that `hex` (an even number of hex digits) spells.
-pub(crate) fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
-        .collect()
-}
-
 /// An accepted receipt and the rate it is paid at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {

@@ -7,6 +7,8 @@
 //! * [`provider`]: the provider's side of a connection as a state machine.
 //! * [`requestor`]: the requestor's scheduler over all its providers as a state machine:
 //!   batching, deadlines, retries, backup copies.
+//! * `sim` (feature `simulation`, and in tests): a deterministic simulation of a requestor and
+//!   many providers, for the scheduler's tests and benches.
 //!
 //! The transport (QUIC, in [`net`](crate::net) and [`node`](crate::node)) only moves bytes;
 //! everything here is driven by explicit calls with the current time, and tested in a
@@ -16,8 +18,8 @@ pub mod frame;
 pub mod message;
 pub mod provider;
 pub mod requestor;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "simulation"))]
+pub mod sim;
 
 /// Version of the wire protocol. It is part of the ALPN, so peers of different versions fail
 /// the TLS handshake with a clear error instead of misreading each other's frames.

@@ -659,7 +659,7 @@ impl RequestorSession {
         self
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "simulation"))]
     pub(crate) fn describe_batches(&self) -> String {
         let mut text = String::new();
         for (id, state) in &self.batches {
