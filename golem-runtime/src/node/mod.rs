@@ -139,35 +139,40 @@ pub(crate) async fn handshake(
             .connect(node, addrs)
             .await
             .map_err(|error| error.to_string())?;
+        // A provider that turns us away (busy, say) says why as it closes; whichever step
+        // finds the connection closed reports that reason.
+        let refused = |error: &dyn std::fmt::Display| match connection.quic().close_reason() {
+            Some(reason) => format!("{error}: {reason}"),
+            None => error.to_string(),
+        };
         let (send, recv) = connection
             .quic()
             .open_bi()
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| refused(&error))?;
         let mut requests = FramedSend::new(send, MAX_REQUEST_FRAME);
         requests
             .send(&Request::Hello(ours))
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| refused(&error))?;
         let mut replies = FramedRecv::new(recv, MAX_REPLY_FRAME);
-        match replies.recv::<Reply>().await {
-            Ok(Some(Reply::Hello(hello))) if hello.version == PROTOCOL_VERSION => Ok(Handshake {
-                connection,
-                hello,
-                requests,
-                replies,
-            }),
-            Ok(Some(Reply::Hello(hello))) => Err(format!(
-                "the node speaks protocol version {}, not {PROTOCOL_VERSION}",
-                hello.version
-            )),
-            Ok(other) => Err(format!("expected a hello, got {other:?}")),
-            // A provider that turns us away (busy, say) says why as it closes.
-            Err(error) => Err(match connection.quic().close_reason() {
-                Some(reason) => format!("{error}: {reason}"),
-                None => error.to_string(),
-            }),
-        }
+        let hello = match replies.recv::<Reply>().await {
+            Ok(Some(Reply::Hello(hello))) if hello.version == PROTOCOL_VERSION => hello,
+            Ok(Some(Reply::Hello(hello))) => {
+                return Err(format!(
+                    "the node speaks protocol version {}, not {PROTOCOL_VERSION}",
+                    hello.version
+                ));
+            }
+            Ok(other) => return Err(format!("expected a hello, got {other:?}")),
+            Err(error) => return Err(refused(&error)),
+        };
+        Ok(Handshake {
+            connection,
+            hello,
+            requests,
+            replies,
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
