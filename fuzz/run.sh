@@ -13,6 +13,9 @@ cd "$(dirname "$0")"
 
 seconds=${1:-60}
 shift || true
+case "$seconds" in
+    ''|*[!0-9]*) echo "usage: fuzz/run.sh [seconds per target] [target ...]" >&2; exit 2 ;;
+esac
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(frame message receipt output module smith_module)
@@ -29,6 +32,8 @@ cargo fuzz build -s none
 
 summary=()
 for target in "${targets[@]}"; do
+    # Only this run's crashes are in artifacts/<target> afterwards.
+    rm -rf "artifacts/$target"
     mkdir -p "corpus/$target" "artifacts/$target"
     log=$(mktemp)
     status=0
@@ -44,6 +49,8 @@ for target in "${targets[@]}"; do
         done
         echo "== $target crashed: see $log and regressions/$target" >&2
         tail -40 "$log" >&2
+    else
+        rm -f "$log"
     fi
     # Keep the corpus small: only inputs that add coverage.
     cargo fuzz cmin -s none "$target" "corpus/$target" > /dev/null 2>&1 || true

@@ -179,11 +179,11 @@ mod tests {
 
     #[test]
     fn wasi_list_matches_description() {
+        let words: std::vec::Vec<&str> = ABI_DESCRIPTION
+            .split(|c: char| c.is_whitespace() || c == '\\')
+            .collect();
         for name in WASI_IMPORTS {
-            assert!(
-                ABI_DESCRIPTION.contains(name),
-                "{name} missing from ABI_DESCRIPTION"
-            );
+            assert!(words.contains(name), "{name} missing from ABI_DESCRIPTION");
         }
     }
 }

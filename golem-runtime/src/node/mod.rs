@@ -141,9 +141,14 @@ pub(crate) async fn handshake(
             .map_err(|error| error.to_string())?;
         // A provider that turns us away (busy, say) says why as it closes; whichever step
         // finds the connection closed reports that reason.
-        let refused = |error: &dyn std::fmt::Display| match connection.quic().close_reason() {
-            Some(reason) => format!("{error}: {reason}"),
-            None => error.to_string(),
+        let refused = |error: &dyn std::fmt::Display| {
+            let error = error.to_string();
+            match connection.quic().close_reason() {
+                Some(reason) if !error.contains(&reason.to_string()) => {
+                    format!("{error}: {reason}")
+                }
+                _ => error,
+            }
         };
         let (send, recv) = connection
             .quic()

@@ -9,13 +9,16 @@
 //! - randomness is a blake3 stream keyed by the call's seed;
 //! - standard input is empty; standard output and error are captured in capped buffers;
 //! - there are no files and no sockets: no directory is preopened, so every path call answers
-//!   `ENOTDIR` on a standard stream and `EBADF` on any other descriptor, and calls on the three
-//!   standard streams answer what a pipe would (`ESPIPE` to a seek, `ENOTSOCK` to a socket call);
+//!   `ENOTDIR` on a standard stream and `EBADF` on any other descriptor; the three standard
+//!   streams are character devices that cannot seek (`ESPIPE`), are no sockets (`ENOTSOCK`) and
+//!   stay open (`fd_close` answers `EBADF`, as for every descriptor);
 //! - a task has no arguments and no environment.
 //!
 //! So a module whose code could open a file loads, and a call that tries gets a WASI error code
-//! (an `io::Error` in Rust), not a trap. Every call is charged
-//! [`HOST_CALL_FUEL`](super::HOST_CALL_FUEL) plus the bytes it reads or writes.
+//! (an `io::Error` in Rust), not a trap. Every call but `proc_exit` is charged
+//! [`HOST_CALL_FUEL`](super::HOST_CALL_FUEL) before it does anything, plus the bytes it copies
+//! from or to the guest where their number is the guest's to choose (logs, arguments, poll
+//! subscriptions) and the randomness it makes.
 
 use golem_abi as abi;
 use wasmtime::{Caller, Linker};
@@ -43,6 +46,13 @@ const CLOCK_STEP_NS: u64 = 1_000;
 /// The clocks WASI names: realtime, monotonic, process and thread CPU time. All read the one
 /// virtual clock.
 const CLOCKS: std::ops::RangeInclusive<i32> = 0..=3;
+
+/// A reading of the virtual clock at `clock_ns`: it moves one step first. A guest that slept
+/// until the end of time reads the end of time again, never a time before it.
+fn tick(clock_ns: &mut u64) -> u64 {
+    *clock_ns = clock_ns.saturating_add(CLOCK_STEP_NS);
+    *clock_ns
+}
 
 /// Whether `fd` is one of the standard streams, the only descriptors a guest has.
 fn is_stream(fd: i32) -> bool {
@@ -182,8 +192,11 @@ fn define_process(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
                 return Ok(errno::INVAL);
             }
             let (memory, state) = memory_and_state(&mut caller)?;
-            state.clock_ns += CLOCK_STEP_NS;
-            Ok(write_bytes(memory, out, &state.clock_ns.to_le_bytes()))
+            Ok(write_bytes(
+                memory,
+                out,
+                &tick(&mut state.clock_ns).to_le_bytes(),
+            ))
         },
     )?;
     linker.func_wrap(
@@ -522,6 +535,18 @@ mod tests {
         // An absolute time already past fires at once and leaves the clock where it is.
         let events = poll(&clock_subscription(9, 10, true), &mut clock).unwrap();
         assert_eq!((clock, events.len()), (1_500, 1));
+    }
+
+    #[test]
+    fn the_clock_stops_at_the_end_of_time_instead_of_wrapping() {
+        let mut clock = 1_000;
+        poll(&clock_subscription(1, u64::MAX, false), &mut clock).unwrap();
+        assert_eq!(clock, u64::MAX);
+        assert_eq!(tick(&mut clock), u64::MAX);
+        assert_eq!(tick(&mut clock), u64::MAX);
+        let mut clock = 1_000;
+        poll(&clock_subscription(1, u64::MAX, true), &mut clock).unwrap();
+        assert_eq!(tick(&mut clock), u64::MAX);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! that are delayed, reordered and dropped, providers that hang, die or cheat.
 //!
 //! Its tests check the scheduler's behaviour; the `scale` bench (feature `simulation`) runs it
-//! with up to 10,000 providers and reads [`Sim::scheduler_time`], the time spent in the
+//! with thousands of providers and reads [`Sim::scheduler_time`], the time spent in the
 //! requestor's session alone.
 
 use std::cmp::Reverse;
@@ -418,7 +418,6 @@ impl Sim {
         }
     }
 
-    /// Runs until the job finishes; returns its result and the events seen.
     /// Submits a job of `inputs` and runs until it finishes: its result and the events seen.
     pub fn run(&mut self, inputs: Vec<Vec<u8>>) -> (Result<JobOutput, JobFailure>, Vec<Event>) {
         self.run_with(inputs, |_| {})
