@@ -9,8 +9,9 @@
 //!   provider its first batches).
 //!
 //! Run: `cargo bench -p golem-benches --bench scale` (`-- quick` for 10 and 100 providers, or
-//! `-- 300 3000` for those sizes). 10,000 is not among the defaults while each dispatch still
-//! passes over every provider: the cost per subtask grows with the providers connected.
+//! `-- 300 3000` for those sizes). 10,000 is not among the defaults while the session's timers
+//! (`poll_timeout`, `handle_timeout`) and backups still scan every batch: the cost per subtask
+//! grows with the providers connected.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -605,6 +605,12 @@ pub struct RequestorSession {
     next_batch: u64,
     /// Rotates which provider is served first.
     turn: usize,
+    /// The providers' ids in order, to find where a turn starts.
+    order: Vec<NodeId>,
+    /// Providers with room for another batch: the only ones a dispatch can give work to.
+    room: BTreeSet<NodeId>,
+    /// Batches all providers take at once.
+    window: usize,
 }
 
 impl std::fmt::Debug for RequestorSession {
@@ -636,6 +642,9 @@ impl RequestorSession {
             next_job: 0,
             next_batch: 0,
             turn: 0,
+            order: Vec::new(),
+            room: BTreeSet::new(),
+            window: 0,
         }
     }
 
@@ -709,15 +718,23 @@ impl RequestorSession {
         }
         let window =
             (slot.concurrency.max(1) as usize).saturating_mul(self.config.batches_per_slot);
-        self.providers.entry(node).or_insert(ProviderState {
-            window: window.max(1),
-            engine: slot.engine,
-            price_per_gfuel: slot.price_per_gfuel,
-            payee: slot.payee,
-            subnet: slot.subnet,
-            in_flight: BTreeSet::new(),
-            sent: HashMap::new(),
-        });
+        if let std::collections::btree_map::Entry::Vacant(vacant) = self.providers.entry(node) {
+            let window = window.max(1);
+            vacant.insert(ProviderState {
+                window,
+                engine: slot.engine,
+                price_per_gfuel: slot.price_per_gfuel,
+                payee: slot.payee,
+                subnet: slot.subnet,
+                in_flight: BTreeSet::new(),
+                sent: HashMap::new(),
+            });
+            if let Err(at) = self.order.binary_search(&node) {
+                self.order.insert(at, node);
+            }
+            self.window = self.window.saturating_add(window);
+            self.room.insert(node);
+        }
         self.dispatch(now);
         true
     }
@@ -748,6 +765,11 @@ impl RequestorSession {
 
     fn drop_provider(&mut self, node: NodeId) {
         if let Some(provider) = self.providers.remove(&node) {
+            if let Ok(at) = self.order.binary_search(&node) {
+                self.order.remove(at);
+            }
+            self.window = self.window.saturating_sub(provider.window);
+            self.room.remove(&node);
             for batch in provider.in_flight {
                 self.drop_copy(batch, node);
             }
@@ -884,6 +906,7 @@ impl RequestorSession {
             return false; // gone, dropped or caught: what it still sends is not used
         };
         let freed = provider.in_flight.remove(&batch);
+        self.note_room(node);
         let Some(state) = self.batches.get(&batch) else {
             return freed; // already settled by other copies, or its job is over
         };
@@ -1738,8 +1761,22 @@ impl RequestorSession {
         if let Some(state) = self.providers.get_mut(&provider)
             && state.in_flight.remove(&batch)
         {
+            self.note_room(provider);
             self.transmits
                 .push_back((provider, Transmit::Request(Request::Cancel { batch })));
+        }
+    }
+
+    /// Puts `node` among the providers with room, or takes it out, as its batches in flight
+    /// now say.
+    fn note_room(&mut self, node: NodeId) {
+        match self.providers.get(&node) {
+            Some(provider) if provider.in_flight.len() < provider.window => {
+                self.room.insert(node);
+            }
+            _ => {
+                self.room.remove(&node);
+            }
         }
     }
 
@@ -1810,9 +1847,7 @@ impl RequestorSession {
             .backup_candidates()
             .filter(|(id, _)| {
                 let holder = self.batches[id].copies[0].provider;
-                self.providers.iter().any(|(node, provider)| {
-                    *node != holder && provider.in_flight.len() < provider.window
-                })
+                self.room.iter().any(|node| *node != holder)
             })
             .map(|(_, ready)| ready);
         deadlines.chain(backups).min()
@@ -1826,6 +1861,15 @@ impl RequestorSession {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Whether any provider could be given anything now: a batch queued for another copy, a
+    /// job with subtasks not yet cut, or a straggler due a backup. When there is none, a
+    /// dispatch need not ask each provider with room.
+    fn work_to_hand_out(&self, now: Instant) -> bool {
+        self.jobs.values().any(|job| {
+            !job.requeued.is_empty() || (job.cursor < job.total() && job.failure.is_none())
+        }) || self.backup_candidates().any(|(_, ready)| ready <= now)
     }
 
     /// Batches with a single copy and no result, and when each becomes worth a backup.
@@ -1853,21 +1897,39 @@ impl RequestorSession {
     }
 
     /// Hands out work to every provider with room, providers with the longest record of
-    /// accepted results first.
+    /// accepted results first; among equals, in turn by node id from a start that moves one
+    /// provider each dispatch.
     fn dispatch(&mut self, now: Instant) {
-        let mut nodes: Vec<NodeId> = self.providers.keys().copied().collect();
-        if nodes.is_empty() {
+        let count = self.order.len();
+        if count == 0 {
             return;
         }
         self.turn = self.turn.wrapping_add(1);
-        let start = self.turn % nodes.len();
-        nodes.rotate_left(start);
-        // Stable: providers with equal records keep the rotation.
-        nodes.sort_by_key(|node| std::cmp::Reverse(trust_level(self.reputation.get(node).streak)));
+        let start = self.turn % count;
+        // Only providers with room can take work, and none gains room while work is handed
+        // out: the others need not be visited; nor any, when there is nothing to hand out.
+        let asked = if self.work_to_hand_out(now) {
+            &self.room
+        } else {
+            &BTreeSet::new()
+        };
+        let mut nodes: Vec<(std::cmp::Reverse<u32>, usize, NodeId)> = asked
+            .iter()
+            .map(|node| {
+                let rank = self.order.binary_search(node).unwrap_or(0);
+                let trust = trust_level(self.reputation.get(node).streak);
+                (
+                    std::cmp::Reverse(trust),
+                    (rank + count - start) % count,
+                    *node,
+                )
+            })
+            .collect();
+        nodes.sort_unstable();
         // Round robin, one batch per provider per pass, so providers share what is left.
         loop {
             let mut progressed = false;
-            for &node in &nodes {
+            for &(_, _, node) in &nodes {
                 let has_room = self
                     .providers
                     .get(&node)
@@ -2045,8 +2107,7 @@ impl RequestorSession {
         if job.cursor >= job.total() || job.failure.is_some() {
             return None;
         }
-        let slots: usize = self.providers.values().map(|p| p.window).sum();
-        let mut size = batch_size(&self.config, job, slots.max(1));
+        let mut size = batch_size(&self.config, job, self.window.max(1));
         if let Some(room) = room
             && per_item > 0
         {
@@ -2114,6 +2175,7 @@ impl RequestorSession {
             items,
         });
         self.transmits.push_back((node, Transmit::Request(request)));
+        self.note_room(node);
     }
 }
 
