@@ -611,6 +611,8 @@ pub struct RequestorSession {
     room: BTreeSet<NodeId>,
     /// Batches all providers take at once.
     window: usize,
+    /// The deadline of every copy out, with its batch and provider: what times out next.
+    deadlines: BTreeSet<(Instant, u64, NodeId)>,
 }
 
 impl std::fmt::Debug for RequestorSession {
@@ -645,6 +647,7 @@ impl RequestorSession {
             order: Vec::new(),
             room: BTreeSet::new(),
             window: 0,
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -666,6 +669,23 @@ impl RequestorSession {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = seed;
         self
+    }
+
+    /// Whether the index of deadlines holds exactly the copies out, for the simulation's
+    /// tests to check after every step.
+    #[cfg(test)]
+    pub(crate) fn deadlines_match_copies(&self) -> bool {
+        let copies: BTreeSet<(Instant, u64, NodeId)> = self
+            .batches
+            .iter()
+            .flat_map(|(id, state)| {
+                state
+                    .copies
+                    .iter()
+                    .map(move |copy| (copy.deadline, *id, copy.provider))
+            })
+            .collect();
+        copies == self.deadlines
     }
 
     #[cfg(any(test, feature = "simulation"))]
@@ -1048,6 +1068,9 @@ impl RequestorSession {
                     });
                 }
                 if let Some(state) = self.batches.get_mut(&batch) {
+                    for copy in state.copies.iter().filter(|copy| copy.provider == node) {
+                        self.deadlines.remove(&(copy.deadline, batch, node));
+                    }
                     state.copies.retain(|copy| copy.provider != node);
                     state.results.push(Returned {
                         outputs,
@@ -1166,6 +1189,8 @@ impl RequestorSession {
             return;
         };
         for copy in &state.copies {
+            self.deadlines
+                .remove(&(copy.deadline, batch, copy.provider));
             self.cancel_copy(copy.provider, batch);
         }
         let Some(job) = self.jobs.get_mut(&state.job) else {
@@ -1600,6 +1625,7 @@ impl RequestorSession {
         for id in over {
             if let Some(state) = self.batches.remove(&id) {
                 for copy in state.copies {
+                    self.deadlines.remove(&(copy.deadline, id, copy.provider));
                     self.cancel_copy(copy.provider, id);
                 }
             }
@@ -1751,6 +1777,7 @@ impl RequestorSession {
         for id in ids {
             if let Some(state) = self.batches.remove(&id) {
                 for copy in state.copies {
+                    self.deadlines.remove(&(copy.deadline, id, copy.provider));
                     self.cancel_copy(copy.provider, id);
                 }
             }
@@ -1789,6 +1816,7 @@ impl RequestorSession {
             return;
         };
         let copy = state.copies.remove(at);
+        self.deadlines.remove(&(copy.deadline, batch, node));
         // The newest copy given up to it, at the price it was sent under.
         state.lapsed.retain(|lapsed| lapsed.provider != node);
         state.lapsed.push(copy);
@@ -1808,17 +1836,24 @@ impl RequestorSession {
 
     /// Time passed: late copies are cancelled and their batches handed out again.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let late: Vec<(u64, NodeId)> = self
-            .batches
+        // Copies past their deadline, by batch and then in the order they were sent.
+        let mut late: Vec<(u64, usize, NodeId)> = self
+            .deadlines
             .iter()
-            .flat_map(|(id, state)| {
-                state
-                    .copies
-                    .iter()
-                    .filter(|copy| copy.deadline <= now)
-                    .map(move |copy| (*id, copy.provider))
+            .take_while(|(deadline, ..)| *deadline <= now)
+            .map(|&(_, batch, node)| {
+                let at = self.batches.get(&batch).map_or(0, |state| {
+                    state
+                        .copies
+                        .iter()
+                        .position(|copy| copy.provider == node)
+                        .unwrap_or(0)
+                });
+                (batch, at, node)
             })
             .collect();
+        late.sort_unstable();
+        let late = late.into_iter().map(|(batch, _, node)| (batch, node));
         for (batch, node) in late {
             tracing::debug!(%node, batch, "batch past its deadline");
             self.cancel_copy(node, batch);
@@ -1838,10 +1873,7 @@ impl RequestorSession {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let deadlines = self
-            .batches
-            .values()
-            .flat_map(|state| state.copies.iter().map(|copy| copy.deadline));
+        let deadlines = self.deadlines.first().map(|(deadline, ..)| *deadline);
         // A straggler becomes worth a backup when a provider other than its holder has room.
         let backups = self
             .backup_candidates()
@@ -1850,7 +1882,7 @@ impl RequestorSession {
                 self.room.iter().any(|node| *node != holder)
             })
             .map(|(_, ready)| ready);
-        deadlines.chain(backups).min()
+        deadlines.into_iter().chain(backups).min()
     }
 
     /// The next thing to send.
@@ -2161,6 +2193,7 @@ impl RequestorSession {
             deadline,
             reserved_nano,
         });
+        self.deadlines.insert((deadline, batch, node));
         job.providers.insert(node);
         if state.wants() > 0 {
             // More copies wanted: offer it to the next provider first.

@@ -461,6 +461,11 @@ impl Sim {
                 }
                 events.push(event);
             }
+            #[cfg(test)]
+            assert!(
+                self.requestor.deadlines_match_copies(),
+                "the index of deadlines lost track of the copies out"
+            );
             step(self);
             let first = self.timers.first().map(|(at, _)| *at);
             let timers = std::iter::once(self.requestor(|requestor| requestor.poll_timeout()))
