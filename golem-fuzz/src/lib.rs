@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use arbitrary::Unstructured;
@@ -19,9 +19,7 @@ use golem_runtime::identity::NodeKey;
 use golem_runtime::proto::frame::FrameDecoder;
 use golem_runtime::proto::message::{BlobHeader, Hello, Reply, Request};
 use golem_runtime::receipt::{Receipt, ReceiptEntry};
-use golem_runtime::sandbox::{
-    BlobId, Call, Context, Limits, PreparedModule, Sandbox, SandboxConfig,
-};
+use golem_runtime::sandbox::{BlobId, Call, Context, Limits, Sandbox, SandboxConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -221,10 +219,6 @@ fn prepare_and_run(bytes: &[u8]) {
     let Ok(module) = SANDBOX.prepare(BlobId::of(bytes), bytes) else {
         return;
     };
-    run(&module);
-}
-
-fn run(module: &Arc<PreparedModule>) {
     let Ok(task) = module.task("t") else {
         return;
     };
@@ -237,7 +231,7 @@ fn run(module: &Arc<PreparedModule>) {
         input: &[],
         seed: [0; 32],
     };
-    let _ = SANDBOX.run(module, &task, call, &limits);
+    let _ = SANDBOX.run(&module, &task, call, &limits);
 }
 
 /// Module preparation on arbitrary bytes.

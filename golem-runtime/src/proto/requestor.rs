@@ -1939,13 +1939,31 @@ impl RequestorSession {
         self.turn = self.turn.wrapping_add(1);
         let start = self.turn % count;
         // Only providers with room can take work, and none gains room while work is handed
-        // out: the others need not be visited; nor any, when there is nothing to hand out.
-        let asked = if self.work_to_hand_out(now) {
-            &self.room
-        } else {
-            &BTreeSet::new()
-        };
-        let mut nodes: Vec<(std::cmp::Reverse<u32>, usize, NodeId)> = asked
+        // out: the others need not be asked, nor any when there is nothing to hand out.
+        if self.work_to_hand_out(now) {
+            let nodes = self.with_room_in_turn(start);
+            // Round robin, one batch per provider per pass, so providers share what is left.
+            loop {
+                let mut progressed = false;
+                for &node in &nodes {
+                    if self.room.contains(&node) && self.assign_one(node, now) {
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        self.check_budgets();
+    }
+
+    /// The providers with room, longest record first; among equals in turn by node id, from
+    /// the `start`th provider on.
+    fn with_room_in_turn(&self, start: usize) -> Vec<NodeId> {
+        let count = self.order.len();
+        let mut nodes: Vec<(std::cmp::Reverse<u32>, usize, NodeId)> = self
+            .room
             .iter()
             .map(|node| {
                 let rank = self.order.binary_search(node).unwrap_or(0);
@@ -1958,23 +1976,7 @@ impl RequestorSession {
             })
             .collect();
         nodes.sort_unstable();
-        // Round robin, one batch per provider per pass, so providers share what is left.
-        loop {
-            let mut progressed = false;
-            for &(_, _, node) in &nodes {
-                let has_room = self
-                    .providers
-                    .get(&node)
-                    .is_some_and(|provider| provider.in_flight.len() < provider.window);
-                if has_room && self.assign_one(node, now) {
-                    progressed = true;
-                }
-            }
-            if !progressed {
-                break;
-            }
-        }
-        self.check_budgets();
+        nodes.into_iter().map(|(_, _, node)| node).collect()
     }
 
     /// What a job has spent or holds against its budget: accepted results, results awaiting

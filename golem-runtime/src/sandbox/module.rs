@@ -170,19 +170,51 @@ impl PreparedModule {
         of: &PreparedModule,
         module: Module,
     ) -> Result<Self, ModuleError> {
-        let Linked {
-            pre,
-            memory,
-            metered,
-        } = link(sandbox, &module)?;
+        Self::link(sandbox, of.hash, module, std::sync::Arc::from([]))
+    }
+
+    /// `module`, compiled from `wasm` (named `hash`), linked to the host functions, with its
+    /// memory and what metering wrote into it looked up: no `_initialize` to run, and no
+    /// snapshots of its instances.
+    fn link(
+        sandbox: &Sandbox,
+        hash: BlobId,
+        module: Module,
+        wasm: std::sync::Arc<[u8]>,
+    ) -> Result<Self, ModuleError> {
+        let pre = sandbox
+            .linker()
+            .instantiate_pre(&module)
+            .map_err(|_| first_mistyped_import(&module))?;
+        let memory = module
+            .get_export_index("memory")
+            .ok_or(ModuleError::NotAGolemModule)?;
+        let metering = sandbox.config().metering();
+        let written = |on: bool, name: &str| {
+            if !on {
+                return Ok(None);
+            }
+            module
+                .get_export_index(name)
+                .map(Some)
+                .ok_or_else(|| ModuleError::Invalid(format!("metering wrote no `{name}` export")))
+        };
+        let metered = Metered {
+            fuel: written(metering.fuel, meter::FUEL_EXPORT)?,
+            interrupt: written(metering.interrupt, meter::INTERRUPT_EXPORT)?,
+            start: metering
+                .any()
+                .then(|| module.get_export_index(meter::START_EXPORT))
+                .flatten(),
+        };
         Ok(Self {
-            hash: of.hash,
+            hash,
             module,
             pre,
             memory,
             metered,
             initialize: None,
-            wasm: std::sync::Arc::from([]),
+            wasm,
             snapshots: false,
         })
     }
@@ -338,22 +370,12 @@ pub(crate) fn prepare(
     check_sections(bytes)?;
     let Compiled { module, keep_at } = compile(sandbox, hash, bytes)?;
 
-    let Linked {
-        pre,
-        memory,
-        metered,
-    } = link(sandbox, &module)?;
     let initialize = module.get_export_index("_initialize");
     let snapshots = super::snapshot::is_instrumented(&module);
     let prepared = PreparedModule {
-        hash,
-        module,
-        pre,
-        memory,
-        metered,
         initialize,
-        wasm: std::sync::Arc::from(bytes),
         snapshots,
+        ..PreparedModule::link(sandbox, hash, module, std::sync::Arc::from(bytes))?
     };
     check_abi_version(sandbox, &prepared)?;
     // Only a module that passed every check takes room on disk.
@@ -372,66 +394,16 @@ pub(crate) fn prepare_command(
 ) -> Result<(PreparedModule, ModuleExport), ModuleError> {
     check_sections(bytes)?;
     let module = sandbox.compile_limited(bytes, super::CompileAs::Module)?;
-    let Linked {
-        pre,
-        memory,
-        metered,
-    } = link(sandbox, &module)?;
-    let prepared = PreparedModule {
-        hash: BlobId::of(bytes),
+    let prepared = PreparedModule::link(
+        sandbox,
+        BlobId::of(bytes),
         module,
-        pre,
-        memory,
-        metered,
-        initialize: None,
-        wasm: std::sync::Arc::from(bytes),
-        snapshots: false,
-    };
+        std::sync::Arc::from(bytes),
+    )?;
     let start = prepared
         .function("_start")
         .ok_or(ModuleError::NotAGolemModule)?;
     Ok((prepared, start))
-}
-
-/// A module linked to the host functions, with the exports the sandbox uses.
-struct Linked {
-    pre: InstancePre<GuestState>,
-    memory: ModuleExport,
-    metered: Metered,
-}
-
-/// Links `module` to the host functions and finds its memory and what metering wrote into it.
-fn link(sandbox: &Sandbox, module: &Module) -> Result<Linked, ModuleError> {
-    let pre = sandbox
-        .linker()
-        .instantiate_pre(module)
-        .map_err(|_| first_mistyped_import(module))?;
-    let memory = module
-        .get_export_index("memory")
-        .ok_or(ModuleError::NotAGolemModule)?;
-    let metering = sandbox.config().metering();
-    let written = |on: bool, name: &str| {
-        if !on {
-            return Ok(None);
-        }
-        module
-            .get_export_index(name)
-            .map(Some)
-            .ok_or_else(|| ModuleError::Invalid(format!("metering wrote no `{name}` export")))
-    };
-    let metered = Metered {
-        fuel: written(metering.fuel, meter::FUEL_EXPORT)?,
-        interrupt: written(metering.interrupt, meter::INTERRUPT_EXPORT)?,
-        start: metering
-            .any()
-            .then(|| module.get_export_index(meter::START_EXPORT))
-            .flatten(),
-    };
-    Ok(Linked {
-        pre,
-        memory,
-        metered,
-    })
 }
 
 /// Span of data segments allowed whatever their density: wasmtime's own default for a dense

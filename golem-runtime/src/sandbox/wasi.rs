@@ -314,38 +314,43 @@ fn define_streams(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         wasi,
         "fd_fdstat_get",
         |mut caller: Caller<'_, GuestState>, fd: i32, out: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            if !is_stream(fd) {
-                return Ok(errno::BADF);
-            }
             // fdstat: filetype u8 (2 = character device), pad, flags u16, pad, then two u64
             // rights masks: only fd_read (bit 1) / fd_write (bit 6).
             let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
             let mut fdstat = [0u8; 24];
             fdstat[0] = CHARACTER_DEVICE;
             fdstat[8..16].copy_from_slice(&rights.to_le_bytes());
-            let (memory, _) = memory_and_state(&mut caller)?;
-            Ok(write_bytes(memory, out, &fdstat))
+            stream_stat(&mut caller, fd, out, &fdstat)
         },
     )?;
     linker.func_wrap(
         wasi,
         "fd_filestat_get",
         |mut caller: Caller<'_, GuestState>, fd: i32, out: i32| -> wasmtime::Result<i32> {
-            charge(&mut caller, 0)?;
-            if !is_stream(fd) {
-                return Ok(errno::BADF);
-            }
             // filestat: dev, ino (u64), filetype u8 at 16, then nlink, size and three times
             // (u64): a character device of no size, never touched.
             let mut filestat = [0u8; 64];
             filestat[16] = CHARACTER_DEVICE;
             filestat[24..32].copy_from_slice(&1u64.to_le_bytes());
-            let (memory, _) = memory_and_state(&mut caller)?;
-            Ok(write_bytes(memory, out, &filestat))
+            stream_stat(&mut caller, fd, out, &filestat)
         },
     )?;
     Ok(())
+}
+
+/// Writes `stat`, what a standard stream is, at `out`; any other descriptor is `EBADF`.
+fn stream_stat(
+    caller: &mut Caller<'_, GuestState>,
+    fd: i32,
+    out: i32,
+    stat: &[u8],
+) -> wasmtime::Result<i32> {
+    charge(caller, 0)?;
+    if !is_stream(fd) {
+        return Ok(errno::BADF);
+    }
+    let (memory, _) = memory_and_state(caller)?;
+    Ok(write_bytes(memory, out, stat))
 }
 
 /// WASI's file type of the standard streams.

@@ -149,9 +149,10 @@ impl Sim {
         let providers = behaviors
             .iter()
             .enumerate()
-            .map(|(index, behavior)| SimProvider {
-                key: provider_key(index),
-                node: provider_key(index).node_id(),
+            .map(|(index, behavior)| (provider_key(index), behavior))
+            .map(|(key, behavior)| SimProvider {
+                node: key.node_id(),
+                key,
                 cheater: None,
                 session: ProviderSession::new(
                     Hello {
